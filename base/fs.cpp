@@ -1,0 +1,94 @@
+#include "base/fs.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "base/error.h"
+
+namespace carve::fs {
+
+std::string parent_directory(const std::string& path) {
+  auto parent = std::filesystem::path(path).parent_path().string();
+  return parent.empty() ? "." : parent;
+}
+
+std::string join(const std::string& a, const std::string& b) { return (std::filesystem::path(a) / b).string(); }
+
+bool exists(const std::string& path) { return std::filesystem::exists(path); }
+bool is_directory(const std::string& path) { return std::filesystem::is_directory(path); }
+
+void make_directories(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  CARVE_CHECK(!ec, "cannot create directory ", path, ": ", ec.message());
+}
+
+void sync_directory(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY);
+  CARVE_CHECK_SYS(fd, "cannot open directory ", path);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  CARVE_CHECK_SYS(rc, "cannot fsync directory ", path);
+}
+
+AtomicFileWriter::AtomicFileWriter(std::string path)
+    : path_(std::move(path)), tmp_path_(path_ + ".tmp." + std::to_string(::getpid())) {
+  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  CARVE_CHECK_SYS(fd_, "cannot create ", tmp_path_);
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_path_.c_str());
+  }
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  CARVE_CHECK(fd_ >= 0, "write to ", path_, " after commit");
+  const char* bytes = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::write(fd_, bytes + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    CARVE_CHECK_SYS(n, "cannot write ", tmp_path_);
+    done += static_cast<size_t>(n);
+  }
+}
+
+void AtomicFileWriter::commit() {
+  CARVE_CHECK(fd_ >= 0, "commit of ", path_, " twice");
+  CARVE_CHECK_SYS(::fsync(fd_), "cannot fsync ", tmp_path_);
+  int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc < 0) ::unlink(tmp_path_.c_str());
+  CARVE_CHECK_SYS(rc, "cannot close ", tmp_path_);
+  rc = ::rename(tmp_path_.c_str(), path_.c_str());
+  if (rc < 0) ::unlink(tmp_path_.c_str());
+  CARVE_CHECK_SYS(rc, "cannot rename ", tmp_path_, " to ", path_);
+  sync_directory(parent_directory(path_));
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  AtomicFileWriter writer(path);
+  writer.write(bytes.data(), bytes.size());
+  writer.commit();
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  CARVE_CHECK(in.good(), "cannot open ", path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  CARVE_CHECK(!in.bad(), "cannot read ", path);
+  return out.str();
+}
+
+}  // namespace carve::fs

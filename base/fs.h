@@ -1,0 +1,38 @@
+// File-system helpers used by every writer: atomic replacement and checked reads.
+#pragma once
+
+#include <string>
+
+namespace carve::fs {
+
+// Writes a file so that readers see either the old file or the complete new one: the bytes go to
+// `path.tmp.<pid>`, which commit() fsyncs and renames over `path` (then fsyncs the directory). Destroyed without
+// commit(), the temporary is removed and `path` is untouched.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  void write(const void* data, size_t size);
+  void commit();
+
+ private:
+  std::string path_;
+  std::string tmp_path_;
+  int fd_ = -1;
+};
+
+void write_file_atomic(const std::string& path, const std::string& bytes);
+// Reads a whole (small) file; the error names the path.
+std::string read_file(const std::string& path);
+bool exists(const std::string& path);
+bool is_directory(const std::string& path);
+// mkdir -p; the error names the path.
+void make_directories(const std::string& path);
+// fsync a directory so a rename inside it is durable.
+void sync_directory(const std::string& path);
+std::string parent_directory(const std::string& path);
+std::string join(const std::string& a, const std::string& b);
+
+}  // namespace carve::fs
