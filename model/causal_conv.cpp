@@ -1,0 +1,124 @@
+/*
+ * Causal depthwise conv1d in LibTorch ops. One shifted multiply-add per tap (k is 2 to 4 in practice) rather than
+ * at::conv1d: it makes the seq_idx masking a per-tap multiply and keeps the CPU and CUDA paths identical.
+ */
+#include "model/causal_conv.h"
+
+#include "base/error.h"
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace carve::model {
+namespace {
+
+using torch::Tensor;
+
+std::string describe(const Tensor& t) {
+  if (!t.defined()) return "an undefined tensor";
+  std::ostringstream out;
+  out << t.dim() << "-D " << t.sizes() << " " << t.scalar_type() << " on " << t.device();
+  return out.str();
+}
+
+void expect_tensor(const char* fn, const char* name, const Tensor& t, std::vector<int64_t> expected, const char* layout,
+                   const torch::Device& device) {
+  CARVE_CHECK(t.defined() && t.sizes() == torch::IntArrayRef(expected), fn, ": ", name, " must have shape ", layout,
+              " = ", torch::IntArrayRef(expected), " to match the other inputs; got ", describe(t));
+  CARVE_CHECK(t.device() == device, fn, ": ", name, " must be on ", device, " like x; got ", describe(t));
+  CARVE_CHECK(at::isFloatingType(t.scalar_type()), fn, ": ", name, " must be a floating-point tensor; got ",
+              describe(t));
+}
+
+// Checks x's rank and weight, returns k. `x_layout` names x's expected layout in the message.
+int64_t check_x_and_weight(const char* fn, const Tensor& x, int64_t rank, const char* x_layout,
+                           const Tensor& weight, const Tensor& bias) {
+  CARVE_CHECK(x.defined() && x.dim() == rank && at::isFloatingType(x.scalar_type()), fn, ": x must be a ", rank,
+              "-D floating-point tensor ", x_layout, "; got ", describe(x));
+  const int64_t c = x.size(rank - 1);
+  CARVE_CHECK(weight.defined() && weight.dim() == 2 && weight.size(1) >= 1, fn,
+              ": weight must be a 2-D tensor [c, k] with k >= 1; got ", describe(weight));
+  expect_tensor(fn, "weight", weight, {c, weight.size(1)}, "[c, k] (c from x)", x.device());
+  if (bias.defined()) expect_tensor(fn, "bias", bias, {c}, "[c]", x.device());
+  return weight.size(1);
+}
+
+torch::ScalarType compute_dtype(const Tensor& x) {
+  return x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+}
+
+// Sample number of each token from 0 at the row start; non-decreasing, so equal ids mean "same sample".
+Tensor segment_ids(const Tensor& seq_idx) {  // [b, l] -> [b, l] int64
+  const int64_t l = seq_idx.size(1);
+  Tensor changed = seq_idx.narrow(1, 1, l - 1) != seq_idx.narrow(1, 0, l - 1);  // [b, l - 1]
+  Tensor first = torch::zeros({seq_idx.size(0), 1}, seq_idx.options().dtype(torch::kLong));
+  return torch::cat({first, changed.to(torch::kLong)}, 1).cumsum(1);
+}
+
+Tensor apply_bias_and_silu(Tensor y, const Tensor& bias, bool silu) {  // y [..., c]
+  if (bias.defined()) y = y + bias.to(y.scalar_type());
+  return silu ? torch::silu(y) : y;
+}
+
+}  // namespace
+
+CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                bool silu, const torch::Tensor& seq_idx, const torch::Tensor& initial_state) {
+  const char* fn = "causal_conv1d";
+  const int64_t k = check_x_and_weight(fn, x, 3, "[b, l, c]", weight, bias);
+  const int64_t b = x.size(0), l = x.size(1), c = x.size(2);
+  CARVE_CHECK(l > 0, fn, ": x must hold at least one token (l > 0); got ", describe(x));
+  if (initial_state.defined()) expect_tensor(fn, "initial_state", initial_state, {b, c, k - 1}, "[b, c, k - 1]",
+                                             x.device());
+  if (seq_idx.defined()) {
+    CARVE_CHECK(seq_idx.sizes() == torch::IntArrayRef({b, l}) && seq_idx.device() == x.device() &&
+                    c10::isIntegralType(seq_idx.scalar_type(), /*includeBool=*/false),
+                fn, ": seq_idx must be an integer tensor [b, l] = [", b, ", ", l, "] on ", x.device(), "; got ",
+                describe(seq_idx));
+  }
+  const torch::ScalarType ct = compute_dtype(x);
+  Tensor history = initial_state.defined() ? initial_state.to(ct).transpose(1, 2)  // [b, k - 1, c]
+                                           : torch::zeros({b, k - 1, c}, x.options().dtype(ct));
+  Tensor xp = torch::cat({history, x.to(ct)}, 1);  // [b, l + k - 1, c]
+  Tensor w = weight.to(ct);                        // [c, k]
+  Tensor seg, seg_p;                               // [b, l], [b, l + k - 1]
+  if (seq_idx.defined()) {
+    seg = segment_ids(seq_idx);
+    // The initial state's inputs belong to the row's first sample, segment 0.
+    seg_p = torch::cat({torch::zeros({b, k - 1}, seg.options()), seg}, 1);
+  }
+  Tensor y = torch::zeros({b, l, c}, xp.options());
+  for (int64_t j = 0; j < k; ++j) {
+    Tensor term = xp.narrow(1, j, l) * w.select(1, j);  // [b, l, c]
+    if (seg.defined()) term = term * (seg_p.narrow(1, j, l) == seg).unsqueeze(-1).to(ct);
+    y = y + term;
+  }
+  CausalConvOutputs out;
+  out.y = apply_bias_and_silu(y, bias, silu).to(x.scalar_type());
+  Tensor last = xp.narrow(1, l, k - 1);  // [b, k - 1, c]
+  if (seg.defined()) {
+    // Decoding continues the row's last sample only, so inputs of earlier samples must not stay in the state.
+    Tensor same = seg_p.narrow(1, l, k - 1) == seg.narrow(1, l - 1, 1);  // [b, k - 1]
+    last = last * same.unsqueeze(-1).to(ct);
+  }
+  out.final_state = last.transpose(1, 2).contiguous().to(x.scalar_type());
+  return out;
+}
+
+torch::Tensor causal_conv1d_step(const torch::Tensor& x, torch::Tensor& state, const torch::Tensor& weight,
+                                 const torch::Tensor& bias, bool silu) {
+  const char* fn = "causal_conv1d_step";
+  const int64_t k = check_x_and_weight(fn, x, 2, "[b, c]", weight, bias);
+  expect_tensor(fn, "state", state, {x.size(0), x.size(1), k - 1}, "[b, c, k - 1]", x.device());
+  const torch::ScalarType ct = compute_dtype(x);
+  Tensor window = torch::cat({state.to(ct), x.to(ct).unsqueeze(-1)}, -1);  // [b, c, k]
+  Tensor y = (window * weight.to(ct)).sum(-1);                            // [b, c]
+  {
+    torch::NoGradGuard no_grad;
+    state.copy_(window.narrow(-1, 1, k - 1));
+  }
+  return apply_bias_and_silu(y, bias, silu).to(x.scalar_type());
+}
+
+}  // namespace carve::model
