@@ -1,0 +1,41 @@
+#include "model/layers.h"
+
+namespace carve::model {
+
+torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+NormImpl::NormImpl(NormKind k, int64_t dim, double e) : kind(k), eps(e) {
+  weight = register_parameter("weight", torch::ones({dim}));
+  if (kind == NormKind::LayerNorm) bias = register_parameter("bias", torch::zeros({dim}));
+}
+
+torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  if (kind == NormKind::LayerNorm) {
+    auto y = torch::layer_norm(xf, {xf.size(-1)}, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps);
+    return y.to(x.scalar_type());
+  }
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  // Hugging Face casts back to the input dtype before the weight multiply.
+  return weight * y.to(x.scalar_type());
+}
+
+MlpImpl::MlpImpl(const ModelConfig& c) : kind(c.mlp) {
+  if (kind == MlpKind::GatedSilu) {
+    gate_proj = register_module("gate_proj", make_linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
+    up_proj = register_module("up_proj", make_linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
+    down_proj = register_module("down_proj", make_linear(c.intermediate_size, c.hidden_size, c.mlp_bias));
+  } else {
+    fc1 = register_module("fc1", make_linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
+    fc2 = register_module("fc2", make_linear(c.intermediate_size, c.hidden_size, c.mlp_bias));
+  }
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  if (kind == MlpKind::GatedSilu) return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return fc2(torch::gelu(fc1(x), "tanh"));
+}
+
+}  // namespace carve::model

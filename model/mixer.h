@@ -1,0 +1,33 @@
+// The sequence mixer of a decoder layer: attention in a teacher, a Mamba-2 mixer in a student.
+// Every mixer maps the normed layer input to the layer's mixer output and can run step by step with a state.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+namespace carve::model {
+
+// Per-layer decoding state (a KV cache for attention, conv and SSM states for Mamba-2).
+struct MixerState {
+  virtual ~MixerState() = default;
+};
+
+struct MixerContext {
+  torch::Tensor positions;  // [b, l] int64: absolute positions (RoPE)
+  torch::Tensor seq_idx;    // [b, l] int32 or undefined: packed-sample index; tokens of different samples never mix
+  MixerState* state = nullptr;          // null: a stateless full-sequence forward
+  torch::Tensor* pre_output = nullptr;  // if set, receives the output before the output projection [b, l, h*p]
+};
+
+class Mixer : public torch::nn::Module {
+ public:
+  // u [b, l, d] (the normed layer input) -> [b, l, d]. With ctx.state set, l new tokens continue that state.
+  virtual torch::Tensor forward(const torch::Tensor& u, const MixerContext& ctx) = 0;
+  virtual std::unique_ptr<MixerState> new_state() const = 0;
+  // "attention", "seeded" (mmMamba), "mamba2" (MaTVLM).
+  virtual std::string kind() const = 0;
+};
+
+}  // namespace carve::model

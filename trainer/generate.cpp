@@ -1,0 +1,35 @@
+#include "trainer/generate.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "base/error.h"
+
+namespace carve::trainer {
+
+torch::Tensor generate(model::CausalLMImpl& lm, const torch::Tensor& prompt, const GenerateOptions& o) {
+  CARVE_CHECK(prompt.dim() == 2 && prompt.size(1) > 0, "prompt must be [batch, length > 0], got ", prompt.sizes());
+  torch::NoGradGuard no_grad;
+  auto device = lm.embed_tokens.device();
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);
+  auto state = lm.new_decode_state();
+  model::ForwardOptions fwd;
+  fwd.state = &state;
+  auto logits = lm.forward(prompt.to(device), fwd).logits.select(1, -1);  // [b, vocab]
+  std::vector<torch::Tensor> out;
+  auto finished = torch::zeros({prompt.size(0)}, torch::TensorOptions().dtype(torch::kBool));
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    // Sampling runs on the CPU so the same seed gives the same tokens on any device.
+    auto next = model::choose_next_token(logits.to(torch::kCPU), o.sampling, gen);
+    if (o.stop_token >= 0) next = next.masked_fill(finished, o.stop_token);
+    out.push_back(next);
+    if (o.stop_token >= 0) {
+      finished = finished | (next == o.stop_token);
+      if (finished.all().item<bool>()) break;
+    }
+    if (step + 1 == o.max_new_tokens) break;
+    logits = lm.forward(next.unsqueeze(1).to(device), fwd).logits.select(1, -1);
+  }
+  return torch::stack(out, 1);
+}
+
+}  // namespace carve::trainer

@@ -1,0 +1,24 @@
+// Autoregressive generation with any CausalLM (teacher or student): one batched prefill, then one token per
+// step through the model's decoding state (KV cache for attention, recurrent state for Mamba-2 mixers).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+
+#include "model/sampling.h"
+#include "model/transformer.h"
+
+namespace carve::trainer {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 32;
+  int64_t stop_token = -1;  // end a row when it produces this id (-1: never)
+  model::SamplingOptions sampling;
+  uint64_t seed = 0;
+};
+
+// prompt [b, l] int64 -> generated ids [b, n] (n <= max_new_tokens; rows that stopped are padded with stop_token).
+torch::Tensor generate(model::CausalLMImpl& model, const torch::Tensor& prompt, const GenerateOptions& options);
+
+}  // namespace carve::trainer
