@@ -1,0 +1,65 @@
+// carve: the single binary. Parses the subcommand, dispatches, and turns errors into messages and exit codes.
+#include <iostream>
+
+#include "base/error.h"
+#include "launcher/options.h"
+#include "launcher/subcommands.h"
+
+namespace carve::launcher {
+
+const std::vector<Subcommand>& subcommands() {
+  static const std::vector<Subcommand> table = {
+      {"inspect", "architecture, parameter counts, dtypes and files of a checkpoint", inspect_main},
+      {"generate", "continue token prompts with a teacher or student checkpoint", generate_main},
+  };
+  return table;
+}
+
+namespace {
+
+void print_help() {
+  std::cout << "carve: distil Mamba-2 students out of Transformer vision-language models\n\n"
+               "usage: carve <subcommand> [--config FILE.ini] [--key value ...]\n\nsubcommands:\n";
+  for (const auto& s : subcommands()) std::cout << "  " << s.name << std::string(12 - std::string(s.name).size(), ' ')
+                                                << s.summary << "\n";
+  std::cout << "\n`carve <subcommand> --help` lists its options with their defaults.\n";
+}
+
+}  // namespace
+}  // namespace carve::launcher
+
+int main(int argc, char** argv) {
+  using namespace carve::launcher;
+  if (argc < 2 || std::string(argv[1]) == "help" || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    if (argc >= 3) {  // carve help <subcommand>
+      for (const auto& s : subcommands())
+        if (argv[2] == std::string(s.name)) return s.main({"--help"});
+    }
+    print_help();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  for (const auto& s : subcommands()) {
+    if (name != s.name) continue;
+    try {
+      return s.main(args);
+    } catch (const UsageError& e) {
+      std::cerr << "error: " << e.what() << "\n(see `carve " << name << " --help`)\n";
+      return 2;
+    } catch (const carve::Error& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      return 1;
+    } catch (const std::exception& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& s : subcommands()) names.push_back(s.name);
+  const auto best = closest_name(names, name);
+  std::cerr << "error: unknown subcommand '" << name << "'" << (best.empty() ? "" : " (did you mean '" + best + "'?)")
+            << "\n";
+  print_help();
+  return 2;
+}

@@ -1,0 +1,151 @@
+#include "launcher/options.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "base/fs.h"
+#include "base/log.h"
+
+namespace carve::launcher {
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string strip_dashes(std::string s) {
+  while (!s.empty() && s[0] == '-') s.erase(0, 1);
+  auto eq = s.find('=');
+  return eq == std::string::npos ? s : s.substr(0, eq);
+}
+
+std::string suggestion(const po::options_description& desc, const std::string& key, const std::string& dashes) {
+  auto best = closest_option(desc, key);
+  return best.empty() ? "" : " (did you mean '" + dashes + best + "'?)";
+}
+
+// Renders a bound value; every option type used by carve is listed here.
+std::string value_text(const boost::any& v) {
+  if (v.empty()) return "";
+  if (auto p = boost::any_cast<std::string>(&v)) return *p;
+  if (auto p = boost::any_cast<int>(&v)) return std::to_string(*p);
+  if (auto p = boost::any_cast<int64_t>(&v)) return std::to_string(*p);
+  if (auto p = boost::any_cast<uint64_t>(&v)) return std::to_string(*p);
+  if (auto p = boost::any_cast<bool>(&v)) return *p ? "true" : "false";
+  if (auto p = boost::any_cast<double>(&v)) {
+    std::ostringstream out;
+    out.precision(17);
+    out << *p;
+    return out.str();
+  }
+  return "<unprintable>";
+}
+
+}  // namespace
+
+std::string closest_name(const std::vector<std::string>& names, const std::string& key) {
+  std::string best;
+  size_t best_distance = SIZE_MAX;
+  for (const auto& name : names) {
+    size_t d = edit_distance(key, name);
+    if (d < best_distance) best_distance = d, best = name;
+  }
+  // Beyond a third of the name, the nearest option is more likely noise than a typo.
+  return best_distance <= std::max<size_t>(2, key.size() / 3) ? best : "";
+}
+
+std::string closest_option(const po::options_description& desc, const std::string& key) {
+  std::vector<std::string> names;
+  for (const auto& opt : desc.options()) names.push_back(opt->long_name());
+  return closest_name(names, key);
+}
+
+ParsedOptions parse_options(const std::string& sub, const po::options_description& user_desc,
+                            const std::vector<std::string>& args) {
+  po::options_description desc;
+  std::string config_file;
+  po::options_description common("Common");
+  common.add_options()("help,h", "print the options of this subcommand")(
+      "config", po::value<std::string>(&config_file), "INI file with options (command-line values take precedence)");
+  desc.add(common).add(user_desc);
+
+  ParsedOptions out;
+  try {
+    // The command line is stored first: Program_options keeps the first value stored for a key.
+    // No guessing of abbreviated names: `--max-new-token` is a typo to report, not a prefix to complete.
+    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    po::store(po::command_line_parser(args).options(desc).style(style).run(), out.values);
+    if (out.values.count("help")) {
+      out.help = true;
+      return out;
+    }
+    if (out.values.count("config")) {
+      const auto path = out.values["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw UsageError("--config: cannot read " + path);
+      try {
+        po::store(po::parse_config_file(in, desc, /*allow_unregistered=*/false), out.values);
+      } catch (const po::unknown_option& e) {
+        const auto key = strip_dashes(e.get_option_name());
+        throw UsageError(path + ": unknown key '" + key + "'" + suggestion(desc, key, ""));
+      } catch (const po::error& e) {
+        throw UsageError(path + ": " + e.what());
+      }
+    }
+    po::notify(out.values);
+  } catch (const po::unknown_option& e) {
+    const auto key = strip_dashes(e.get_option_name());
+    throw UsageError("carve " + sub + ": unknown option '--" + key + "'" + suggestion(desc, key, "--"));
+  } catch (const po::error& e) {
+    throw UsageError("carve " + sub + ": " + e.what());
+  }
+  return out;
+}
+
+std::string render_ini(const po::options_description& desc, const po::variables_map& values) {
+  std::map<std::string, std::vector<std::string>> sections;  // "" is the top level
+  for (const auto& opt : desc.options()) {
+    const auto& name = opt->long_name();
+    if (name == "help" || name == "config") continue;
+    auto it = values.find(name);
+    if (it == values.end()) continue;
+    auto dot = name.find('.');
+    std::string section = dot == std::string::npos ? "" : name.substr(0, dot);
+    std::string key = dot == std::string::npos ? name : name.substr(dot + 1);
+    sections[section].push_back(key + " = " + value_text(it->second.value()));
+  }
+  std::ostringstream out;
+  for (const auto& [section, lines] : sections) {
+    if (!section.empty()) out << "\n[" << section << "]\n";
+    for (const auto& line : lines) out << line << "\n";
+  }
+  return out.str();
+}
+
+void record_config(const std::string& sub, const po::options_description& desc, const po::variables_map& values,
+                   const std::string& run_dir) {
+  const auto ini = render_ini(desc, values);
+  std::istringstream lines(ini);
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) log::info("config", line);
+  if (!run_dir.empty()) {
+    fs::make_directories(run_dir);
+    fs::write_file_atomic(fs::join(run_dir, "config.ini"), "# carve " + sub + "\n" + ini);
+  }
+}
+
+}  // namespace carve::launcher

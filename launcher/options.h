@@ -1,0 +1,43 @@
+// Command-line and INI option handling shared by every subcommand.
+// Options are declared with Boost.Program_options bound to typed structs, so values are parsed once. A key may
+// come from `--config FILE.ini` (`[section]` + `key = value` means `--section.key`) or the command line, which
+// wins. Unknown keys, bad values and missing required options stop with an error naming them.
+#pragma once
+
+#include <boost/program_options.hpp>
+
+#include <string>
+#include <vector>
+
+namespace carve::launcher {
+
+namespace po = boost::program_options;
+
+// Thrown for a user error in the options; main prints it with the subcommand's usage hint.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ParsedOptions {
+  po::variables_map values;
+  bool help = false;
+};
+
+// Parses argv (after the subcommand) against `desc`, adding --help and --config. Calls notify(), which fills
+// the bound structs; on --help it does not notify and `help` is set.
+ParsedOptions parse_options(const std::string& subcommand, const po::options_description& desc,
+                            const std::vector<std::string>& args);
+
+// The name closest to `key` (edit distance within a third of its length), or "" when nothing is close.
+std::string closest_name(const std::vector<std::string>& names, const std::string& key);
+// The option in `desc` closest to `key` (edit distance), or "" when nothing is close.
+std::string closest_option(const po::options_description& desc, const std::string& key);
+
+// The effective configuration as INI text: every option with its value (defaults included), grouped by section.
+std::string render_ini(const po::options_description& desc, const po::variables_map& values);
+
+// Prints the configuration under a [config] tag and, when run_dir is not empty, writes it to run_dir/config.ini.
+void record_config(const std::string& subcommand, const po::options_description& desc,
+                   const po::variables_map& values, const std::string& run_dir);
+
+}  // namespace carve::launcher

@@ -1,0 +1,23 @@
+// The table of `carve` subcommands. Each one parses its options into a typed struct, validates them and calls
+// into trainer/ or model/; none holds logic of its own beyond that.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace carve::launcher {
+
+using SubcommandMain = int (*)(const std::vector<std::string>& args);
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  SubcommandMain main;
+};
+
+const std::vector<Subcommand>& subcommands();
+
+int inspect_main(const std::vector<std::string>& args);
+int generate_main(const std::vector<std::string>& args);
+
+}  // namespace carve::launcher
