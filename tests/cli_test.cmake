@@ -1,0 +1,54 @@
+# The carve binary's command line: help, config files, overrides and every kind of usage error.
+# Run by ctest as: cmake -DCARVE=<binary> -DFIXTURES=<tests/fixtures> -DWORK=<scratch dir> -P cli_test.cmake
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(TEACHER ${FIXTURES}/teachers/llama)
+
+# carve(<expected exit code> <regex the combined output must match> args...)
+function(carve expected_rc pattern)
+  execute_process(COMMAND ${CARVE} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  set(all "${out}${err}")
+  if(NOT rc EQUAL expected_rc)
+    message(FATAL_ERROR "carve ${ARGN}: exit code ${rc}, expected ${expected_rc}\n${all}")
+  endif()
+  if(NOT all MATCHES "${pattern}")
+    message(FATAL_ERROR "carve ${ARGN}: output does not match '${pattern}'\n${all}")
+  endif()
+  set(LAST_OUTPUT "${all}" PARENT_SCOPE)
+endfunction()
+
+# Help lists subcommands, and each subcommand's options with their defaults.
+carve(0 "inspect.*generate" help)
+carve(0 "--max-new-tokens.*\\(=32\\)" generate --help)
+carve(0 "--max-new-tokens.*\\(=32\\)" help generate)
+carve(2 "unknown subcommand 'genrate'.*did you mean 'generate'" genrate)
+
+# inspect prints the architecture, parameter count and files.
+carve(0 "llama.*layers.*model.safetensors" inspect --model ${TEACHER})
+
+# Unknown keys name the closest valid one, on the command line and in a config file.
+carve(2 "unknown option '--max-new-token'.*did you mean '--max-new-tokens'" generate --model ${TEACHER}
+      --tokens 1,2 --max-new-token 3)
+file(WRITE ${WORK}/typo.ini "model = ${TEACHER}\ntokens = 1,2,3\ntemprature = 0.5\n")
+carve(2 "typo.ini: unknown key 'temprature' \\(did you mean 'temperature'" generate --config ${WORK}/typo.ini)
+
+# A missing required option and bad values are named.
+carve(2 "--tokens.*required" generate --model ${TEACHER})
+carve(2 "'many'.*'--max-new-tokens' is invalid" generate --model ${TEACHER} --tokens 1,2 --max-new-tokens many)
+carve(2 "--tokens: id 500 is outside the vocabulary \\[0, 96\\)" generate --model ${TEACHER} --tokens 1,500)
+carve(2 "--dtype: 'float8' is not a dtype" generate --model ${TEACHER} --tokens 1,2 --dtype float8)
+carve(2 "--config: cannot read .*missing.ini" generate --config ${WORK}/missing.ini)
+carve(1 "nowhere: not a directory" inspect --model ${WORK}/nowhere)
+
+# A config file supplies keys, the command line overrides them, and the resolved configuration is printed and
+# saved in the run folder.
+file(WRITE ${WORK}/gen.ini "# a greedy continuation\nmodel = ${TEACHER}\ntokens = 5,6,7;8,9,10\nmax-new-tokens = 9\n")
+carve(0 "max-new-tokens = 4" generate --config ${WORK}/gen.ini --max-new-tokens 4 --out ${WORK}/run)
+file(READ ${WORK}/run/config.ini saved)
+if(NOT saved MATCHES "max-new-tokens = 4" OR NOT saved MATCHES "tokens = 5,6,7;8,9,10")
+  message(FATAL_ERROR "run/config.ini does not hold the resolved configuration:\n${saved}")
+endif()
+# Two rows of four new tokens each.
+if(NOT LAST_OUTPUT MATCHES "row 0:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\nrow 1:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n")
+  message(FATAL_ERROR "generate did not print two rows of 4 tokens:\n${LAST_OUTPUT}")
+endif()

@@ -1,0 +1,29 @@
+// Helpers shared by the tests: fixture paths, scratch directories, relative error.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "base/error.h"
+
+namespace carve::test {
+
+std::string fixture(const std::string& relative);  // tests/fixtures/<relative>
+// A fresh empty directory under the build tree, unique per test.
+std::string scratch_dir(const std::string& name);
+// max |a - b| / max |b| (b is the reference), computed in float64.
+double relative_error(const torch::Tensor& a, const torch::Tensor& b);
+
+// The message of the carve::Error that f throws, or "" when it throws none.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace carve::test
