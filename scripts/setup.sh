@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 / Ubuntu 24.04 machine for carve and build it: installs the packages that are missing (apt,
+# as root or through sudo), configures with CMake and builds into build/ (or $CARVE_BUILD_DIR).
+# Idempotent: a second run installs nothing and rebuilds only what changed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${CARVE_BUILD_DIR:-$ROOT/build}
+
+# Toolchain, LibTorch (CPU), MPI, HDF5, Boost.Program_options, JSON, GoogleTest; h5py and numpy for tools/*.py.
+PACKAGES=(build-essential cmake ninja-build git pkg-config
+          libtorch-dev libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev nlohmann-json3-dev
+          libgtest-dev googletest python3 python3-h5py python3-numpy)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=sudo
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+JOBS=${CARVE_JOBS:-$(nproc)}
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CARVE_CMAKE_ARGS:-}
+fi
+cmake --build "$BUILD_DIR" -j"$JOBS"
+echo "setup.sh: built $BUILD_DIR/carve"
