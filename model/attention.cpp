@@ -44,7 +44,7 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
   scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
+  auto probs = torch::softmax(scores.to(accumulate_dtype(scores)), -1).to(q.scalar_type());
   return torch::matmul(probs, v);
 #endif
 }

@@ -1,5 +1,6 @@
 #include "model/hf_weights.h"
 
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -72,12 +73,19 @@ std::optional<std::string> hf_weight_name(const ModelConfig& c, const std::strin
   fail("no Hugging Face name for parameter '", name, "' of a ", c.model_type, " model");
 }
 
+bool is_teacher_parameter(const CausalLMImpl& model, const std::string& name) {
+  if (name.rfind("layers.", 0) != 0) return true;
+  const auto dot = name.find('.', 7);
+  const int64_t layer = std::stoll(name.substr(7, dot - 7));
+  return name.compare(dot + 1, 6, "mixer.") != 0 || model.layers.at(layer)->mixer->kind() == "attention";
+}
+
 int64_t load_weights(CausalLMImpl& model, const CheckpointReader& ckpt, const std::string& only_prefix) {
   torch::NoGradGuard no_grad;
   int64_t loaded = 0;
   for (auto& item : model.named_parameters()) {
     const std::string& name = item.key();
-    if (name.rfind(only_prefix, 0) != 0) continue;
+    if (name.rfind(only_prefix, 0) != 0 || !is_teacher_parameter(model, name)) continue;
     auto& param = item.value();
     torch::Tensor value;
     if (auto hf = hf_weight_name(model.config, name)) {
@@ -94,6 +102,37 @@ int64_t load_weights(CausalLMImpl& model, const CheckpointReader& ckpt, const st
     ++loaded;
   }
   return loaded;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> hf_state_dict(CausalLMImpl& model) {
+  const auto& c = model.config;
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  // InternLM2 q/k/v parts per "<layer>.<weight|bias>", packed once all three are seen.
+  std::map<std::string, std::map<char, torch::Tensor>> pending;
+  for (auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    if (!is_teacher_parameter(model, name)) continue;
+    if (auto hf = hf_weight_name(c, name)) {
+      out.emplace_back(*hf, item.value().detach());
+      continue;
+    }
+    const auto dot = name.find('.', 7);
+    const std::string layer = name.substr(7, dot - 7), rest = name.substr(dot + 1);
+    const std::string param = rest.substr(rest.rfind('.') + 1);
+    auto& parts = pending[layer + "." + param];
+    parts[rest[6]] = item.value().detach();
+    if (parts.size() < 3) continue;
+    const int64_t g = c.kv_groups(), d = c.head_dim, cols = param == "bias" ? 1 : c.hidden_size;
+    auto q = parts['q'].reshape({c.num_kv_heads, g, d, cols});
+    auto k = parts['k'].reshape({c.num_kv_heads, 1, d, cols});
+    auto v = parts['v'].reshape({c.num_kv_heads, 1, d, cols});
+    auto packed = torch::cat({q, k, v}, 1).reshape({-1, cols});
+    out.emplace_back("model.layers." + layer + ".attention.wqkv." + param,
+                     param == "bias" ? packed.squeeze(1) : packed);
+    pending.erase(layer + "." + param);
+  }
+  CARVE_CHECK(pending.empty(), "internlm2 export: q, k and v of a layer were not all present");
+  return out;
 }
 
 CausalLM load_causal_lm(const CheckpointReader& ckpt, torch::ScalarType dtype, torch::Device device) {

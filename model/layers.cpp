@@ -2,6 +2,10 @@
 
 namespace carve::model {
 
+torch::ScalarType accumulate_dtype(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
 torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
@@ -12,9 +16,10 @@ NormImpl::NormImpl(NormKind k, int64_t dim, double e) : kind(k), eps(e) {
 }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
-  auto xf = x.to(torch::kFloat32);
+  const auto acc = accumulate_dtype(x);
+  auto xf = x.to(acc);
   if (kind == NormKind::LayerNorm) {
-    auto y = torch::layer_norm(xf, {xf.size(-1)}, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps);
+    auto y = torch::layer_norm(xf, {xf.size(-1)}, weight.to(acc), bias.to(acc), eps);
     return y.to(x.scalar_type());
   }
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);

@@ -33,4 +33,7 @@ TORCH_MODULE(Mlp);
 
 torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias);
 
+// The dtype reductions (norms, softmax) run in: float32 for low-precision inputs, float64 kept for float64.
+torch::ScalarType accumulate_dtype(const torch::Tensor& x);
+
 }  // namespace carve::model

@@ -1,0 +1,45 @@
+#include "model/seeded_mixer.h"
+
+#include "base/error.h"
+#include "model/gated_norm.h"
+#include "model/layers.h"
+
+namespace carve::model {
+
+SeededMixerImpl::SeededMixerImpl(const SsmMixerConfig& c) : config(c) {
+  CARVE_CHECK(c.num_heads % c.num_kv_heads == 0, "seeded mixer: ", c.num_heads, " heads are not a multiple of ",
+              c.num_kv_heads, " KV heads");
+  const int64_t h = c.num_heads, kv = c.num_kv_heads, p = c.head_dim;
+  q_proj = register_module("q_proj", make_linear(c.hidden_size, h * p, c.qkv_bias));
+  k_proj = register_module("k_proj", make_linear(c.hidden_size, kv * p, c.qkv_bias));
+  v_proj = register_module("v_proj", make_linear(c.hidden_size, kv * p, c.qkv_bias));
+  o_proj = register_module("o_proj", make_linear(h * p, c.hidden_size, c.o_bias));
+  conv_weight = register_parameter("conv_weight", torch::zeros({(h + 2 * kv) * p, c.conv_kernel}));
+  conv_bias = register_parameter("conv_bias", torch::zeros({(h + 2 * kv) * p}));
+  dt_proj = register_module("dt_proj", make_linear(c.hidden_size, h, false));
+  dt_bias = register_parameter("dt_bias", torch::zeros({h}));
+  A_log = register_parameter("A_log", torch::zeros({h}));
+  gate_proj = register_module("gate_proj", make_linear(c.hidden_size, h * p, false));
+  norm_weight = register_parameter("norm_weight", torch::ones({p}));
+}
+
+torch::Tensor SeededMixerImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
+  const int64_t b = u.size(0), l = u.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  auto vkq = conv_with_state(torch::cat({v_proj(u), k_proj(u), q_proj(u)}, -1), conv_weight, conv_bias, ctx);
+  auto parts = vkq.split_with_sizes({kv * p, kv * p, h * p}, -1);
+  SsdInputs in;
+  in.x = repeat_kv_heads(parts[0].reshape({b, l, kv, p}), h / kv);
+  in.B = repeat_kv_heads(parts[1].reshape({b, l, kv, p}), h / kv);
+  in.C = parts[2].reshape({b, l, h, p});
+  in.dt = dt_proj(u);
+  in.dt_bias = dt_bias;
+  in.dt_softplus = true;
+  in.A = decay_rates(A_log);
+  in.chunk_size = config.chunk_size;
+  auto y = ssd_with_state(in, ctx).reshape({b, l, h * p});
+  y = gated_rmsnorm(y, gate_proj(u), norm_weight, p, config.norm_eps, /*norm_before_gate=*/true);
+  if (ctx.pre_output) *ctx.pre_output = y;
+  return o_proj(y);
+}
+
+}  // namespace carve::model

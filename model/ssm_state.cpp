@@ -1,0 +1,62 @@
+#include "model/ssm_state.h"
+
+#include "base/error.h"
+#include "model/causal_conv.h"
+
+namespace carve::model {
+namespace {
+
+SsmState* ssm_state_of(const MixerContext& ctx) {
+  if (!ctx.state) return nullptr;
+  auto* s = dynamic_cast<SsmState*>(ctx.state);
+  CARVE_CHECK(s != nullptr, "a Mamba-2 mixer was given another mixer's decoding state");
+  CARVE_CHECK(!ctx.seq_idx.defined(), "packed samples (seq_idx) cannot be combined with a decoding state");
+  return s;
+}
+
+}  // namespace
+
+torch::Tensor conv_with_state(const torch::Tensor& xbc, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const MixerContext& ctx) {
+  auto* s = ssm_state_of(ctx);
+  if (!s) return causal_conv1d(xbc, weight, bias, /*silu=*/true, ctx.seq_idx).y;
+  if (s->conv.defined() && xbc.size(1) == 1) {
+    return causal_conv1d_step(xbc.select(1, 0), s->conv, weight, bias, /*silu=*/true).unsqueeze(1);
+  }
+  auto out = causal_conv1d(xbc, weight, bias, /*silu=*/true, {}, s->conv);
+  s->conv = out.final_state.detach();
+  return out.y;
+}
+
+torch::Tensor ssd_with_state(SsdInputs in, const MixerContext& ctx) {
+  auto* s = ssm_state_of(ctx);
+  in.seq_idx = ctx.seq_idx;
+  if (!s) return ssd_chunked(in, /*want_final_state=*/false).y;
+  if (s->ssm.defined() && in.x.size(1) == 1) {
+    SsdStepInputs step;
+    step.x = in.x.select(1, 0);
+    step.dt = in.dt.select(1, 0);
+    step.A = in.A;
+    step.B = in.B.select(1, 0);
+    step.C = in.C.select(1, 0);
+    step.D = in.D;
+    step.z = in.z.defined() ? in.z.select(1, 0) : in.z;
+    step.dt_bias = in.dt_bias;
+    step.dt_softplus = in.dt_softplus;
+    return ssd_step(step, s->ssm).unsqueeze(1);
+  }
+  in.initial_state = s->ssm;
+  auto out = ssd_chunked(in, /*want_final_state=*/true);
+  s->ssm = out.final_state.detach();
+  return out.y;
+}
+
+torch::Tensor decay_rates(const torch::Tensor& A_log) {
+  return -torch::exp(A_log.scalar_type() == torch::kFloat64 ? A_log : A_log.to(torch::kFloat32));
+}
+
+torch::Tensor repeat_kv_heads(const torch::Tensor& t, int64_t groups) {
+  return groups == 1 ? t : t.repeat_interleave(groups, 2);
+}
+
+}  // namespace carve::model
