@@ -1,6 +1,7 @@
 // Errors and checks shared by every module.
 // carve reports bad input as carve::Error with a message naming the file, field or flag and what was expected;
-// CARVE_CHECK adds the failing expression and the source location so internal faults are traceable too.
+// CARVE_CHECK records the failing expression and the source location in Error::where() so internal faults are
+// traceable too (the launcher prints it with CARVE_DEBUG=1); what() stays the message the user reads.
 #pragma once
 
 #include <sstream>
@@ -11,7 +12,13 @@ namespace carve {
 
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  explicit Error(const std::string& what, std::string where = "")
+      : std::runtime_error(what), where_(std::move(where)) {}
+  // "`expr` at file:line" for a failed CARVE_CHECK, empty otherwise.
+  const std::string& where() const { return where_; }
+
+ private:
+  std::string where_;
 };
 
 namespace detail {

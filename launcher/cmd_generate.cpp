@@ -8,6 +8,7 @@
 #include "launcher/subcommands.h"
 #include "model/checkpoint.h"
 #include "model/hf_weights.h"
+#include "model/student_checkpoint.h"
 #include "trainer/generate.h"
 
 namespace carve::launcher {
@@ -80,7 +81,9 @@ int generate_main(const std::vector<std::string>& args) {
 
   model::CheckpointReader ckpt(model_opts.path, model_opts.weight_prefix);
   auto prompt = parse_token_rows(tokens, ckpt.config().vocab_size);
-  auto lm = model::load_causal_lm(ckpt, dtype, device);
+  auto lm = model::is_student_checkpoint(model_opts.path)
+                ? model::load_student(model_opts.path, "", dtype, device).model
+                : model::load_causal_lm(ckpt, dtype, device);
   log::info("generate", "loaded ", model::family_name(ckpt.config().family), " with ", ckpt.config().num_layers,
             " layers on ", device.str(), " as ", c10::toString(dtype));
   auto generated = trainer::generate(*lm, prompt, gen);

@@ -21,6 +21,7 @@ int inspect_main(const std::vector<std::string>& args) {
   }
   model::CheckpointReader ckpt(path, prefix);
   std::cout << model::describe_checkpoint(ckpt);
+  if (ckpt.config().raw.contains("carve")) std::cout << model::describe_student(ckpt);
   return 0;
 }
 

@@ -1,4 +1,5 @@
 // carve: the single binary. Parses the subcommand, dispatches, and turns errors into messages and exit codes.
+#include <cstdlib>
 #include <iostream>
 
 #include "base/error.h"
@@ -11,6 +12,8 @@ const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> table = {
       {"inspect", "architecture, parameter counts, dtypes and files of a checkpoint", inspect_main},
       {"generate", "continue token prompts with a teacher or student checkpoint", generate_main},
+      {"convert", "carve a seeded Mamba-2 student out of a teacher and save it", convert_main},
+      {"bench", "benchmarks: ssd (the LibTorch SSD reference)", bench_main},
   };
   return table;
 }
@@ -49,6 +52,9 @@ int main(int argc, char** argv) {
       return 2;
     } catch (const carve::Error& e) {
       std::cerr << "error: " << e.what() << "\n";
+      const char* debug = std::getenv("CARVE_DEBUG");
+      if (debug && *debug && std::string(debug) != "0" && !e.where().empty())
+        std::cerr << "(failed check " << e.where() << ")\n";
       return 1;
     } catch (const std::exception& e) {
       std::cerr << "error: " << e.what() << "\n";

@@ -19,5 +19,7 @@ const std::vector<Subcommand>& subcommands();
 
 int inspect_main(const std::vector<std::string>& args);
 int generate_main(const std::vector<std::string>& args);
+int convert_main(const std::vector<std::string>& args);
+int bench_main(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher

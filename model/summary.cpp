@@ -5,7 +5,10 @@
 #include <set>
 #include <sstream>
 
+#include "base/error.h"
+
 #include "base/fs.h"
+#include "model/student_checkpoint.h"
 
 namespace carve::model {
 namespace {
@@ -16,6 +19,7 @@ std::string component_of(const std::string& name) {
     if (name.find("norm") != std::string::npos) return "final norm";
     return "lm head";
   }
+  if (name.find(".mamba.") != std::string::npos) return "mamba-2 mixers";
   if (name.find("attn") != std::string::npos || name.find("attention.") != std::string::npos) return "attention";
   if (name.find("mlp") != std::string::npos || name.find("feed_forward") != std::string::npos) return "mlp";
   if (name.find("norm") != std::string::npos) return "layer norms";
@@ -33,6 +37,37 @@ std::string human(double n) {
 }
 
 }  // namespace
+
+std::string describe_student(const CheckpointReader& ckpt) {
+  const auto& c = ckpt.config();
+  CARVE_CHECK(c.raw.contains("carve"), ckpt.folder(), ": not a carve student");
+  const auto& section = c.raw["carve"];
+  const auto spec = parse_student_section(section, c.num_layers, fs::join(ckpt.folder(), "config.json"));
+  // The skeleton has every parameter's shape; no weights are read.
+  CausalLM skeleton(c);
+  carve_student(*skeleton, spec, /*seed=*/false);
+  const auto mixer = ssm_mixer_config(c, spec);
+  std::ostringstream out;
+  out << "student      layout " << spec.layout.str() << " (" << spec.layout.indices('A').size() << " attention, "
+      << spec.layout.indices('M').size() << " mamba-2)\n";
+  out << "mixer        " << mixer_kind_name(spec.mixer) << ", seeded by " << seed_method_name(spec.seeding)
+      << " (init seed " << spec.init_seed << "), heads " << mixer.num_heads << " (kv " << mixer.num_kv_heads
+      << "), head dim = state size " << mixer.head_dim << ", conv " << mixer.conv_kernel << ", chunk "
+      << mixer.chunk_size << "\n";
+  out << "weights      " << section.value("weights", "?");
+  if (section.contains("teacher")) out << ", teacher " << section["teacher"].value("folder", "?");
+  out << "\n";
+  int64_t total = 0;
+  for (auto& p : skeleton->parameters()) total += p.numel();
+  out << "student parameters " << human(static_cast<double>(total)) << " (" << total << "); trainable per stage:\n";
+  for (auto stage : {Stage::Stage1, Stage::Stage2, Stage::Stage3, Stage::OneStage}) {
+    int64_t n = 0;
+    for (auto& [name, p] : trainable_parameters(*skeleton, stage)) n += p.numel();
+    out << "  " << std::left << std::setw(20) << stage_name(stage) << human(static_cast<double>(n)) << " (" << n
+        << ")\n";
+  }
+  return out.str();
+}
 
 std::string describe_checkpoint(const CheckpointReader& ckpt) {
   const auto& c = ckpt.config();

@@ -52,3 +52,29 @@ endif()
 if(NOT LAST_OUTPUT MATCHES "row 0:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\nrow 1:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n")
   message(FATAL_ERROR "generate did not print two rows of 4 tokens:\n${LAST_OUTPUT}")
 endif()
+
+# convert carves a student; the layout is given exactly one way, and a wrong one is named.
+carve(2 "--layout: 'AMMX' has 4 characters but the teacher has 3 layers" convert --teacher ${TEACHER}
+      --layout AMMX --out ${WORK}/bad_student)
+carve(2 "give the layout exactly one way.*\\(got 2\\)" convert --teacher ${TEACHER} --layout AMM
+      --attention-count 1 --out ${WORK}/bad_student)
+carve(2 "--mixer: 'mamba3'" convert --teacher ${TEACHER} --layout AMM --mixer mamba3 --out ${WORK}/bad_student)
+if(EXISTS ${WORK}/bad_student)
+  message(FATAL_ERROR "a failed convert left ${WORK}/bad_student behind")
+endif()
+carve(0 "wrote .*student: layout MAM" convert --teacher ${TEACHER} --layout MAM --mixer mamba2 --out ${WORK}/student)
+# inspect describes the student: its layout, mixer and what each stage trains; generate runs it.
+carve(0 "layout MAM \\(1 attention, 2 mamba-2\\).*mixer +mamba2.*stage1 +[0-9.]+K" inspect --model ${WORK}/student)
+carve(0 "row 0:( [0-9]+)( [0-9]+)( [0-9]+)\n" generate --model ${WORK}/student --tokens 3,4,5 --max-new-tokens 3)
+# Converting over an existing checkpoint is refused rather than overwriting it.
+carve(1 "--out: .*student already holds a checkpoint.*--overwrite" convert --teacher ${TEACHER} --layout MAM
+      --out ${WORK}/student)
+carve(0 "layout MMA" convert --teacher ${TEACHER} --layout MMA --out ${WORK}/student --overwrite)
+
+# bench ssd prints a table and writes JSON for a named shape.
+carve(0 "tiny +1 +512" bench ssd --shapes tiny --warmup 0 --repeat 1 --json ${WORK}/bench.json)
+carve(2 "--shapes: 'huge' is neither a preset" bench ssd --shapes huge)
+file(READ ${WORK}/bench.json bench_json)
+if(NOT bench_json MATCHES "\"forward_ms\": [0-9.]+")
+  message(FATAL_ERROR "bench.json lacks forward_ms:\n${bench_json}")
+endif()

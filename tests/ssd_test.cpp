@@ -70,8 +70,8 @@ Tensor seq_idx_from_starts(int64_t l, const std::vector<std::vector<int64_t>>& s
 }
 
 double rel_err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).norm().item<double>() /
-         b.to(torch::kDouble).norm().item<double>();
+  return (a.to(torch::kCPU, torch::kDouble) - b.to(torch::kCPU, torch::kDouble)).norm().item<double>() /
+         b.to(torch::kCPU, torch::kDouble).norm().item<double>();
 }
 
 void expect_same_outputs(const SsdOutputs& got, const SsdOutputs& want, double tol, const std::string& what) {
@@ -327,7 +327,8 @@ TEST(SsdTest, PrefixFinalStateContinuesRun) {
 }
 
 // Low-precision inputs accumulate in float32: stay close to float64 run on the same (rounded) values.
-TEST(SsdTest, LowPrecisionStaysCloseToFloat64) {
+// bf16 and float32 inputs on `device` against the float64 recurrence on CPU.
+void check_low_precision_on(torch::Device device) {
   Spec s = all_options_spec();
   s.l = 64, s.chunk = 16, s.p = 8, s.n = 8;
   const SsdInputs base = make_inputs(s, 15);
@@ -339,17 +340,29 @@ TEST(SsdTest, LowPrecisionStaysCloseToFloat64) {
                                  &SsdInputs::initial_state}) {
       low.*f = (base.*f).to(dtype);
       ref.*f = (low.*f).to(torch::kDouble);
+      low.*f = (low.*f).to(device);
     }
     for (Tensor SsdInputs::*f : {&SsdInputs::A, &SsdInputs::D, &SsdInputs::dt_bias}) {
       low.*f = (base.*f).to(torch::kFloat);
       ref.*f = (low.*f).to(torch::kDouble);
+      low.*f = (low.*f).to(device);
     }
+    low.seq_idx = low.seq_idx.defined() ? low.seq_idx.to(device) : low.seq_idx;
     SsdOutputs got = carve::model::ssd_chunked(low, true);
     SsdOutputs want = carve::model::ssd_sequential(ref, true);
     EXPECT_EQ(got.y.scalar_type(), dtype);
+    EXPECT_EQ(got.y.device(), device);
     EXPECT_EQ(got.final_state.scalar_type(), torch::kFloat);
-    expect_same_outputs(got, want, tol, std::string("dtype ") + c10::toString(dtype));
+    expect_same_outputs(got, want, tol, std::string("dtype ") + c10::toString(dtype) + " on " + device.str());
   }
+}
+
+TEST(SsdTest, LowPrecisionStaysCloseToFloat64) { check_low_precision_on(torch::kCPU); }
+
+// The reference on the GPU host: bf16 on CUDA within bf16 tolerance of float64.
+TEST(SsdTest, CudaLowPrecisionStaysCloseToFloat64) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  check_low_precision_on(torch::kCUDA);
 }
 
 TEST(SsdTest, RejectsBadArguments) {

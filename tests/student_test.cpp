@@ -228,6 +228,20 @@ TEST_P(StudentMixers, GradientsReachEveryTrainableParameter) {
   }
 }
 
+// On the GPU host: the student in bf16 on CUDA stays within bf16 tolerance of the float64 student on CPU.
+TEST_P(StudentMixers, CudaBfloat16StaysCloseToFloat64) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::NoGradGuard no_grad;
+  auto student = load_teacher("internlm2", torch::kFloat64);
+  carve_student(*student, spec_of("MAM", GetParam(), SeedMethod::Mimic), true);
+  auto ids = SafetensorsFile(teacher_dir("internlm2") + "/expected.safetensors").load("input_ids");
+  auto want = student->forward(ids).logits;
+  student->to(torch::kCUDA, torch::kBFloat16);
+  auto got = student->forward(ids.to(torch::kCUDA)).logits;
+  EXPECT_EQ(got.scalar_type(), torch::kBFloat16);
+  EXPECT_LT(relative_error(got, want), 3e-2);
+}
+
 INSTANTIATE_TEST_SUITE_P(Kinds, StudentMixers, ::testing::Values(MixerKind::Seeded, MixerKind::Mamba2),
                          [](const auto& info) { return mixer_kind_name(info.param); });
 
