@@ -81,11 +81,18 @@ int generate_main(const std::vector<std::string>& args) {
 
   model::CheckpointReader ckpt(model_opts.path, model_opts.weight_prefix);
   auto prompt = parse_token_rows(tokens, ckpt.config().vocab_size);
-  auto lm = model::is_student_checkpoint(model_opts.path)
-                ? model::load_student(model_opts.path, "", dtype, device).model
-                : model::load_causal_lm(ckpt, dtype, device);
-  log::info("generate", "loaded ", model::family_name(ckpt.config().family), " with ", ckpt.config().num_layers,
-            " layers on ", device.str(), " as ", c10::toString(dtype));
+  const bool student = model::is_student_checkpoint(model_opts.path);
+  std::string what = model::family_name(ckpt.config().family);
+  model::CausalLM lm{nullptr};
+  if (student) {
+    auto loaded = model::load_student(model_opts.path, "", dtype, device);
+    lm = loaded.model;
+    what += " student " + loaded.spec.layout.str();
+  } else {
+    lm = model::load_causal_lm(ckpt, dtype, device);
+  }
+  log::info("generate", "loaded ", what, " with ", ckpt.config().num_layers, " layers on ", device.str(), " as ",
+            c10::toString(dtype));
   auto generated = trainer::generate(*lm, prompt, gen);
   for (int64_t i = 0; i < generated.size(0); ++i) {
     std::cout << "row " << i << ":";
