@@ -92,3 +92,35 @@ std::string read_file(const std::string& path) {
 }
 
 }  // namespace carve::fs
+
+namespace carve::fs {
+
+void commit_file(const std::string& tmp_path, const std::string& path) {
+  int fd = ::open(tmp_path.c_str(), O_RDONLY);
+  CARVE_CHECK_SYS(fd, "cannot open ", tmp_path);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  CARVE_CHECK_SYS(rc, "cannot fsync ", tmp_path);
+  rc = ::rename(tmp_path.c_str(), path.c_str());
+  if (rc < 0) ::unlink(tmp_path.c_str());
+  CARVE_CHECK_SYS(rc, "cannot rename ", tmp_path, " to ", path);
+  sync_directory(parent_directory(path));
+}
+
+int64_t file_size(const std::string& path) {
+  struct stat st {};
+  CARVE_CHECK_SYS(::stat(path.c_str(), &st), "cannot stat ", path);
+  return static_cast<int64_t>(st.st_size);
+}
+
+void remove_temporaries(const std::string& dir, const std::string& stem) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return;
+  const std::string prefix = stem + ".tmp.";
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) == 0) std::filesystem::remove(entry.path(), ec);
+  }
+}
+
+}  // namespace carve::fs

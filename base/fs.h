@@ -1,6 +1,7 @@
 // File-system helpers used by every writer: atomic replacement and checked reads.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace carve::fs {
@@ -24,6 +25,13 @@ class AtomicFileWriter {
 };
 
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// Makes a complete temporary file (written by a library, e.g. HDF5) durable under its final name: fsync, rename
+// over `path`, fsync the directory. The temporary is removed if the rename fails.
+void commit_file(const std::string& tmp_path, const std::string& path);
+// Size in bytes; the error names the path.
+int64_t file_size(const std::string& path);
+// Removes `<dir>/<stem>.tmp.*` left by a killed writer (the temporaries of AtomicFileWriter and commit_file).
+void remove_temporaries(const std::string& dir, const std::string& stem);
 // Reads a whole (small) file; the error names the path.
 std::string read_file(const std::string& path);
 bool exists(const std::string& path);

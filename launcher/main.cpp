@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "base/error.h"
+#include "comm/mpi_session.h"
 #include "launcher/options.h"
 #include "launcher/subcommands.h"
 
@@ -13,7 +14,11 @@ const std::vector<Subcommand>& subcommands() {
       {"inspect", "architecture, parameter counts, dtypes and files of a checkpoint", inspect_main},
       {"generate", "continue token prompts with a teacher or student checkpoint", generate_main},
       {"convert", "carve a seeded Mamba-2 student out of a teacher and save it", convert_main},
-      {"bench", "benchmarks: ssd (the LibTorch SSD reference)", bench_main},
+      {"data", "sample files: validate", data_main},
+      {"precompute", "run the teacher once over samples and write the activation cache (mpirun: ranks split it)",
+       precompute_main},
+      {"cache", "activation caches: verify", cache_main},
+      {"bench", "benchmarks: ssd (the LibTorch SSD reference), cache (precompute and streaming)", bench_main},
   };
   return table;
 }
@@ -45,21 +50,29 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   for (const auto& s : subcommands()) {
     if (name != s.name) continue;
+    int rc = 0;
     try {
-      return s.main(args);
+      rc = s.main(args);
     } catch (const UsageError& e) {
       std::cerr << "error: " << e.what() << "\n(see `carve " << name << " --help`)\n";
-      return 2;
+      rc = 2;
     } catch (const carve::Error& e) {
       std::cerr << "error: " << e.what() << "\n";
       const char* debug = std::getenv("CARVE_DEBUG");
       if (debug && *debug && std::string(debug) != "0" && !e.where().empty())
         std::cerr << "(failed check " << e.where() << ")\n";
-      return 1;
+      rc = 1;
     } catch (const std::exception& e) {
       std::cerr << "error: " << e.what() << "\n";
-      return 1;
+      rc = 1;
     }
+    // A subcommand that failed inside a multi-process MPI job left MPI running (see MpiSession): stop every rank
+    // now rather than let the others wait in their next collective.
+    if (rc != 0 && carve::comm::mpi_active() && carve::comm::world_size() > 1) {
+      std::cerr.flush();
+      MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    return rc;
   }
   std::vector<std::string> names;
   for (const auto& s : subcommands()) names.push_back(s.name);

@@ -1,5 +1,7 @@
 #include "launcher/model_options.h"
 
+#include "comm/mpi_session.h"
+
 namespace carve::launcher {
 
 po::options_description model_options(ModelOptions& o, const std::string& flag, const std::string& what) {
@@ -38,6 +40,12 @@ torch::Device parse_device(const std::string& text, const std::string& flag) {
     return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
   throw UsageError("--" + flag + ": '" + text + "' is not a device (expected cpu, cuda or cuda:N)");
+}
+
+torch::Device rank_device(torch::Device device, const std::string& text) {
+  if (!device.is_cuda() || text != "cuda") return device;
+  const int count = static_cast<int>(torch::cuda::device_count());
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm::local_rank() % count));
 }
 
 }  // namespace carve::launcher

@@ -23,5 +23,8 @@ po::options_description model_options(ModelOptions& o, const std::string& flag, 
 torch::ScalarType parse_dtype(const std::string& text, const std::string& flag);
 // "cpu" | "cuda" | "cuda:N"; refuses CUDA when this build or machine has none.
 torch::Device parse_device(const std::string& text, const std::string& flag);
+// Under mpirun or SLURM, plain "cuda" means one GPU per local rank: cuda:(local rank mod GPUs). An explicit
+// cuda:N, or cpu, is kept.
+torch::Device rank_device(torch::Device device, const std::string& text);
 
 }  // namespace carve::launcher

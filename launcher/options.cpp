@@ -75,7 +75,7 @@ std::string closest_option(const po::options_description& desc, const std::strin
 }
 
 ParsedOptions parse_options(const std::string& sub, const po::options_description& user_desc,
-                            const std::vector<std::string>& args) {
+                            const std::vector<std::string>& args, const po::positional_options_description* positional) {
   po::options_description desc;
   std::string config_file;
   po::options_description common("Common");
@@ -88,7 +88,9 @@ ParsedOptions parse_options(const std::string& sub, const po::options_descriptio
     // The command line is stored first: Program_options keeps the first value stored for a key.
     // No guessing of abbreviated names: `--max-new-token` is a typo to report, not a prefix to complete.
     const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
-    po::store(po::command_line_parser(args).options(desc).style(style).run(), out.values);
+    auto parser = po::command_line_parser(args).options(desc).style(style);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), out.values);
     if (out.values.count("help")) {
       out.help = true;
       return out;

@@ -25,8 +25,10 @@ struct ParsedOptions {
 
 // Parses argv (after the subcommand) against `desc`, adding --help and --config. Calls notify(), which fills
 // the bound structs; on --help it does not notify and `help` is set.
+// `positional` maps bare arguments to options (`carve cache verify CACHE` means --cache CACHE).
 ParsedOptions parse_options(const std::string& subcommand, const po::options_description& desc,
-                            const std::vector<std::string>& args);
+                            const std::vector<std::string>& args,
+                            const po::positional_options_description* positional = nullptr);
 
 // The name closest to `key` (edit distance within a third of its length), or "" when nothing is close.
 std::string closest_name(const std::vector<std::string>& names, const std::string& key);

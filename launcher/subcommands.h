@@ -21,5 +21,8 @@ int inspect_main(const std::vector<std::string>& args);
 int generate_main(const std::vector<std::string>& args);
 int convert_main(const std::vector<std::string>& args);
 int bench_main(const std::vector<std::string>& args);
+int data_main(const std::vector<std::string>& args);
+int precompute_main(const std::vector<std::string>& args);
+int cache_main(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher

@@ -89,6 +89,7 @@ ForwardResult CausalLMImpl::forward_embeds(const torch::Tensor& embeds, const Fo
     if (o.want_pre_outputs) r.pre_outputs.push_back(pre);
   }
   if (o.state) o.state->length += l;
+  r.residual_out = x;
   r.final_hidden = final_norm(x);
   if (o.want_logits) r.logits = logits(r.final_hidden);
   return r;

@@ -46,6 +46,7 @@ struct ForwardOptions {
 struct ForwardResult {
   torch::Tensor logits;                     // [b, l, vocab]
   torch::Tensor final_hidden;               // [b, l, d], after the final norm
+  torch::Tensor residual_out;               // [b, l, d], the residual stream leaving the last layer (before it)
   std::vector<torch::Tensor> layer_inputs;  // per layer [b, l, d]
   std::vector<torch::Tensor> pre_outputs;   // per layer [b, l, h * p]
 };

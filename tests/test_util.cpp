@@ -4,6 +4,8 @@
 
 #include <filesystem>
 
+#include "comm/mpi_session.h"
+
 namespace carve::test {
 
 std::string fixture(const std::string& relative) { return std::string(CARVE_FIXTURES_DIR) + "/" + relative; }
@@ -13,6 +15,10 @@ std::string scratch_dir(const std::string& name) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
+}
+
+void ensure_mpi() {
+  static comm::MpiSession session;  // finalised at exit
 }
 
 double relative_error(const torch::Tensor& a, const torch::Tensor& b) {

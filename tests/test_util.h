@@ -15,6 +15,9 @@ std::string scratch_dir(const std::string& name);
 // max |a - b| / max |b| (b is the reference), computed in float64.
 double relative_error(const torch::Tensor& a, const torch::Tensor& b);
 
+// Initialises MPI once for this test process (a singleton world of one), for code that is collective over it.
+void ensure_mpi();
+
 // The message of the carve::Error that f throws, or "" when it throws none.
 template <typename F>
 std::string error_of(F&& f) {

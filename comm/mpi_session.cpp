@@ -1,0 +1,113 @@
+#include "comm/mpi_session.h"
+
+#include <cstdlib>
+#include <exception>
+#include <vector>
+
+#include "base/error.h"
+
+namespace carve::comm {
+namespace {
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(rc, text, &length);
+  throw Error(std::string("MPI ") + what + " failed: " + std::string(text, static_cast<size_t>(length)));
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  long parsed = std::strtol(v, &end, 10);
+  return (end && *end == '\0' && parsed >= 0) ? static_cast<int>(parsed) : fallback;
+}
+
+}  // namespace
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
+  if (!initialized) {
+    int provided = 0;
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    owns_ = true;
+  }
+  rank_ = world_rank();
+  size_ = world_size();
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!owns_ || finalized) return;
+  if (std::uncaught_exceptions() > 0 && size_ > 1) return;
+  MPI_Finalize();
+}
+
+bool mpi_active() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized;
+}
+
+int world_rank() {
+  int r = 0;
+  check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &r), "MPI_Comm_rank");
+  return r;
+}
+
+int world_size() {
+  int s = 1;
+  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &s), "MPI_Comm_size");
+  return s;
+}
+
+int local_rank() {
+  int r = env_int("OMPI_COMM_WORLD_LOCAL_RANK", -1);
+  if (r < 0) r = env_int("MPI_LOCALRANKID", -1);
+  if (r < 0) r = env_int("SLURM_LOCALID", -1);
+  return r < 0 ? 0 : r;
+}
+
+void barrier() { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+std::string broadcast_text(const std::string& text) {
+  long long size = static_cast<long long>(text.size());
+  check_mpi(MPI_Bcast(&size, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD), "MPI_Bcast (size)");
+  std::string out = world_rank() == 0 ? text : std::string(static_cast<size_t>(size), '\0');
+  if (size > 0) check_mpi(MPI_Bcast(out.data(), static_cast<int>(size), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  return out;
+}
+
+void agree_or_throw(bool ok, const std::string& own_error) {
+  int failed_rank = ok ? world_size() : world_rank();
+  int lowest = 0;
+  check_mpi(MPI_Allreduce(&failed_rank, &lowest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  if (lowest == world_size()) return;
+  if (!ok) throw Error(own_error);
+  throw Error("rank " + std::to_string(lowest) + " failed (its error is printed by that rank); stopping");
+}
+
+}  // namespace carve::comm
+
+namespace carve::comm {
+
+void rank0_decides(const std::function<void()>& step) {
+  std::string error;
+  if (world_rank() == 0) {
+    try {
+      step();
+    } catch (const std::exception& e) {
+      error = e.what();
+      if (error.empty()) error = "rank 0 failed";
+    }
+  }
+  error = broadcast_text(error);
+  if (!error.empty()) throw Error(error);
+}
+
+}  // namespace carve::comm

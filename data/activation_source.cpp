@@ -1,0 +1,314 @@
+#include "data/activation_source.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "base/error.h"
+#include "base/fs.h"
+#include "data/cache_shard.h"
+#include "data/samples.h"
+
+namespace carve::data {
+
+nlohmann::json position_to_json(const SourcePosition& p) { return {{"epoch", p.epoch}, {"step", p.step}}; }
+
+SourcePosition position_from_json(const nlohmann::json& j, const std::string& where) {
+  CARVE_CHECK(j.is_object() && j.contains("epoch") && j.contains("step"), where,
+              ": a data position needs 'epoch' and 'step'");
+  SourcePosition p{j.at("epoch").get<int64_t>(), j.at("step").get<int64_t>()};
+  CARVE_CHECK(p.epoch >= 0 && p.step >= 0, where, ": data position must not be negative");
+  return p;
+}
+
+namespace {
+
+// SplitMix64: a small generator whose sequence is fixed by its seed on every platform (std::shuffle is not).
+struct SplitMix64 {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  }
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> epoch_batches(const std::vector<int64_t>& offsets, int64_t batch_tokens,
+                                                uint64_t seed, int64_t epoch, bool shuffle) {
+  const int64_t n = static_cast<int64_t>(offsets.size()) - 1;
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  if (shuffle) {
+    SplitMix64 rng{seed * 0x100000001B3ULL ^ (static_cast<uint64_t>(epoch) + 0x51ED270B27ULL)};
+    for (int64_t i = n - 1; i > 0; --i) std::swap(order[i], order[rng.next() % static_cast<uint64_t>(i + 1)]);
+  }
+  std::vector<std::vector<int64_t>> batches;
+  int64_t used = 0;
+  for (auto s : order) {
+    const int64_t len = offsets[s + 1] - offsets[s];
+    CARVE_CHECK(len <= batch_tokens, "sample ", s, " has ", len, " tokens, more than the batch budget of ",
+                batch_tokens, " (raise --batch-tokens)");
+    if (batches.empty() || used + len > batch_tokens) {
+      batches.emplace_back();
+      used = 0;
+    }
+    batches.back().push_back(s);
+    used += len;
+  }
+  return batches;
+}
+
+struct ActivationSource::Impl {
+  ActivationSourceOptions o;
+  CacheManifest manifest;
+  std::vector<std::string> streams;         // the streams read, in batch order: layers, final, logits
+  std::vector<int64_t> offsets;             // global sample offsets (from the shards)
+  std::vector<int64_t> shard_of_sample;
+  std::unique_ptr<SampleFile> samples;
+  std::mutex steps_mutex;
+  std::map<int64_t, int64_t> steps_cache;
+  int64_t hidden = 0, top_k = 0;
+
+  // Reader state: only the reader thread touches the shard readers.
+  std::map<std::pair<int64_t, size_t>, std::unique_ptr<CacheShardReader>> readers;
+  std::vector<std::vector<int64_t>> epoch_plan;
+  int64_t planned_epoch = -1;
+
+  mutable std::mutex mutex;
+  std::condition_variable ready, space;
+  std::deque<ActivationBatch> queue;
+  std::exception_ptr failure;
+  bool stopping = false;
+  SourcePosition next_to_deliver;
+  SourceStats stats;
+  std::thread thread;
+
+  // Steps of an epoch: the packing depends on the epoch's order, so the batch count can differ between epochs.
+  int64_t steps_in(int64_t epoch) {
+    std::lock_guard<std::mutex> lock(steps_mutex);
+    auto it = steps_cache.find(epoch);
+    if (it != steps_cache.end()) return it->second;
+    const auto batches = static_cast<int64_t>(epoch_batches(offsets, o.batch_tokens, o.seed, epoch, o.shuffle).size());
+    return steps_cache[epoch] = (batches + o.world - 1) / o.world;
+  }
+
+  void advance(SourcePosition& p) {
+    if (++p.step == steps_in(p.epoch)) {
+      p.step = 0;
+      ++p.epoch;
+    }
+  }
+
+  const CacheShardReader& reader(int64_t shard, size_t stream) {
+    auto key = std::make_pair(shard, stream);
+    auto it = readers.find(key);
+    if (it != readers.end()) return *it->second;
+    if (readers.size() >= 256) readers.clear();  // bound the open files on caches of thousands of shards
+    const auto path = fs::join(o.cache_dir, manifest.files[shard][stream_index(stream)].path);
+    auto r = std::make_unique<CacheShardReader>(path, manifest.plan, manifest.plan.shards[shard], streams[stream]);
+    return *readers.emplace(key, std::move(r)).first->second;
+  }
+
+  // Index of streams[stream] among the plan's streams (the manifest's file order).
+  size_t stream_index(size_t stream) const {
+    const auto all = manifest.plan.streams();
+    return static_cast<size_t>(std::find(all.begin(), all.end(), streams[stream]) - all.begin());
+  }
+
+  ActivationBatch read(const SourcePosition& pos) {
+    if (planned_epoch != pos.epoch) {
+      epoch_plan = epoch_batches(offsets, o.batch_tokens, o.seed, pos.epoch, o.shuffle);
+      planned_epoch = pos.epoch;
+    }
+    ActivationBatch b;
+    b.position = pos;
+    const int64_t budget = o.batch_tokens;
+    auto opts = torch::TensorOptions().pinned_memory(o.pin_memory);
+    const auto storage = half_dtype_from_name(manifest.plan.dtype, o.cache_dir);
+    const size_t n_hidden = o.layers.size() + (o.final_hidden ? 1 : 0);
+    std::vector<torch::Tensor> hidden_out;
+    for (size_t i = 0; i < n_hidden; ++i) hidden_out.push_back(torch::zeros({budget, hidden}, opts.dtype(storage)));
+    if (o.logits) {
+      b.topk_logprobs = torch::zeros({budget, top_k}, opts.dtype(torch::kFloat32));
+      b.topk_indices = torch::zeros({budget, top_k}, opts.dtype(torch::kInt32));
+    }
+    if (samples) {
+      b.token_ids = torch::zeros({budget}, opts.dtype(torch::kInt64));
+      b.loss_mask = torch::zeros({budget}, opts.dtype(torch::kUInt8));
+    }
+    auto seq_idx = torch::empty({1, budget}, torch::kInt32);
+    auto valid = torch::zeros({budget}, torch::kBool);
+    const int64_t batch_index = pos.step * o.world + o.rank;
+    int64_t at = 0;
+    if (batch_index < static_cast<int64_t>(epoch_plan.size())) {
+      b.sample_ids = epoch_plan[batch_index];
+      const auto t0 = std::chrono::steady_clock::now();
+      int64_t bytes = 0;
+      for (size_t k = 0; k < b.sample_ids.size(); ++k) {
+        const int64_t s = b.sample_ids[k];
+        const int64_t shard = shard_of_sample[s];
+        const int64_t row = offsets[s] - offsets[manifest.plan.shards[shard].first_sample];
+        const int64_t len = offsets[s + 1] - offsets[s];
+        for (size_t i = 0; i < streams.size(); ++i) {
+          const auto& r = reader(shard, i);
+          if (i < n_hidden) {
+            r.read_hidden(row, len, hidden_out[i][at].data_ptr());
+            bytes += len * hidden * 2;
+          } else {
+            r.read_logits(row, len, b.topk_logprobs[at].data_ptr<float>(), b.topk_indices[at].data_ptr<int32_t>());
+            bytes += len * top_k * 8;
+          }
+        }
+        if (samples) {
+          b.token_ids.narrow(0, at, len).copy_(samples->tokens(offsets[s], offsets[s + 1]));
+          b.loss_mask.narrow(0, at, len).copy_(samples->loss_mask(offsets[s], offsets[s + 1]));
+        }
+        seq_idx.narrow(1, at, len).fill_(static_cast<int>(k));
+        valid.narrow(0, at, len).fill_(true);
+        at += len;
+      }
+      std::lock_guard<std::mutex> lock(mutex);
+      stats.bytes_read += bytes;
+      stats.read_seconds += seconds_since(t0);
+    }
+    // Padding is one more segment, so no real token attends to (or carries state into) it.
+    if (at < budget) seq_idx.narrow(1, at, budget - at).fill_(static_cast<int>(b.sample_ids.size()));
+    b.tokens = at;
+    b.seq_idx = o.pin_memory ? seq_idx.pin_memory() : seq_idx;
+    b.valid = o.pin_memory ? valid.pin_memory() : valid;
+    for (size_t i = 0; i < o.layers.size(); ++i) b.hidden.push_back(hidden_out[i]);
+    if (o.final_hidden) b.final_hidden = hidden_out.back();
+    return b;
+  }
+
+  void run() {
+    SourcePosition pos = o.start;
+    try {
+      while (true) {
+        {
+          std::unique_lock<std::mutex> lock(mutex);
+          space.wait(lock, [&] { return stopping || static_cast<int>(queue.size()) < o.prefetch; });
+          if (stopping) return;
+        }
+        auto batch = read(pos);
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          queue.push_back(std::move(batch));
+        }
+        ready.notify_one();
+        advance(pos);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      failure = std::current_exception();
+      ready.notify_all();
+    }
+  }
+};
+
+ActivationSource::ActivationSource(ActivationSourceOptions options) : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.o = std::move(options);
+  const auto& o = m.o;
+  CARVE_CHECK(o.world >= 1 && o.rank >= 0 && o.rank < o.world, "data-parallel rank ", o.rank, " of ", o.world);
+  CARVE_CHECK(o.batch_tokens > 0, "--batch-tokens must be positive");
+  CARVE_CHECK(o.prefetch >= 1, "--prefetch must be at least 1");
+  m.manifest = read_manifest(o.cache_dir);
+  const auto& plan = m.manifest.plan;
+  const auto all = plan.streams();
+  auto require = [&](const std::string& stream, const std::string& what) {
+    CARVE_CHECK(std::find(all.begin(), all.end(), stream) != all.end(), o.cache_dir, ": the cache does not hold ",
+                what, " (stream '", stream, "'); precompute it with the stream included");
+    m.streams.push_back(stream);
+  };
+  for (auto layer : o.layers) require(stream_name_of_layer(layer), "the input of layer " + std::to_string(layer));
+  if (o.final_hidden) require("final", "the final hidden state");
+  if (o.logits) require("logits", "the teacher's top-k log-probabilities");
+  CARVE_CHECK(!m.streams.empty(), "an activation source needs at least one stream");
+  m.hidden = plan.hidden_size;
+  m.top_k = plan.top_k;
+  if (!o.samples_path.empty()) {
+    const auto hash = samples_hash(o.samples_path);
+    CARVE_CHECK(hash == plan.samples_hash, o.cache_dir, ": made from other samples (", plan.samples_path, ", hash ",
+                plan.samples_hash, ") than ", o.samples_path, " (hash ", hash, ")");
+    m.samples = std::make_unique<SampleFile>(o.samples_path);
+  }
+  // Sample boundaries from the shards' own offsets (each file's sizes are checked against the manifest).
+  m.offsets.assign(1, 0);
+  for (const auto& span : plan.shards) {
+    for (size_t i = 0; i < m.streams.size(); ++i) {
+      const auto& f = m.manifest.files[span.index][m.stream_index(i)];
+      const auto path = fs::join(o.cache_dir, f.path);
+      CARVE_CHECK(fs::exists(path), path, ": missing (listed in the manifest)");
+      CARVE_CHECK(fs::file_size(path) == f.bytes, path, ": ", fs::file_size(path), " bytes, the manifest says ",
+                  f.bytes, " (truncated or replaced; run `carve cache verify`)");
+    }
+    const auto& local = m.reader(span.index, 0).offsets();
+    for (size_t i = 1; i < local.size(); ++i) {
+      m.offsets.push_back(m.offsets.back() + local[i] - local[i - 1]);
+      m.shard_of_sample.push_back(span.index);
+    }
+  }
+  if (m.samples)
+    CARVE_CHECK(m.samples->offsets() == m.offsets, o.samples_path, ": sample boundaries differ from the cache's");
+  CARVE_CHECK(o.start.step < m.steps_in(o.start.epoch), "data position step ", o.start.step,
+              " is past the end of epoch ", o.start.epoch, " (", m.steps_in(o.start.epoch), " steps)");
+  m.next_to_deliver = o.start;
+  m.thread = std::thread([&m] { m.run(); });
+}
+
+ActivationSource::~ActivationSource() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->space.notify_all();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+ActivationBatch ActivationSource::next() {
+  auto& m = *impl_;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(m.mutex);
+  m.ready.wait(lock, [&] { return !m.queue.empty() || m.failure; });
+  if (m.queue.empty()) std::rethrow_exception(m.failure);
+  auto batch = std::move(m.queue.front());
+  m.queue.pop_front();
+  m.stats.wait_seconds += seconds_since(t0);
+  m.stats.batches += 1;
+  lock.unlock();
+  auto next_position = batch.position;
+  m.advance(next_position);
+  lock.lock();
+  m.next_to_deliver = next_position;
+  lock.unlock();
+  m.space.notify_one();
+  return batch;
+}
+
+SourcePosition ActivationSource::position() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->next_to_deliver;
+}
+
+int64_t ActivationSource::steps_in_epoch(int64_t epoch) const { return impl_->steps_in(epoch); }
+const CachePlan& ActivationSource::plan() const { return impl_->manifest.plan; }
+
+SourceStats ActivationSource::stats() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->stats;
+}
+
+}  // namespace carve::data
