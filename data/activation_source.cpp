@@ -127,6 +127,17 @@ struct ActivationSource::Impl {
     return static_cast<size_t>(std::find(all.begin(), all.end(), streams[stream]) - all.begin());
   }
 
+  // Batch tensors are recycled: allocating (and, pinned, registering) megabytes per batch costs more than reading
+  // them. A pooled tensor is free again once the pool holds its only reference (the consumer dropped the batch).
+  std::vector<torch::Tensor> pool;
+  torch::Tensor buffer(std::vector<int64_t> shape, torch::ScalarType dtype) {
+    for (auto& t : pool)
+      if (t.use_count() == 1 && t.storage().use_count() == 1 && t.scalar_type() == dtype && t.sizes() == c10::IntArrayRef(shape)) return t;
+    auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype).pinned_memory(o.pin_memory));
+    if (pool.size() < static_cast<size_t>(16 * (o.prefetch + 2))) pool.push_back(t);
+    return t;
+  }
+
   ActivationBatch read(const SourcePosition& pos) {
     if (planned_epoch != pos.epoch) {
       epoch_plan = epoch_batches(offsets, o.batch_tokens, o.seed, pos.epoch, o.shuffle);
@@ -135,21 +146,20 @@ struct ActivationSource::Impl {
     ActivationBatch b;
     b.position = pos;
     const int64_t budget = o.batch_tokens;
-    auto opts = torch::TensorOptions().pinned_memory(o.pin_memory);
     const auto storage = half_dtype_from_name(manifest.plan.dtype, o.cache_dir);
     const size_t n_hidden = o.layers.size() + (o.final_hidden ? 1 : 0);
     std::vector<torch::Tensor> hidden_out;
-    for (size_t i = 0; i < n_hidden; ++i) hidden_out.push_back(torch::zeros({budget, hidden}, opts.dtype(storage)));
+    for (size_t i = 0; i < n_hidden; ++i) hidden_out.push_back(buffer({budget, hidden}, storage));
     if (o.logits) {
-      b.topk_logprobs = torch::zeros({budget, top_k}, opts.dtype(torch::kFloat32));
-      b.topk_indices = torch::zeros({budget, top_k}, opts.dtype(torch::kInt32));
+      b.topk_logprobs = buffer({budget, top_k}, torch::kFloat32);
+      b.topk_indices = buffer({budget, top_k}, torch::kInt32);
     }
     if (samples) {
-      b.token_ids = torch::zeros({budget}, opts.dtype(torch::kInt64));
-      b.loss_mask = torch::zeros({budget}, opts.dtype(torch::kUInt8));
+      b.token_ids = buffer({budget}, torch::kInt64);
+      b.loss_mask = buffer({budget}, torch::kUInt8);
     }
-    auto seq_idx = torch::empty({1, budget}, torch::kInt32);
-    auto valid = torch::zeros({budget}, torch::kBool);
+    auto seq_idx = buffer({1, budget}, torch::kInt32);
+    auto valid = buffer({budget}, torch::kBool);
     const int64_t batch_index = pos.step * o.world + o.rank;
     int64_t at = 0;
     if (batch_index < static_cast<int64_t>(epoch_plan.size())) {
@@ -183,11 +193,17 @@ struct ActivationSource::Impl {
       stats.bytes_read += bytes;
       stats.read_seconds += seconds_since(t0);
     }
-    // Padding is one more segment, so no real token attends to (or carries state into) it.
-    if (at < budget) seq_idx.narrow(1, at, budget - at).fill_(static_cast<int>(b.sample_ids.size()));
+    // Padding is one more segment, so no real token attends to (or carries state into) it; its rows are zero.
+    if (at < budget) {
+      seq_idx.narrow(1, at, budget - at).fill_(static_cast<int>(b.sample_ids.size()));
+      valid.narrow(0, at, budget - at).fill_(false);
+      for (auto& t : hidden_out) t.narrow(0, at, budget - at).zero_();
+      for (auto* t : {&b.topk_logprobs, &b.topk_indices, &b.token_ids, &b.loss_mask})
+        if (t->defined()) t->narrow(0, at, budget - at).zero_();
+    }
     b.tokens = at;
-    b.seq_idx = o.pin_memory ? seq_idx.pin_memory() : seq_idx;
-    b.valid = o.pin_memory ? valid.pin_memory() : valid;
+    b.seq_idx = seq_idx;
+    b.valid = valid;
     for (size_t i = 0; i < o.layers.size(); ++i) b.hidden.push_back(hidden_out[i]);
     if (o.final_hidden) b.final_hidden = hidden_out.back();
     return b;

@@ -5,6 +5,8 @@
 // order, and batch b goes to data-parallel rank b % world at step b / world, so the ranks together see every token
 // exactly once per epoch; a rank with no batch left at the last step of an epoch gets an empty one (tokens == 0).
 // A background thread (the process's only HDF5 user while the source runs) keeps `prefetch` batches ready.
+// Batch tensors come from a recycled pool: once every tensor and view of a batch is dropped, its memory is reused.
+// A consumer that copies a batch to the GPU asynchronously keeps the batch alive until that copy has completed.
 #pragma once
 
 #include <torch/torch.h>

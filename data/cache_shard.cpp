@@ -1,6 +1,9 @@
 #include "data/cache_shard.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 
@@ -110,17 +113,55 @@ CacheShardReader::CacheShardReader(const std::string& path, const CachePlan& pla
     CARVE_CHECK(dtype == plan.dtype, datasets_[0].where(), ": dtype '", dtype, "', the manifest says '", plan.dtype,
                 "'");
   }
+  // Direct reads where the layout allows (carve writes contiguous little-endian datasets; x86-64 and aarch64 are
+  // little-endian too).
+  const int64_t file_bytes = fs::file_size(path);
+  for (const auto& ds : datasets_) {
+    const int64_t width = ds.dims().size() > 1 ? ds.dims()[1] : 1;
+    const int64_t elem = ds.stored_is(Elem::U16) ? 2 : 4;
+    int64_t offset = ds.contiguous_offset();
+    if (offset >= 0 && offset + span.tokens * width * elem > file_bytes) offset = -1;
+    raw_offset_.push_back(offset);
+    row_bytes_.push_back(width * elem);
+  }
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  CARVE_CHECK_SYS(fd_, "cannot open ", path);
+}
+
+CacheShardReader::~CacheShardReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void CacheShardReader::read_rows(size_t dataset, int64_t row, int64_t count, Elem type, void* out) const {
+  if (raw_offset_[dataset] < 0) {
+    datasets_[dataset].read_rows(row, count, type, out);
+    return;
+  }
+  CARVE_CHECK(row >= 0 && count >= 0 && row + count <= datasets_[dataset].rows(), datasets_[dataset].where(),
+              ": rows [", row, ", ", row + count, ") are outside its ", datasets_[dataset].rows(), " rows");
+  char* dst = static_cast<char*>(out);
+  size_t left = static_cast<size_t>(count * row_bytes_[dataset]);
+  off_t at = static_cast<off_t>(raw_offset_[dataset] + row * row_bytes_[dataset]);
+  while (left > 0) {
+    ssize_t n = ::pread(fd_, dst, left, at);
+    if (n < 0 && errno == EINTR) continue;
+    CARVE_CHECK_SYS(n, "cannot read ", path_);
+    CARVE_CHECK(n > 0, path_, ": ended early (truncated?) reading ", datasets_[dataset].where());
+    dst += n;
+    at += n;
+    left -= static_cast<size_t>(n);
+  }
 }
 
 void CacheShardReader::read_hidden(int64_t row, int64_t count, void* out) const {
   CARVE_CHECK(datasets_.size() == 1, path_, ": not a hidden-state stream");
-  datasets_[0].read_rows(row, count, Elem::U16, out);
+  read_rows(0, row, count, Elem::U16, out);
 }
 
 void CacheShardReader::read_logits(int64_t row, int64_t count, float* logprobs, int32_t* indices) const {
   CARVE_CHECK(datasets_.size() == 2, path_, ": not the logits stream");
-  datasets_[0].read_rows(row, count, Elem::F32, logprobs);
-  datasets_[1].read_rows(row, count, Elem::I32, indices);
+  read_rows(0, row, count, Elem::F32, logprobs);
+  read_rows(1, row, count, Elem::I32, indices);
 }
 
 }  // namespace carve::data

@@ -37,6 +37,9 @@ class CacheShardWriter {
 class CacheShardReader {
  public:
   CacheShardReader(const std::string& path, const CachePlan& plan, const ShardSpan& span, const std::string& stream);
+  ~CacheShardReader();
+  CacheShardReader(const CacheShardReader&) = delete;
+  CacheShardReader& operator=(const CacheShardReader&) = delete;
   const std::string& path() const { return path_; }
   const std::vector<int64_t>& offsets() const { return offsets_; }
   // Hidden rows [row, row + n) as raw 16-bit values into `out` ([n, hidden]).
@@ -48,6 +51,12 @@ class CacheShardReader {
   std::optional<File> file_;
   std::vector<Dataset> datasets_;
   std::vector<int64_t> offsets_;
+  // Rows of the contiguous little-endian datasets that carve writes are read with pread at these byte offsets
+  // (HDF5's per-call overhead halves the streaming rate otherwise); -1 falls back to HDF5.
+  int fd_ = -1;
+  std::vector<int64_t> raw_offset_;
+  std::vector<int64_t> row_bytes_;
+  void read_rows(size_t dataset, int64_t row, int64_t count, Elem type, void* out) const;
 };
 
 }  // namespace carve::data

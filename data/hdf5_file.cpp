@@ -199,6 +199,17 @@ int64_t Dataset::row_elements() const {
   return n;
 }
 
+int64_t Dataset::contiguous_offset() const {
+  Lock lock(hdf5_mutex());
+  Handle dcpl(H5Dget_create_plist(handle_.get()), H5Pclose);
+  if (!dcpl.valid() || H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS || H5Pget_nfilters(dcpl.get()) != 0) return -1;
+  Handle type(H5Dget_type(handle_.get()), H5Tclose);
+  if (H5Tget_order(type.get()) != H5T_ORDER_LE) return -1;  // raw bytes are only usable in this machine's order
+  const haddr_t offset = H5Dget_offset(handle_.get());
+  H5Eclear2(H5E_DEFAULT);
+  return offset == HADDR_UNDEF ? -1 : static_cast<int64_t>(offset);
+}
+
 bool Dataset::stored_is_integer() const {
   Lock lock(hdf5_mutex());
   Handle type(H5Dget_type(handle_.get()), H5Tclose);

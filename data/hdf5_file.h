@@ -77,6 +77,9 @@ class Dataset {
   void read_rows(int64_t begin, int64_t count, Elem mem, void* out) const;
   void write_rows(int64_t begin, int64_t count, Elem mem, const void* in);
   Attributes attributes() { return Attributes(handle_.get(), where_); }
+  // Byte offset of the data in the file when it is stored contiguously, unfiltered and allocated (so rows can be
+  // read with pread, bypassing HDF5); -1 otherwise.
+  int64_t contiguous_offset() const;
 
  private:
   Handle handle_;

@@ -1,5 +1,6 @@
 // carve bench: benchmarks printed as a table and, with --json, written as JSON. Speed targets live here, never in
-// tests. `carve bench ssd` times the LibTorch SSD reference at the shapes the CUDA kernels are measured at.
+// tests. `carve bench ssd` times the LibTorch SSD reference at the shapes the CUDA kernels are measured at;
+// `carve bench cache` is in bench_cache.cpp.
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/fs.h"
+#include "launcher/benches.h"
 #include "launcher/model_options.h"
 #include "launcher/subcommands.h"
 #include "model/ssd.h"
@@ -110,6 +112,8 @@ nlohmann::json bench_ssd_shape(const SsdShape& s, torch::ScalarType dtype, torch
           {"tokens_per_s_forward", static_cast<double>(s.b * s.l) / (fwd / 1e3)}};
 }
 
+}  // namespace
+
 int bench_ssd(const std::vector<std::string>& args) {
   std::string shapes, dtype_text, device_text, json_path;
   int warmup = 0, repeat = 0;
@@ -154,16 +158,14 @@ int bench_ssd(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace
-
 int bench_main(const std::vector<std::string>& args) {
-  const std::map<std::string, SubcommandMain> benches = {{"ssd", bench_ssd}};
+  const std::map<std::string, SubcommandMain> benches = {{"ssd", bench_ssd}, {"cache", bench_cache}};
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << "usage: carve bench <name> [options]; names: ssd\n";
+    std::cout << "usage: carve bench <name> [options]; names: ssd, cache\n";
     return args.empty() ? 2 : 0;
   }
   auto it = benches.find(args[0]);
-  if (it == benches.end()) throw UsageError("unknown benchmark '" + args[0] + "' (available: ssd)");
+  if (it == benches.end()) throw UsageError("unknown benchmark '" + args[0] + "' (available: ssd, cache)");
   return it->second(std::vector<std::string>(args.begin() + 1, args.end()));
 }
 
