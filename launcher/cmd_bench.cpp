@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/fs.h"
+#include "base/text.h"
 #include "launcher/benches.h"
 #include "launcher/model_options.h"
 #include "launcher/subcommands.h"
@@ -39,17 +40,7 @@ SsdShape parse_shape(const std::string& text) {
   // name=BxLxHxPxGxNxCHUNK
   const auto eq = text.find('=');
   std::vector<int64_t> v;
-  if (eq != std::string::npos) {
-    std::stringstream in(text.substr(eq + 1));
-    for (std::string item; std::getline(in, item, 'x');) {
-      try {
-        v.push_back(std::stoll(item));
-      } catch (const std::exception&) {
-        v.clear();
-        break;
-      }
-    }
-  }
+  if (eq != std::string::npos) v = split_integers(text.substr(eq + 1), 'x');
   std::string names;
   for (const auto& s : ssd_presets()) names += (names.empty() ? "" : ", ") + s.name;
   if (v.size() != 7 || *std::min_element(v.begin(), v.end()) <= 0 || v[2] % v[4] != 0)

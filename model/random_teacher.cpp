@@ -4,6 +4,7 @@
 
 #include "base/error.h"
 #include "base/fs.h"
+#include "base/text.h"
 #include "model/config.h"
 #include "model/hf_weights.h"
 #include "model/safetensors.h"
@@ -14,16 +15,7 @@ namespace carve::model {
 RandomTeacherDims parse_random_teacher_dims(const std::string& text, const std::string& flag) {
   RandomTeacherDims d;
   if (text == "hovle") return d;
-  std::vector<int64_t> v;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, 'x');) {
-    try {
-      v.push_back(std::stoll(item));
-    } catch (const std::exception&) {
-      v.clear();
-      break;
-    }
-  }
+  const auto v = split_integers(text, 'x');
   CARVE_CHECK(v.size() == 6 && *std::min_element(v.begin(), v.end()) > 0 && v[0] % v[2] == 0 && v[2] % v[3] == 0,
               flag, ": '", text, "' is neither 'hovle' nor HIDDENxLAYERSxHEADSxKVxMLPxVOCAB with positive sizes, ",
               "hidden divisible by heads and heads by KV heads");
