@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "base/fs.h"
 #include "data/cache_shard.h"
+#include "data/cache_verify.h"
 #include "data/samples.h"
 
 namespace carve::data {
@@ -74,17 +75,19 @@ struct ActivationSource::Impl {
   ActivationSourceOptions o;
   CacheManifest manifest;
   std::vector<std::string> streams;         // the streams read, in batch order: layers, final, logits
+  std::vector<size_t> file_column;          // per read stream, its column in the manifest's per-shard file list
+  torch::ScalarType storage = torch::kBFloat16;
   std::vector<int64_t> offsets;             // global sample offsets (from the shards)
   std::vector<int64_t> shard_of_sample;
   std::unique_ptr<SampleFile> samples;
-  std::mutex steps_mutex;
-  std::map<int64_t, int64_t> steps_cache;
+  // The packing of the epoch being read and of the one being delivered (they differ only across an epoch
+  // boundary); both threads ask, so it is guarded.
+  std::mutex plans_mutex;
+  std::map<int64_t, std::shared_ptr<const std::vector<std::vector<int64_t>>>> plans;
   int64_t hidden = 0, top_k = 0;
 
   // Reader state: only the reader thread touches the shard readers.
   std::map<std::pair<int64_t, size_t>, std::unique_ptr<CacheShardReader>> readers;
-  std::vector<std::vector<int64_t>> epoch_plan;
-  int64_t planned_epoch = -1;
 
   mutable std::mutex mutex;
   std::condition_variable ready, space;
@@ -95,13 +98,20 @@ struct ActivationSource::Impl {
   SourceStats stats;
   std::thread thread;
 
+  std::shared_ptr<const std::vector<std::vector<int64_t>>> epoch_plan(int64_t epoch) {
+    std::lock_guard<std::mutex> lock(plans_mutex);
+    auto it = plans.find(epoch);
+    if (it != plans.end()) return it->second;
+    auto plan = std::make_shared<const std::vector<std::vector<int64_t>>>(
+        epoch_batches(offsets, o.batch_tokens, o.seed, epoch, o.shuffle));
+    while (plans.size() >= 2) plans.erase(plans.begin());  // epochs only move forward
+    return plans[epoch] = plan;
+  }
+
   // Steps of an epoch: the packing depends on the epoch's order, so the batch count can differ between epochs.
   int64_t steps_in(int64_t epoch) {
-    std::lock_guard<std::mutex> lock(steps_mutex);
-    auto it = steps_cache.find(epoch);
-    if (it != steps_cache.end()) return it->second;
-    const auto batches = static_cast<int64_t>(epoch_batches(offsets, o.batch_tokens, o.seed, epoch, o.shuffle).size());
-    return steps_cache[epoch] = (batches + o.world - 1) / o.world;
+    const auto batches = static_cast<int64_t>(epoch_plan(epoch)->size());
+    return (batches + o.world - 1) / o.world;
   }
 
   void advance(SourcePosition& p) {
@@ -116,15 +126,9 @@ struct ActivationSource::Impl {
     auto it = readers.find(key);
     if (it != readers.end()) return *it->second;
     if (readers.size() >= 256) readers.clear();  // bound the open files on caches of thousands of shards
-    const auto path = fs::join(o.cache_dir, manifest.files[shard][stream_index(stream)].path);
+    const auto path = fs::join(o.cache_dir, manifest.files[shard][file_column[stream]].path);
     auto r = std::make_unique<CacheShardReader>(path, manifest.plan, manifest.plan.shards[shard], streams[stream]);
     return *readers.emplace(key, std::move(r)).first->second;
-  }
-
-  // Index of streams[stream] among the plan's streams (the manifest's file order).
-  size_t stream_index(size_t stream) const {
-    const auto all = manifest.plan.streams();
-    return static_cast<size_t>(std::find(all.begin(), all.end(), streams[stream]) - all.begin());
   }
 
   // Batch tensors are recycled: allocating (and, pinned, registering) megabytes per batch costs more than reading
@@ -139,14 +143,10 @@ struct ActivationSource::Impl {
   }
 
   ActivationBatch read(const SourcePosition& pos) {
-    if (planned_epoch != pos.epoch) {
-      epoch_plan = epoch_batches(offsets, o.batch_tokens, o.seed, pos.epoch, o.shuffle);
-      planned_epoch = pos.epoch;
-    }
+    const auto plan = epoch_plan(pos.epoch);
     ActivationBatch b;
     b.position = pos;
     const int64_t budget = o.batch_tokens;
-    const auto storage = half_dtype_from_name(manifest.plan.dtype, o.cache_dir);
     const size_t n_hidden = o.layers.size() + (o.final_hidden ? 1 : 0);
     std::vector<torch::Tensor> hidden_out;
     for (size_t i = 0; i < n_hidden; ++i) hidden_out.push_back(buffer({budget, hidden}, storage));
@@ -162,8 +162,8 @@ struct ActivationSource::Impl {
     auto valid = buffer({budget}, torch::kBool);
     const int64_t batch_index = pos.step * o.world + o.rank;
     int64_t at = 0;
-    if (batch_index < static_cast<int64_t>(epoch_plan.size())) {
-      b.sample_ids = epoch_plan[batch_index];
+    if (batch_index < static_cast<int64_t>(plan->size())) {
+      b.sample_ids = (*plan)[batch_index];
       const auto t0 = std::chrono::steady_clock::now();
       int64_t bytes = 0;
       for (size_t k = 0; k < b.sample_ids.size(); ++k) {
@@ -245,27 +245,28 @@ ActivationSource::ActivationSource(ActivationSourceOptions options) : impl_(std:
   const auto& plan = m.manifest.plan;
   const auto all = plan.streams();
   auto require = [&](const std::string& stream, const std::string& what) {
-    CARVE_CHECK(std::find(all.begin(), all.end(), stream) != all.end(), o.cache_dir, ": the cache does not hold ",
-                what, " (stream '", stream, "'); precompute it with the stream included");
+    const auto at = std::find(all.begin(), all.end(), stream);
+    CARVE_CHECK(at != all.end(), o.cache_dir, ": the cache does not hold ", what, " (stream '", stream,
+                "'); precompute it with the stream included");
     m.streams.push_back(stream);
+    m.file_column.push_back(static_cast<size_t>(at - all.begin()));
   };
   for (auto layer : o.layers) require(stream_name_of_layer(layer), "the input of layer " + std::to_string(layer));
   if (o.final_hidden) require("final", "the final hidden state");
   if (o.logits) require("logits", "the teacher's top-k log-probabilities");
   CARVE_CHECK(!m.streams.empty(), "an activation source needs at least one stream");
   m.hidden = plan.hidden_size;
+  m.storage = half_dtype_from_name(plan.dtype, fs::join(o.cache_dir, "manifest.json"));
   m.top_k = plan.top_k;
   if (!o.samples_path.empty()) {
-    const auto hash = samples_hash(o.samples_path);
-    CARVE_CHECK(hash == plan.samples_hash, o.cache_dir, ": made from other samples (", plan.samples_path, ", hash ",
-                plan.samples_hash, ") than ", o.samples_path, " (hash ", hash, ")");
+    check_cache_inputs(m.manifest, o.cache_dir, "", "", o.samples_path);
     m.samples = std::make_unique<SampleFile>(o.samples_path);
   }
   // Sample boundaries from the shards' own offsets (each file's sizes are checked against the manifest).
   m.offsets.assign(1, 0);
   for (const auto& span : plan.shards) {
     for (size_t i = 0; i < m.streams.size(); ++i) {
-      const auto& f = m.manifest.files[span.index][m.stream_index(i)];
+      const auto& f = m.manifest.files[span.index][m.file_column[i]];
       const auto path = fs::join(o.cache_dir, f.path);
       CARVE_CHECK(fs::exists(path), path, ": missing (listed in the manifest)");
       CARVE_CHECK(fs::file_size(path) == f.bytes, path, ": ", fs::file_size(path), " bytes, the manifest says ",
@@ -304,11 +305,8 @@ ActivationBatch ActivationSource::next() {
   m.queue.pop_front();
   m.stats.wait_seconds += seconds_since(t0);
   m.stats.batches += 1;
-  lock.unlock();
-  auto next_position = batch.position;
-  m.advance(next_position);
-  lock.lock();
-  m.next_to_deliver = next_position;
+  m.next_to_deliver = batch.position;
+  m.advance(m.next_to_deliver);  // takes only plans_mutex, which is never held while waiting for `mutex`
   lock.unlock();
   m.space.notify_one();
   return batch;

@@ -82,17 +82,4 @@ CacheManifest read_manifest(const std::string& cache_dir);
 std::string teacher_hash(const std::string& teacher_dir, const std::string& weight_prefix);
 std::string samples_hash(const std::string& samples_path);
 
-struct VerifyOptions {
-  bool checksums = true;  // read every byte (else sizes and HDF5 shapes only)
-};
-struct VerifyReport {
-  int64_t shards = 0, files = 0, bytes = 0;
-};
-// Checks the manifest, every file's size and checksum, and each shard's HDF5 datasets against the plan.
-// Throws naming the file (and dataset) at the first problem.
-VerifyReport verify_cache(const std::string& cache_dir, const VerifyOptions& options = {});
-// Refuses a cache made from another teacher or other samples than the run's.
-void check_cache_inputs(const CacheManifest& manifest, const std::string& cache_dir, const std::string& teacher_dir,
-                        const std::string& weight_prefix, const std::string& samples_path);
-
 }  // namespace carve::data

@@ -110,22 +110,39 @@ bool Attributes::has(const std::string& name) const {
   return r > 0;
 }
 
+namespace {
+
+// An open single-valued attribute of the expected class, and its stored type.
+struct OpenAttribute {
+  Handle attr, type;
+};
+
+OpenAttribute open_scalar(hid_t object, const std::string& where, const std::string& name, H5T_class_t cls,
+                          const char* what) {
+  htri_t exists = H5Aexists(object, name.c_str());
+  CARVE_CHECK(exists >= 0, where, ": cannot look up attribute '", name, "'", hdf5_reason());
+  CARVE_CHECK(exists > 0, where, ": attribute '", name, "' is missing");
+  OpenAttribute a{Handle(H5Aopen(object, name.c_str(), H5P_DEFAULT), H5Aclose), {}};
+  CARVE_CHECK(a.attr.valid(), where, ": cannot open attribute '", name, "'", hdf5_reason());
+  a.type = Handle(H5Aget_type(a.attr.get()), H5Tclose);
+  CARVE_CHECK(H5Tget_class(a.type.get()) == cls, where, ": attribute '", name, "' must be ", what);
+  Handle space(H5Aget_space(a.attr.get()), H5Sclose);
+  CARVE_CHECK(H5Sget_simple_extent_npoints(space.get()) == 1, where, ": attribute '", name, "' must be a single ",
+              "value (", what, ")");
+  return a;
+}
+
+}  // namespace
+
 std::string Attributes::read_string(const std::string& name) const {
   Lock lock(hdf5_mutex());
-  CARVE_CHECK(has(name), where_, ": attribute '", name, "' is missing");
-  Handle attr(H5Aopen(object_, name.c_str(), H5P_DEFAULT), H5Aclose);
-  CARVE_CHECK(attr.valid(), where_, ": cannot open attribute '", name, "'", hdf5_reason());
-  Handle type(H5Aget_type(attr.get()), H5Tclose);
-  CARVE_CHECK(H5Tget_class(type.get()) == H5T_STRING, where_, ": attribute '", name, "' must be a string");
-  Handle space(H5Aget_space(attr.get()), H5Sclose);
-  CARVE_CHECK(H5Sget_simple_extent_npoints(space.get()) == 1, where_, ": attribute '", name,
-              "' must be a single string");
+  auto a = open_scalar(object_, where_, name, H5T_STRING, "a string");
   Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
-  if (H5Tis_variable_str(type.get()) > 0) {
+  if (H5Tis_variable_str(a.type.get()) > 0) {
     H5Tset_size(mem.get(), H5T_VARIABLE);
-    H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
+    H5Tset_cset(mem.get(), H5Tget_cset(a.type.get()));
     char* value = nullptr;
-    CARVE_CHECK(H5Aread(attr.get(), mem.get(), &value) >= 0, where_, ": cannot read attribute '", name, "'",
+    CARVE_CHECK(H5Aread(a.attr.get(), mem.get(), &value) >= 0, where_, ": cannot read attribute '", name, "'",
                 hdf5_reason());
     std::string out = value ? value : "";
     H5free_memory(value);
@@ -133,11 +150,11 @@ std::string Attributes::read_string(const std::string& name) const {
   }
   // One byte more than stored: a null-padded stored string converts to a null-terminated one without losing its
   // last character.
-  const size_t size = H5Tget_size(type.get()) + 1;
+  const size_t size = H5Tget_size(a.type.get()) + 1;
   H5Tset_size(mem.get(), size);
   H5Tset_strpad(mem.get(), H5T_STR_NULLTERM);
   std::string out(size, '\0');
-  CARVE_CHECK(H5Aread(attr.get(), mem.get(), out.data()) >= 0, where_, ": cannot read attribute '", name, "'",
+  CARVE_CHECK(H5Aread(a.attr.get(), mem.get(), out.data()) >= 0, where_, ": cannot read attribute '", name, "'",
               hdf5_reason());
   out.resize(out.find('\0') == std::string::npos ? size : out.find('\0'));
   return out;
@@ -145,16 +162,9 @@ std::string Attributes::read_string(const std::string& name) const {
 
 int64_t Attributes::read_int(const std::string& name) const {
   Lock lock(hdf5_mutex());
-  CARVE_CHECK(has(name), where_, ": attribute '", name, "' is missing");
-  Handle attr(H5Aopen(object_, name.c_str(), H5P_DEFAULT), H5Aclose);
-  CARVE_CHECK(attr.valid(), where_, ": cannot open attribute '", name, "'", hdf5_reason());
-  Handle type(H5Aget_type(attr.get()), H5Tclose);
-  CARVE_CHECK(H5Tget_class(type.get()) == H5T_INTEGER, where_, ": attribute '", name, "' must be an integer");
-  Handle space(H5Aget_space(attr.get()), H5Sclose);
-  CARVE_CHECK(H5Sget_simple_extent_npoints(space.get()) == 1, where_, ": attribute '", name,
-              "' must be a single integer");
+  auto a = open_scalar(object_, where_, name, H5T_INTEGER, "an integer");
   int64_t value = 0;
-  CARVE_CHECK(H5Aread(attr.get(), H5T_NATIVE_INT64, &value) >= 0, where_, ": cannot read attribute '", name, "'",
+  CARVE_CHECK(H5Aread(a.attr.get(), H5T_NATIVE_INT64, &value) >= 0, where_, ": cannot read attribute '", name, "'",
               hdf5_reason());
   return value;
 }

@@ -89,7 +89,7 @@ SampleFile::SampleFile(const std::string& path) : path_(path), file_(File::open_
               kSamplesVersion, ")");
   vocab_size_ = attrs.read_int("vocab_size");
   CARVE_CHECK(vocab_size_ > 0, path, ": attribute 'vocab_size' must be positive, found ", vocab_size_);
-  auto tokens = file_.dataset("tokens");
+  const auto& tokens = tokens_.emplace(file_.dataset("tokens"));
   CARVE_CHECK(tokens.dims().size() == 1 && tokens.stored_is_integer(), tokens.where(),
               ": must be a 1-D integer array, found ", tokens.stored_type_text(), " with ", tokens.dims().size(),
               " dimensions");
@@ -97,13 +97,13 @@ SampleFile::SampleFile(const std::string& path) : path_(path), file_(File::open_
   check_offsets(offsets_, tokens.rows(), path + ": dataset 'offsets'", "'tokens'");
   has_loss_mask_ = file_.has("loss_mask");
   if (has_loss_mask_) {
-    auto mask = file_.dataset("loss_mask");
+    const auto& mask = loss_mask_.emplace(file_.dataset("loss_mask"));
     CARVE_CHECK(mask.dims().size() == 1 && mask.rows() == tokens.rows() && mask.stored_is_integer(), mask.where(),
                 ": must be 1-D integers with one entry per token (", tokens.rows(), ")");
   }
   has_images_ = file_.has("image_embeds");
   if (has_images_) {
-    auto images = file_.dataset("image_embeds");
+    auto& images = image_embeds_.emplace(file_.dataset("image_embeds"));
     CARVE_CHECK(images.dims().size() == 2 && images.stored_is(Elem::U16), images.where(),
                 ": must be [rows, hidden] uint16 (bfloat16 or float16 bits), found ", images.stored_type_text());
     image_hidden_ = images.dims()[1];
@@ -120,14 +120,14 @@ SampleFile::SampleFile(const std::string& path) : path_(path), file_(File::open_
 
 torch::Tensor SampleFile::tokens(int64_t begin, int64_t end) const {
   auto out = torch::empty({end - begin}, torch::kInt64);
-  file_.dataset("tokens").read_rows(begin, end - begin, Elem::I64, out.data_ptr());
+  tokens_->read_rows(begin, end - begin, Elem::I64, out.data_ptr());
   return out;
 }
 
 torch::Tensor SampleFile::loss_mask(int64_t begin, int64_t end) const {
   if (!has_loss_mask_) return torch::ones({end - begin}, torch::kUInt8);
   auto out = torch::empty({end - begin}, torch::kUInt8);
-  file_.dataset("loss_mask").read_rows(begin, end - begin, Elem::U8, out.data_ptr());
+  loss_mask_->read_rows(begin, end - begin, Elem::U8, out.data_ptr());
   return out;
 }
 
@@ -135,7 +135,7 @@ torch::Tensor SampleFile::image_rows(int64_t first_sample, int64_t last_sample) 
   CARVE_CHECK(has_images_, path_, ": has no image_embeds");
   const int64_t begin = image_offsets_[first_sample], end = image_offsets_[last_sample];
   auto out = torch::empty({end - begin, image_hidden_}, image_dtype_);
-  file_.dataset("image_embeds").read_rows(begin, end - begin, Elem::U16, out.data_ptr());
+  image_embeds_->read_rows(begin, end - begin, Elem::U16, out.data_ptr());
   return out;
 }
 
@@ -176,9 +176,12 @@ SampleSummary validate_samples(const std::string& path, int64_t expected_vocab, 
     }
     summary.target_tokens += mask.sum().item<int64_t>();
     if (file.has_images()) {
-      auto is_image = (tokens == file.image_token_id()).to(torch::kInt64);
+      // Image tokens per sample from one cumulative sum, compared with each sample's image rows.
+      auto seen = torch::cat({torch::zeros({1}, torch::kInt64),
+                              (tokens == file.image_token_id()).to(torch::kInt64).cumsum(0)});
+      auto* cum = seen.data_ptr<int64_t>();
       for (int64_t s = first; s < last; ++s) {
-        const int64_t want = is_image.narrow(0, offsets[s] - offsets[first], file.length(s)).sum().item<int64_t>();
+        const int64_t want = cum[offsets[s + 1] - offsets[first]] - cum[offsets[s] - offsets[first]];
         const int64_t have = file.image_row_begin(s + 1) - file.image_row_begin(s);
         CARVE_CHECK(want == have, path, ": sample ", s, " has ", want, " image tokens (id ", file.image_token_id(),
                     ") but ", have, " image rows in 'image_embeds' (image_offsets ", file.image_row_begin(s), "..",

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,8 @@ class SampleFile {
  private:
   std::string path_;
   File file_;
+  // Opened once: the streaming reader asks for a few rows of these per sample.
+  std::optional<Dataset> tokens_, loss_mask_, image_embeds_;
   std::vector<int64_t> offsets_;
   std::vector<int64_t> image_offsets_;
   int64_t vocab_size_ = 0;

@@ -6,7 +6,6 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <nlohmann/json.hpp>
 
 #include "base/fs.h"
@@ -150,14 +149,9 @@ int bench_ssd(const std::vector<std::string>& args) {
 }
 
 int bench_main(const std::vector<std::string>& args) {
-  const std::map<std::string, SubcommandMain> benches = {{"ssd", bench_ssd}, {"cache", bench_cache}};
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << "usage: carve bench <name> [options]; names: ssd, cache\n";
-    return args.empty() ? 2 : 0;
-  }
-  auto it = benches.find(args[0]);
-  if (it == benches.end()) throw UsageError("unknown benchmark '" + args[0] + "' (available: ssd, cache)");
-  return it->second(std::vector<std::string>(args.begin() + 1, args.end()));
+  return run_action("bench", {{"ssd", "the LibTorch SSD reference at the kernel shapes", bench_ssd},
+                              {"cache", "precompute, streaming vs plain reads, a consumer's wait", bench_cache}},
+                    args);
 }
 
 }  // namespace carve::launcher

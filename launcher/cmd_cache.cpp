@@ -3,19 +3,16 @@
 #include <iostream>
 
 #include "data/cache_layout.h"
+#include "data/cache_verify.h"
 #include "data/hdf5_file.h"
 #include "launcher/options.h"
 #include "launcher/subcommands.h"
 
 namespace carve::launcher {
 
-int cache_main(const std::vector<std::string>& args) {
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] != "verify") {
-    if (!args.empty() && args[0] != "--help" && args[0] != "-h")
-      throw UsageError("carve cache: unknown action '" + args[0] + "' (expected: verify)");
-    std::cout << "usage: carve cache verify CACHE [--teacher DIR] [--samples FILE] [--checksums false]\n";
-    return args.empty() ? 2 : 0;
-  }
+namespace {
+
+int cache_verify(const std::vector<std::string>& args) {
   std::string cache, teacher, prefix, samples, locking = "default";
   bool checksums = true;
   po::options_description desc("carve cache verify");
@@ -27,7 +24,7 @@ int cache_main(const std::vector<std::string>& args) {
       "hdf5-locking", po::value<std::string>(&locking)->default_value(locking), "HDF5 file locking: default, on, off");
   po::positional_options_description positional;
   positional.add("cache", 1);
-  auto parsed = parse_options("cache verify", desc, {args.begin() + 1, args.end()}, &positional);
+  auto parsed = parse_options("cache verify", desc, args, &positional);
   if (parsed.help) {
     std::cout << "usage: carve cache verify CACHE [options]\n" << desc << "\n";
     return 0;
@@ -42,6 +39,12 @@ int cache_main(const std::vector<std::string>& args) {
             << report.bytes / 1e6 << " MB" << (checksums ? " (checksums match)" : " (sizes and shapes only)")
             << "\n";
   return 0;
+}
+
+}  // namespace
+
+int cache_main(const std::vector<std::string>& args) {
+  return run_action("cache", {{"verify", "check a cache's files, checksums and inputs", cache_verify}}, args);
 }
 
 }  // namespace carve::launcher

@@ -7,7 +7,8 @@
 #include "data/hdf5_file.h"
 #include "launcher/model_options.h"
 #include "launcher/subcommands.h"
-#include "model/checkpoint.h"
+#include "base/fs.h"
+#include "model/config.h"
 #include "trainer/precompute.h"
 
 namespace carve::launcher {
@@ -94,7 +95,8 @@ int precompute_main(const std::vector<std::string>& args) {
   o.final_hidden = final_hidden;
   o.shard_tokens = shard_tokens;
   o.batch_tokens = batch_tokens;
-  o.layers = parse_layers(layers, model::CheckpointReader(teacher.path, teacher.weight_prefix).config().num_layers);
+  // Only the layer count is needed here: config.json, not the weights (precompute opens those).
+  o.layers = parse_layers(layers, model::load_model_config(fs::join(teacher.path, "config.json")).num_layers);
   if (mpi.rank() == 0) record_config("precompute", desc, parsed.values, "");
   auto report = trainer::precompute_cache(o);
   if (!report.already_complete)

@@ -1,5 +1,6 @@
 // carve: the single binary. Parses the subcommand, dispatches, and turns errors into messages and exit codes.
 #include <cstdlib>
+#include <iomanip>
 #include <iostream>
 
 #include "base/error.h"
@@ -34,6 +35,27 @@ void print_help() {
 }
 
 }  // namespace
+}  // namespace carve::launcher
+
+namespace carve::launcher {
+
+int run_action(const std::string& sub, const std::vector<Subcommand>& actions, const std::vector<std::string>& args) {
+  std::vector<std::string> names;
+  for (const auto& a : actions) names.push_back(a.name);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::cout << "usage: carve " << sub << " <action> [options]   (carve " << sub << " <action> --help)\nactions:\n";
+    for (const auto& a : actions) std::cout << "  " << std::left << std::setw(10) << a.name << a.summary << "\n";
+    return args.empty() ? 2 : 0;
+  }
+  for (const auto& a : actions)
+    if (args[0] == a.name) return a.main(std::vector<std::string>(args.begin() + 1, args.end()));
+  const auto best = closest_name(names, args[0]);
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  throw UsageError("carve " + sub + ": unknown action '" + args[0] + "'" +
+                   (best.empty() ? "" : " (did you mean '" + best + "'?)") + "; available: " + list);
+}
+
 }  // namespace carve::launcher
 
 int main(int argc, char** argv) {

@@ -17,6 +17,11 @@ struct Subcommand {
 
 const std::vector<Subcommand>& subcommands();
 
+// `carve <sub> <action> [options]`: runs the named action (a Subcommand of its own) on the remaining arguments.
+// No action prints the list and exits 2, --help prints it and exits 0, an unknown one is a usage error naming
+// the closest.
+int run_action(const std::string& sub, const std::vector<Subcommand>& actions, const std::vector<std::string>& args);
+
 int inspect_main(const std::vector<std::string>& args);
 int generate_main(const std::vector<std::string>& args);
 int convert_main(const std::vector<std::string>& args);

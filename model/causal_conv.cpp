@@ -5,6 +5,7 @@
 #include "model/causal_conv.h"
 
 #include "base/error.h"
+#include "model/tensor_checks.h"
 
 #include <sstream>
 #include <string>
@@ -15,30 +16,14 @@ namespace {
 
 using torch::Tensor;
 
-std::string describe(const Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream out;
-  out << t.dim() << "-D " << t.sizes() << " " << t.scalar_type() << " on " << t.device();
-  return out.str();
-}
-
-void expect_tensor(const char* fn, const char* name, const Tensor& t, std::vector<int64_t> expected, const char* layout,
-                   const torch::Device& device) {
-  CARVE_CHECK(t.defined() && t.sizes() == torch::IntArrayRef(expected), fn, ": ", name, " must have shape ", layout,
-              " = ", torch::IntArrayRef(expected), " to match the other inputs; got ", describe(t));
-  CARVE_CHECK(t.device() == device, fn, ": ", name, " must be on ", device, " like x; got ", describe(t));
-  CARVE_CHECK(at::isFloatingType(t.scalar_type()), fn, ": ", name, " must be a floating-point tensor; got ",
-              describe(t));
-}
-
 // Checks x's rank and weight, returns k. `x_layout` names x's expected layout in the message.
 int64_t check_x_and_weight(const char* fn, const Tensor& x, int64_t rank, const char* x_layout,
                            const Tensor& weight, const Tensor& bias) {
   CARVE_CHECK(x.defined() && x.dim() == rank && at::isFloatingType(x.scalar_type()), fn, ": x must be a ", rank,
-              "-D floating-point tensor ", x_layout, "; got ", describe(x));
+              "-D floating-point tensor ", x_layout, "; got ", describe_tensor(x));
   const int64_t c = x.size(rank - 1);
   CARVE_CHECK(weight.defined() && weight.dim() == 2 && weight.size(1) >= 1, fn,
-              ": weight must be a 2-D tensor [c, k] with k >= 1; got ", describe(weight));
+              ": weight must be a 2-D tensor [c, k] with k >= 1; got ", describe_tensor(weight));
   expect_tensor(fn, "weight", weight, {c, weight.size(1)}, "[c, k] (c from x)", x.device());
   if (bias.defined()) expect_tensor(fn, "bias", bias, {c}, "[c]", x.device());
   return weight.size(1);
@@ -68,14 +53,14 @@ CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& wei
   const char* fn = "causal_conv1d";
   const int64_t k = check_x_and_weight(fn, x, 3, "[b, l, c]", weight, bias);
   const int64_t b = x.size(0), l = x.size(1), c = x.size(2);
-  CARVE_CHECK(l > 0, fn, ": x must hold at least one token (l > 0); got ", describe(x));
+  CARVE_CHECK(l > 0, fn, ": x must hold at least one token (l > 0); got ", describe_tensor(x));
   if (initial_state.defined()) expect_tensor(fn, "initial_state", initial_state, {b, c, k - 1}, "[b, c, k - 1]",
                                              x.device());
   if (seq_idx.defined()) {
     CARVE_CHECK(seq_idx.sizes() == torch::IntArrayRef({b, l}) && seq_idx.device() == x.device() &&
                     c10::isIntegralType(seq_idx.scalar_type(), /*includeBool=*/false),
                 fn, ": seq_idx must be an integer tensor [b, l] = [", b, ", ", l, "] on ", x.device(), "; got ",
-                describe(seq_idx));
+                describe_tensor(seq_idx));
   }
   const torch::ScalarType ct = compute_dtype(x);
   Tensor history = initial_state.defined() ? initial_state.to(ct).transpose(1, 2)  // [b, k - 1, c]

@@ -4,6 +4,7 @@
 #include "model/gated_norm.h"
 
 #include "base/error.h"
+#include "model/tensor_checks.h"
 
 #include <sstream>
 #include <string>
@@ -12,31 +13,24 @@
 namespace carve::model {
 namespace {
 
-std::string describe(const torch::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream out;
-  out << t.dim() << "-D " << t.sizes() << " " << t.scalar_type() << " on " << t.device();
-  return out.str();
-}
-
 // Validates the arguments and returns the effective group size.
 int64_t check_args(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight, int64_t group_size,
                    double eps) {
   const char* fn = "gated_rmsnorm";
   CARVE_CHECK(y.defined() && y.dim() >= 1 && at::isFloatingType(y.scalar_type()), fn,
-              ": y must be a floating-point tensor [..., d]; got ", describe(y));
+              ": y must be a floating-point tensor [..., d]; got ", describe_tensor(y));
   const int64_t d = y.size(-1);
   const int64_t gs = group_size == 0 ? d : group_size;
   CARVE_CHECK(gs > 0 && d % gs == 0, fn, ": group_size must divide the channel count d = ", d, " of y (0 means d); ",
               "got ", group_size);
   if (z.defined()) {
     CARVE_CHECK(z.sizes() == y.sizes() && z.device() == y.device() && at::isFloatingType(z.scalar_type()), fn,
-                ": z must be a floating-point tensor shaped like y ", describe(y), "; got ", describe(z));
+                ": z must be a floating-point tensor shaped like y ", describe_tensor(y), "; got ", describe_tensor(z));
   }
   CARVE_CHECK(weight.defined() && weight.dim() == 1 && (weight.size(0) == d || weight.size(0) == gs) &&
                   weight.device() == y.device() && at::isFloatingType(weight.scalar_type()),
               fn, ": weight must be a floating-point tensor [d] = [", d, "] or [group_size] = [", gs, "] on ",
-              y.device(), "; got ", describe(weight));
+              y.device(), "; got ", describe_tensor(weight));
   CARVE_CHECK(eps > 0, fn, ": eps must be positive; got ", eps);
   return gs;
 }

@@ -6,6 +6,7 @@
 #include "model/ssd.h"
 
 #include "base/error.h"
+#include "model/tensor_checks.h"
 
 #include <limits>
 #include <sstream>
@@ -23,29 +24,12 @@ struct Dims {
   int64_t b = 0, l = 0, h = 0, p = 0, g = 0, n = 0;
 };
 
-std::string describe(const Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream out;
-  out << t.dim() << "-D " << t.sizes() << " " << t.scalar_type() << " on " << t.device();
-  return out.str();
-}
-
-// One place for the "name, expected layout and sizes, what we got" message every argument check produces.
-void expect_tensor(const char* fn, const char* name, const Tensor& t, std::vector<int64_t> expected, const char* layout,
-                   const torch::Device& device, bool floating) {
-  CARVE_CHECK(t.defined() && t.sizes() == torch::IntArrayRef(expected), fn, ": ", name, " must have shape ", layout,
-              " = ", torch::IntArrayRef(expected), " to match the other inputs; got ", describe(t));
-  CARVE_CHECK(t.device() == device, fn, ": ", name, " must be on ", device, " like x; got ", describe(t));
-  CARVE_CHECK(!floating || at::isFloatingType(t.scalar_type()), fn, ": ", name,
-              " must be a floating-point tensor; got ", describe(t));
-}
-
 // Rank and group checks shared by the whole-sequence and decode paths; `time` is 1 with an l axis, 0 without.
 void expect_rank(const char* fn, const char* name, const Tensor& t, int64_t rank, const char* layout) {
   CARVE_CHECK(t.defined() && t.dim() == rank, fn, ": ", name, " must be a ", rank, "-D tensor ", layout, "; got ",
-              describe(t));
+              describe_tensor(t));
   CARVE_CHECK(at::isFloatingType(t.scalar_type()), fn, ": ", name, " must be a floating-point tensor; got ",
-              describe(t));
+              describe_tensor(t));
 }
 
 void expect_groups(const char* fn, const Dims& d) {
@@ -64,7 +48,7 @@ Dims check_inputs(const SsdInputs& in, const char* fn) {
   const torch::Device dev = in.x.device();
   Dims d;
   d.b = in.x.size(0), d.l = in.x.size(1), d.h = in.x.size(2), d.p = in.x.size(3);
-  CARVE_CHECK(d.l > 0, fn, ": x must hold at least one token (l > 0); got ", describe(in.x));
+  CARVE_CHECK(d.l > 0, fn, ": x must hold at least one token (l > 0); got ", describe_tensor(in.x));
   expect_rank(fn, "B", in.B, 4, "[b, l, g, n]");
   d.g = in.B.size(2), d.n = in.B.size(3);
   expect_tensor(fn, "B", in.B, {d.b, d.l, d.g, d.n}, "[b, l, g, n] (b, l from x)", dev, true);
@@ -81,7 +65,7 @@ Dims check_inputs(const SsdInputs& in, const char* fn) {
   if (in.seq_idx.defined()) {
     expect_tensor(fn, "seq_idx", in.seq_idx, {d.b, d.l}, "[b, l]", dev, false);
     CARVE_CHECK(c10::isIntegralType(in.seq_idx.scalar_type(), /*includeBool=*/false), fn,
-                ": seq_idx must be an integer tensor (int32 or int64); got ", describe(in.seq_idx));
+                ": seq_idx must be an integer tensor (int32 or int64); got ", describe_tensor(in.seq_idx));
   }
   CARVE_CHECK(in.chunk_size > 0, fn, ": chunk_size must be positive; got ", in.chunk_size);
   return d;
@@ -323,7 +307,7 @@ torch::Tensor ssd_step(const SsdStepInputs& in, torch::Tensor& state) {
   expect_tensor(fn, "state", state, {d.b, d.h, d.p, d.n}, "[b, h, p, n]", dev, true);
   const torch::ScalarType ct = state.scalar_type();
   CARVE_CHECK(ct == torch::kFloat || ct == torch::kDouble, fn, ": state must be float32 (or float64); got ",
-              describe(state));
+              describe_tensor(state));
 
   torch::NoGradGuard no_grad;
   const int64_t r = d.h / d.g;

@@ -78,3 +78,7 @@ file(READ ${WORK}/bench.json bench_json)
 if(NOT bench_json MATCHES "\"forward_ms\": [0-9.]+")
   message(FATAL_ERROR "bench.json lacks forward_ms:\n${bench_json}")
 endif()
+
+# Subcommands with actions list them and name the closest to a typo.
+carve(2 "unknown action 'verfy' \\(did you mean 'verify'\\?\\); available: verify" cache verfy ${WORK}/cache)
+carve(2 "actions:.*ssd.*cache" bench)

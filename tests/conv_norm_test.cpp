@@ -6,6 +6,7 @@
 #include "model/gated_norm.h"
 
 #include "base/error.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -22,21 +23,7 @@ const auto kF64 = torch::TensorOptions().dtype(torch::kDouble);
 
 double silu(double v) { return v / (1.0 + std::exp(-v)); }
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).norm().item<double>() /
-         b.to(torch::kDouble).norm().item<double>();
-}
 
-template <typename F>
-std::string error_message(F&& call) {
-  try {
-    call();
-  } catch (const carve::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a carve::Error";
-  return "";
-}
 
 // The conv written out token by token. x [b, l, c], w [c, k], bias [c] or undefined, seq [b][l] sample ids or empty,
 // init [b, c, k - 1] or undefined (it belongs to the row's first sample).
@@ -83,12 +70,12 @@ TEST(CausalConvTest, MatchesExplicitLoop) {
       const bool with_bias = variant & 1, with_silu = variant & 2;
       Tensor bb = with_bias ? bias : Tensor(), ii = with_silu ? init : Tensor();
       auto out = carve::model::causal_conv1d(x, w, bb, with_silu, {}, ii);
-      EXPECT_LT(rel_err(out.y, conv_reference(x, w, bb, with_silu, {}, ii)), 1e-12) << "k " << k << " v " << variant;
+      EXPECT_LT(carve::test::relative_norm_error(out.y, conv_reference(x, w, bb, with_silu, {}, ii)), 1e-12) << "k " << k << " v " << variant;
       EXPECT_TRUE(out.final_state.equal(x.narrow(1, l - (k - 1), k - 1).transpose(1, 2))) << "k " << k;
     }
     // Shorter than the state: the final state still holds initial-state entries.
     auto short_run = carve::model::causal_conv1d(x.narrow(1, 0, 1), w, bias, true, {}, init);
-    EXPECT_LT(rel_err(short_run.y, conv_reference(x.narrow(1, 0, 1), w, bias, true, {}, init)), 1e-12);
+    EXPECT_LT(carve::test::relative_norm_error(short_run.y, conv_reference(x.narrow(1, 0, 1), w, bias, true, {}, init)), 1e-12);
     EXPECT_TRUE(short_run.final_state.narrow(2, k - 2, 1).equal(x.narrow(1, 0, 1).transpose(1, 2)));
     if (k > 2) {
       EXPECT_TRUE(short_run.final_state.narrow(2, 0, k - 2).equal(init.narrow(2, 1, k - 2)));
@@ -103,10 +90,10 @@ TEST(CausalConvTest, SeqIdxIsolatesSamples) {
   Tensor x = torch::randn({2, l, c}, kF64), w = torch::randn({c, k}, kF64), bias = torch::randn({c}, kF64);
   Tensor init = torch::randn({2, c, k - 1}, kF64);
   auto out = carve::model::causal_conv1d(x, w, bias, true, to_seq_tensor(seq), init);
-  EXPECT_LT(rel_err(out.y, conv_reference(x, w, bias, true, seq, init)), 1e-12);
+  EXPECT_LT(carve::test::relative_norm_error(out.y, conv_reference(x, w, bias, true, seq, init)), 1e-12);
   // The middle sample of row 0 alone, from a zero state.
   auto alone = carve::model::causal_conv1d(x.narrow(0, 0, 1).narrow(1, 3, 5), w, bias, true);
-  EXPECT_LT(rel_err(out.y.narrow(0, 0, 1).narrow(1, 3, 5), alone.y), 1e-12);
+  EXPECT_LT(carve::test::relative_norm_error(out.y.narrow(0, 0, 1).narrow(1, 3, 5), alone.y), 1e-12);
   // Final state keeps only the last sample's inputs (2 tokens in row 0, 1 in row 1), zeros elsewhere.
   Tensor want = x.narrow(1, l - 3, 3).transpose(1, 2).clone();  // [2, c, 3]
   want[0].narrow(1, 0, 1).zero_();
@@ -125,12 +112,12 @@ TEST(CausalConvTest, StepAndStateContinuePrefix) {
     auto full = carve::model::causal_conv1d(x, w, bias, true, {}, init);
     auto head = carve::model::causal_conv1d(x.narrow(1, 0, prefix), w, bias, true, {}, init);
     auto tail = carve::model::causal_conv1d(x.narrow(1, prefix, l - prefix), w, bias, true, {}, head.final_state);
-    EXPECT_LT(rel_err(tail.y, full.y.narrow(1, prefix, l - prefix)), 1e-12) << "k " << k;
+    EXPECT_LT(carve::test::relative_norm_error(tail.y, full.y.narrow(1, prefix, l - prefix)), 1e-12) << "k " << k;
     EXPECT_TRUE(tail.final_state.equal(full.final_state)) << "k " << k;
     Tensor state = head.final_state.clone();
     for (int64_t t = prefix; t < l; ++t) {
       Tensor y = carve::model::causal_conv1d_step(x.select(1, t), state, w, bias, true);
-      EXPECT_LT(rel_err(y, full.y.select(1, t)), 1e-12) << "k " << k << " token " << t;
+      EXPECT_LT(carve::test::relative_norm_error(y, full.y.select(1, t)), 1e-12) << "k " << k << " token " << t;
     }
     EXPECT_TRUE(state.equal(full.final_state)) << "k " << k;
   }
@@ -143,7 +130,7 @@ TEST(CausalConvTest, Bf16StaysCloseToFloat64) {
   auto out = carve::model::causal_conv1d(x, w, bias, true);
   auto ref = carve::model::causal_conv1d(x.to(torch::kDouble), w.to(torch::kDouble), bias.to(torch::kDouble), true);
   EXPECT_EQ(out.y.scalar_type(), torch::kBFloat16);
-  EXPECT_LT(rel_err(out.y, ref.y), 1e-2);
+  EXPECT_LT(carve::test::relative_norm_error(out.y, ref.y), 1e-2);
   Tensor state = out.final_state.clone();
   Tensor y = carve::model::causal_conv1d_step(x.select(1, 0), state, w, bias, true);
   EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
@@ -153,16 +140,16 @@ TEST(CausalConvTest, Bf16StaysCloseToFloat64) {
 TEST(CausalConvTest, RejectsBadArguments) {
   Tensor x = torch::randn({2, 7, 5}, kF64), w = torch::randn({5, 3}, kF64);
   EXPECT_THROW(carve::model::causal_conv1d(x, torch::randn({4, 3}, kF64)), carve::Error);
-  std::string msg = error_message([&] { carve::model::causal_conv1d(x, torch::randn({4, 3}, kF64)); });
+  std::string msg = carve::test::error_of([&] { carve::model::causal_conv1d(x, torch::randn({4, 3}, kF64)); });
   EXPECT_NE(msg.find("weight must have shape [c, k]"), std::string::npos) << msg;
-  msg = error_message([&] { carve::model::causal_conv1d(x.select(0, 0), w); });
+  msg = carve::test::error_of([&] { carve::model::causal_conv1d(x.select(0, 0), w); });
   EXPECT_NE(msg.find("x must be a 3-D"), std::string::npos) << msg;
-  msg = error_message([&] { carve::model::causal_conv1d(x, w, {}, false, {}, torch::zeros({2, 5, 3}, kF64)); });
+  msg = carve::test::error_of([&] { carve::model::causal_conv1d(x, w, {}, false, {}, torch::zeros({2, 5, 3}, kF64)); });
   EXPECT_NE(msg.find("initial_state must have shape [b, c, k - 1]"), std::string::npos) << msg;
-  msg = error_message([&] { carve::model::causal_conv1d(x, w, {}, false, torch::zeros({2, 6}, torch::kInt)); });
+  msg = carve::test::error_of([&] { carve::model::causal_conv1d(x, w, {}, false, torch::zeros({2, 6}, torch::kInt)); });
   EXPECT_NE(msg.find("seq_idx must be"), std::string::npos) << msg;
   Tensor state = torch::zeros({2, 5, 3}, kF64);
-  msg = error_message([&] { carve::model::causal_conv1d_step(x.select(1, 0), state, w); });
+  msg = carve::test::error_of([&] { carve::model::causal_conv1d_step(x.select(1, 0), state, w); });
   EXPECT_NE(msg.find("state must have shape [b, c, k - 1]"), std::string::npos) << msg;
 }
 
@@ -201,7 +188,7 @@ TEST(GatedNormTest, BothOrdersMatchFormula) {
           Tensor got = carve::model::gated_rmsnorm(y, gate, weight, gs, 1e-5, before);
           Tensor want = norm_reference(y.reshape({-1, d}), gate.defined() ? gate.reshape({-1, d}) : Tensor(), weight,
                                        gs, 1e-5, before);
-          EXPECT_LT(rel_err(got.reshape({-1, d}), want), 1e-12)
+          EXPECT_LT(carve::test::relative_norm_error(got.reshape({-1, d}), want), 1e-12)
               << "group " << gs << " weight " << weight.size(0) << " before " << before << " gate " << gate.defined();
         }
       }
@@ -220,17 +207,17 @@ TEST(GatedNormTest, LowPrecisionKeepsDtype) {
   Tensor got = carve::model::gated_rmsnorm(y, z, w, 8, 1e-5, true);
   EXPECT_EQ(got.scalar_type(), torch::kBFloat16);
   Tensor want = norm_reference(y.to(torch::kDouble), z.to(torch::kDouble), w.to(torch::kDouble), 8, 1e-5, true);
-  EXPECT_LT(rel_err(got, want), 1e-2);
+  EXPECT_LT(carve::test::relative_norm_error(got, want), 1e-2);
 }
 
 TEST(GatedNormTest, RejectsBadArguments) {
   Tensor y = torch::randn({3, 12}, kF64), z = torch::randn({3, 12}, kF64);
   EXPECT_THROW(carve::model::gated_rmsnorm(y, z, torch::ones({5}, kF64), 5, 1e-5, true), carve::Error);
-  std::string msg = error_message([&] { carve::model::gated_rmsnorm(y, z, torch::ones({5}, kF64), 5, 1e-5, true); });
+  std::string msg = carve::test::error_of([&] { carve::model::gated_rmsnorm(y, z, torch::ones({5}, kF64), 5, 1e-5, true); });
   EXPECT_NE(msg.find("group_size must divide"), std::string::npos) << msg;
-  msg = error_message([&] { carve::model::gated_rmsnorm(y, z, torch::ones({6}, kF64), 4, 1e-5, true); });
+  msg = carve::test::error_of([&] { carve::model::gated_rmsnorm(y, z, torch::ones({6}, kF64), 4, 1e-5, true); });
   EXPECT_NE(msg.find("weight must be"), std::string::npos) << msg;
-  msg = error_message(
+  msg = carve::test::error_of(
       [&] { carve::model::gated_rmsnorm(y, z.narrow(1, 0, 6), torch::ones({12}, kF64), 4, 1e-5, true); });
   EXPECT_NE(msg.find("z must be"), std::string::npos) << msg;
 }

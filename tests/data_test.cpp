@@ -11,6 +11,7 @@
 #include "data/activation_source.h"
 #include "data/cache_layout.h"
 #include "data/cache_shard.h"
+#include "data/cache_verify.h"
 #include "data/samples.h"
 #include "model/checkpoint.h"
 #include "model/hf_weights.h"

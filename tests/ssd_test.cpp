@@ -6,6 +6,7 @@
 #include "model/ssd.h"
 
 #include "base/error.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -69,14 +70,10 @@ Tensor seq_idx_from_starts(int64_t l, const std::vector<std::vector<int64_t>>& s
   return out;
 }
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kCPU, torch::kDouble) - b.to(torch::kCPU, torch::kDouble)).norm().item<double>() /
-         b.to(torch::kCPU, torch::kDouble).norm().item<double>();
-}
 
 void expect_same_outputs(const SsdOutputs& got, const SsdOutputs& want, double tol, const std::string& what) {
-  EXPECT_LT(rel_err(got.y, want.y), tol) << what << ": y";
-  EXPECT_LT(rel_err(got.final_state, want.final_state), tol) << what << ": final_state";
+  EXPECT_LT(carve::test::relative_norm_error(got.y, want.y), tol) << what << ": y";
+  EXPECT_LT(carve::test::relative_norm_error(got.final_state, want.final_state), tol) << what << ": final_state";
 }
 
 void expect_chunked_matches_sequential(const SsdInputs& in, const std::string& what) {
@@ -114,17 +111,6 @@ Spec all_options_spec() {
   return s;
 }
 
-// Catches the carve::Error `call` must throw and returns its message.
-template <typename F>
-std::string error_message(F&& call) {
-  try {
-    call();
-  } catch (const carve::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a carve::Error";
-  return "";
-}
 
 TEST(SsdTest, ChunkedMatchesSequentialAcrossChunkSizes) {
   for (int64_t chunk : {4, 8, 16, 64, 1, 5}) {
@@ -186,9 +172,9 @@ TEST(SsdTest, SeqIdxIsolatesPackedSamples) {
     }
     if (start > 0) alone.initial_state = Tensor();
     SsdOutputs single = carve::model::ssd_sequential(alone, true);
-    EXPECT_LT(rel_err(packed.y.narrow(1, start, end - start), single.y), 1e-10) << "sample at " << start;
+    EXPECT_LT(carve::test::relative_norm_error(packed.y.narrow(1, start, end - start), single.y), 1e-10) << "sample at " << start;
     if (end == s.l) {
-      EXPECT_LT(rel_err(packed.final_state, single.final_state), 1e-10);
+      EXPECT_LT(carve::test::relative_norm_error(packed.final_state, single.final_state), 1e-10);
     }
   }
 }
@@ -208,7 +194,7 @@ TEST(SsdTest, GradientsChunkedMatchSequential) {
     const char* name = grad_fields()[i].first;
     ASSERT_TRUE(chunked[i].defined() && sequential[i].defined()) << name;
     EXPECT_GT(sequential[i].abs().max().item<double>(), 0.0) << name;
-    EXPECT_LT(rel_err(chunked[i], sequential[i]), 1e-10) << "gradient w.r.t. " << name;
+    EXPECT_LT(carve::test::relative_norm_error(chunked[i], sequential[i]), 1e-10) << "gradient w.r.t. " << name;
   }
 }
 
@@ -281,8 +267,8 @@ TEST(SsdTest, SequentialMatchesScalarLoop) {
       }
     }
   }
-  EXPECT_LT(rel_err(out.y, y), 1e-12);
-  EXPECT_LT(rel_err(out.final_state, state), 1e-12);
+  EXPECT_LT(carve::test::relative_norm_error(out.y, y), 1e-12);
+  EXPECT_LT(carve::test::relative_norm_error(out.final_state, state), 1e-12);
 }
 
 // Decoding token by token from the state the chunked form leaves after a prefix reproduces the whole-sequence run.
@@ -303,9 +289,9 @@ TEST(SsdTest, StepDecodeContinuesChunkedPrefix) {
     step.B = in.B.select(1, t), step.C = in.C.select(1, t), step.D = in.D, step.z = in.z.select(1, t);
     step.dt_bias = in.dt_bias, step.dt_softplus = in.dt_softplus;
     Tensor y = carve::model::ssd_step(step, state);
-    EXPECT_LT(rel_err(y, full.y.select(1, t)), 1e-10) << "token " << t;
+    EXPECT_LT(carve::test::relative_norm_error(y, full.y.select(1, t)), 1e-10) << "token " << t;
   }
-  EXPECT_LT(rel_err(state, full.final_state), 1e-10);
+  EXPECT_LT(carve::test::relative_norm_error(state, full.final_state), 1e-10);
 }
 
 // The prefix's final_state as the suffix's initial_state continues the whole-sequence run.
@@ -322,8 +308,8 @@ TEST(SsdTest, PrefixFinalStateContinuesRun) {
   }
   tail.initial_state = carve::model::ssd_chunked(head, true).final_state;
   SsdOutputs rest = carve::model::ssd_chunked(tail, true);
-  EXPECT_LT(rel_err(rest.y, full.y.narrow(1, prefix, s.l - prefix)), 1e-10);
-  EXPECT_LT(rel_err(rest.final_state, full.final_state), 1e-10);
+  EXPECT_LT(carve::test::relative_norm_error(rest.y, full.y.narrow(1, prefix, s.l - prefix)), 1e-10);
+  EXPECT_LT(carve::test::relative_norm_error(rest.final_state, full.final_state), 1e-10);
 }
 
 // Low-precision inputs accumulate in float32: stay close to float64 run on the same (rounded) values.
@@ -370,36 +356,36 @@ TEST(SsdTest, RejectsBadArguments) {
   s.g = 3;  // h = 4
   SsdInputs groups = make_inputs(s, 16);
   EXPECT_THROW(carve::model::ssd_chunked(groups, false), carve::Error);
-  std::string msg = error_message([&] { carve::model::ssd_chunked(groups, false); });
+  std::string msg = carve::test::error_of([&] { carve::model::ssd_chunked(groups, false); });
   EXPECT_NE(msg.find("group count g = 3 of B and C"), std::string::npos) << msg;
 
   SsdInputs rank = make_inputs(Spec(), 17);
   rank.x = rank.x.select(3, 0);
   EXPECT_THROW(carve::model::ssd_sequential(rank, false), carve::Error);
-  msg = error_message([&] { carve::model::ssd_sequential(rank, false); });
+  msg = carve::test::error_of([&] { carve::model::ssd_sequential(rank, false); });
   EXPECT_NE(msg.find("x must be a 4-D tensor"), std::string::npos) << msg;
 
   SsdInputs length = make_inputs(Spec(), 18);
   length.B = length.B.narrow(1, 0, 30);
   EXPECT_THROW(carve::model::ssd_chunked(length, false), carve::Error);
-  msg = error_message([&] { carve::model::ssd_chunked(length, false); });
+  msg = carve::test::error_of([&] { carve::model::ssd_chunked(length, false); });
   EXPECT_NE(msg.find("B must have shape [b, l, g, n]"), std::string::npos) << msg;
 
   SsdInputs skip = make_inputs(Spec(), 19);
   skip.D = torch::ones({3}, kF64);
-  msg = error_message([&] { carve::model::ssd_chunked(skip, false); });
+  msg = carve::test::error_of([&] { carve::model::ssd_chunked(skip, false); });
   EXPECT_NE(msg.find("D must have shape [h]"), std::string::npos) << msg;
 
   SsdInputs chunk = make_inputs(Spec(), 20);
   chunk.chunk_size = 0;
-  msg = error_message([&] { carve::model::ssd_chunked(chunk, false); });
+  msg = carve::test::error_of([&] { carve::model::ssd_chunked(chunk, false); });
   EXPECT_NE(msg.find("chunk_size"), std::string::npos) << msg;
 
   SsdStepInputs step;
   step.x = torch::randn({2, 4, 3}, kF64), step.dt = torch::rand({2, 4}, kF64), step.A = -torch::ones({4}, kF64);
   step.B = torch::randn({2, 2, 5}, kF64), step.C = torch::randn({2, 2, 5}, kF64);
   Tensor bad_state = torch::zeros({2, 4, 3, 6}, kF64);
-  msg = error_message([&] { carve::model::ssd_step(step, bad_state); });
+  msg = carve::test::error_of([&] { carve::model::ssd_step(step, bad_state); });
   EXPECT_NE(msg.find("state must have shape [b, h, p, n]"), std::string::npos) << msg;
 }
 

@@ -21,6 +21,12 @@ void ensure_mpi() {
   static comm::MpiSession session;  // finalised at exit
 }
 
+double relative_norm_error(const torch::Tensor& a, const torch::Tensor& b) {
+  auto a64 = a.detach().to(torch::kCPU, torch::kFloat64);
+  auto b64 = b.detach().to(torch::kCPU, torch::kFloat64);
+  return (a64 - b64).norm().item<double>() / b64.norm().item<double>();
+}
+
 double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
   auto a64 = a.detach().to(torch::kCPU, torch::kFloat64);
   auto b64 = b.detach().to(torch::kCPU, torch::kFloat64);

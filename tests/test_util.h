@@ -14,6 +14,8 @@ std::string fixture(const std::string& relative);  // tests/fixtures/<relative>
 std::string scratch_dir(const std::string& name);
 // max |a - b| / max |b| (b is the reference), computed in float64.
 double relative_error(const torch::Tensor& a, const torch::Tensor& b);
+// ||a - b|| / ||b|| (Frobenius; b is the reference), computed in float64 on the CPU.
+double relative_norm_error(const torch::Tensor& a, const torch::Tensor& b);
 
 // Initialises MPI once for this test process (a singleton world of one), for code that is collective over it.
 void ensure_mpi();

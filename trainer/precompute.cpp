@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "base/error.h"
 #include "base/fs.h"
@@ -45,22 +46,24 @@ CachePlan wanted_plan(const PrecomputeOptions& o, const model::ModelConfig& conf
   return p;
 }
 
-// A finished shard: its progress record exists and every file it lists has the recorded size.
-bool shard_done(const std::string& cache_dir, int64_t shard, const std::vector<std::string>& streams) {
+// The files of a finished shard: its progress record exists and every file it lists has the recorded size.
+// Nothing when the shard must be (re)written.
+std::optional<std::vector<ShardFile>> finished_shard(const std::string& cache_dir, int64_t shard,
+                                                     const std::vector<std::string>& streams) {
   const auto record = fs::join(cache_dir, data::progress_path(shard));
-  if (!fs::exists(record)) return false;
+  if (!fs::exists(record)) return std::nullopt;
   std::vector<ShardFile> files;
   try {
     files = data::shard_files_from_json(nlohmann::json::parse(fs::read_file(record)).at("files"), record);
   } catch (const std::exception&) {
-    return false;  // unreadable record: redo the shard
+    return std::nullopt;  // unreadable record: redo the shard
   }
-  if (files.size() != streams.size()) return false;
+  if (files.size() != streams.size()) return std::nullopt;
   for (const auto& f : files) {
     const auto path = fs::join(cache_dir, f.path);
-    if (!fs::exists(path) || fs::file_size(path) != f.bytes) return false;
+    if (!fs::exists(path) || fs::file_size(path) != f.bytes) return std::nullopt;
   }
-  return true;
+  return files;
 }
 
 // For tests of interrupted runs: CARVE_FAULT_KILL_AFTER_BATCHES=N kills this process (SIGKILL, no cleanup) after
@@ -165,14 +168,10 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
               "or --top-k");
   CARVE_CHECK(o.batch_tokens > 0 && o.shard_tokens > 0, "--batch-tokens and --shard-tokens must be positive");
   data::SampleFile samples(o.samples_path);
-  CARVE_CHECK(samples.vocab_size() == config.vocab_size, o.samples_path, ": vocab_size ", samples.vocab_size(),
-              " differs from the teacher's ", config.vocab_size, " (", o.teacher_dir, "/config.json)");
-  if (samples.has_images())
-    CARVE_CHECK(samples.image_hidden() == config.hidden_size, o.samples_path, ": dataset 'image_embeds' rows have ",
-                samples.image_hidden(), " values, the teacher's hidden size is ", config.hidden_size);
 
-  // Rank 0 checks the samples, fixes the plan (or finds the one an earlier run wrote) and tells the others.
-  std::string status;
+  // Rank 0 checks the samples against the teacher, fixes the plan (or finds the one an earlier run wrote) and
+  // sends it to the others; an empty plan means the cache is already complete.
+  std::string plan_text;
   comm::rank0_decides([&] {
     data::validate_samples(o.samples_path, config.vocab_size, config.hidden_size);
     const auto plan = wanted_plan(o, config, samples);
@@ -182,7 +181,6 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
       const auto diff = data::plan_difference(data::read_manifest(o.cache_dir).plan, plan);
       CARVE_CHECK(diff.empty(), o.cache_dir, " already holds a different cache (", diff,
                   "); choose another --out");
-      status = "complete";
       return;
     }
     fs::make_directories(fs::join(o.cache_dir, "progress"));
@@ -193,19 +191,17 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
       CARVE_CHECK(diff.empty(), o.cache_dir, " holds an unfinished cache with another plan (", diff,
                   "); rerun with the same options or choose another --out");
       log::info("precompute", "completing the unfinished cache in ", o.cache_dir);
-    } else {
-      fs::write_file_atomic(plan_path, data::plan_to_json(plan).dump(2) + "\n");
     }
-    status = "run";
+    plan_text = data::plan_to_json(plan).dump(2) + "\n";
+    if (!fs::exists(plan_path)) fs::write_file_atomic(plan_path, plan_text);
   });
-  status = comm::broadcast_text(status);
-  if (status == "complete") {
+  plan_text = comm::broadcast_text(plan_text);
+  if (plan_text.empty()) {
     if (rank == 0) log::info("precompute", o.cache_dir, " is already complete; nothing to do");
     report.already_complete = true;
     return report;
   }
-  const auto plan_path = fs::join(o.cache_dir, "plan.json");
-  const auto plan = data::plan_from_json(nlohmann::json::parse(fs::read_file(plan_path)), plan_path);
+  const auto plan = data::plan_from_json(nlohmann::json::parse(plan_text), "the plan from rank 0");
   const auto streams = plan.streams();
 
   std::vector<ShardSpan> mine, todo;
@@ -213,7 +209,7 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
     if (span.index % world == rank) mine.push_back(span);
   int64_t todo_tokens = 0;
   for (const auto& span : mine) {
-    if (shard_done(o.cache_dir, span.index, streams)) {
+    if (finished_shard(o.cache_dir, span.index, streams)) {
       ++report.shards_skipped;
     } else {
       todo.push_back(span);
@@ -253,11 +249,10 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
     data::CacheManifest manifest;
     manifest.plan = plan;
     for (const auto& span : plan.shards) {
-      const auto record = fs::join(o.cache_dir, data::progress_path(span.index));
-      CARVE_CHECK(shard_done(o.cache_dir, span.index, streams), record, ": shard ", span.index,
+      auto files = finished_shard(o.cache_dir, span.index, streams);
+      CARVE_CHECK(files, fs::join(o.cache_dir, data::progress_path(span.index)), ": shard ", span.index,
                   " is not complete after every rank finished");
-      manifest.files.push_back(
-          data::shard_files_from_json(nlohmann::json::parse(fs::read_file(record)).at("files"), record));
+      manifest.files.push_back(std::move(*files));
     }
     fs::write_file_atomic(fs::join(o.cache_dir, "manifest.json"), data::manifest_to_json(manifest).dump(2) + "\n");
     log::info("precompute", "wrote ", fs::join(o.cache_dir, "manifest.json"), ": ", plan.shards.size(), " shards, ",
