@@ -6,20 +6,11 @@
 
 #include "base/error.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/xxhash64.h"
 
 namespace carve::data {
 namespace {
-
-template <typename T>
-T get(const nlohmann::json& j, const char* key, const std::string& where) {
-  CARVE_CHECK(j.is_object() && j.contains(key), where, ": field '", key, "' is missing");
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(where + ": field '" + key + "' has the wrong type (" + j.at(key).dump() + ")");
-  }
-}
 
 std::string padded(int64_t value, int width) {
   char buffer[32];
@@ -94,43 +85,43 @@ nlohmann::json plan_to_json(const CachePlan& p) {
 }
 
 CachePlan plan_from_json(const nlohmann::json& j, const std::string& where) {
-  const auto format = get<std::string>(j, "format", where);
+  const auto format = json_field<std::string>(j, "format", where);
   CARVE_CHECK(format == kCacheFormat, where, ": format '", format, "' is not '", kCacheFormat, "'");
-  const auto version = get<int64_t>(j, "version", where);
+  const auto version = json_field<int64_t>(j, "version", where);
   CARVE_CHECK(version == kCacheVersion, where, ": version ", version, " is not supported (this carve reads ",
               kCacheVersion, ")");
   CachePlan p;
   const auto& t = j.at("teacher");
-  p.teacher_hash = get<std::string>(t, "hash", where + " teacher");
-  p.teacher_model_type = get<std::string>(t, "model_type", where + " teacher");
-  p.teacher_path = get<std::string>(t, "path", where + " teacher");
-  p.num_layers = get<int64_t>(t, "num_layers", where + " teacher");
-  p.hidden_size = get<int64_t>(t, "hidden_size", where + " teacher");
-  p.vocab_size = get<int64_t>(t, "vocab_size", where + " teacher");
+  p.teacher_hash = json_field<std::string>(t, "hash", where + " teacher");
+  p.teacher_model_type = json_field<std::string>(t, "model_type", where + " teacher");
+  p.teacher_path = json_field<std::string>(t, "path", where + " teacher");
+  p.num_layers = json_field<int64_t>(t, "num_layers", where + " teacher");
+  p.hidden_size = json_field<int64_t>(t, "hidden_size", where + " teacher");
+  p.vocab_size = json_field<int64_t>(t, "vocab_size", where + " teacher");
   CARVE_CHECK(j.contains("samples"), where, ": field 'samples' is missing");
   const auto& s = j.at("samples");
-  p.samples_hash = get<std::string>(s, "hash", where + " samples");
-  p.samples_path = get<std::string>(s, "path", where + " samples");
-  p.num_samples = get<int64_t>(s, "num_samples", where + " samples");
-  p.num_tokens = get<int64_t>(s, "num_tokens", where + " samples");
-  p.dtype = get<std::string>(j, "dtype", where);
+  p.samples_hash = json_field<std::string>(s, "hash", where + " samples");
+  p.samples_path = json_field<std::string>(s, "path", where + " samples");
+  p.num_samples = json_field<int64_t>(s, "num_samples", where + " samples");
+  p.num_tokens = json_field<int64_t>(s, "num_tokens", where + " samples");
+  p.dtype = json_field<std::string>(j, "dtype", where);
   CARVE_CHECK(p.dtype == "bfloat16" || p.dtype == "float16", where, ": dtype '", p.dtype,
               "' must be bfloat16 or float16");
-  p.layers = get<std::vector<int64_t>>(j, "layers", where);
+  p.layers = json_field<std::vector<int64_t>>(j, "layers", where);
   for (auto l : p.layers)
     CARVE_CHECK(l >= 0 && l <= p.num_layers, where, ": layer ", l, " is outside [0, ", p.num_layers, "]");
-  p.final_hidden = get<bool>(j, "final_hidden", where);
-  p.top_k = get<int64_t>(j, "top_k", where);
-  p.shard_tokens = get<int64_t>(j, "shard_tokens", where);
+  p.final_hidden = json_field<bool>(j, "final_hidden", where);
+  p.top_k = json_field<int64_t>(j, "top_k", where);
+  p.shard_tokens = json_field<int64_t>(j, "shard_tokens", where);
   int64_t expect_sample = 0, expect_token = 0;
-  for (const auto& e : get<nlohmann::json>(j, "shards", where)) {
+  for (const auto& e : json_field<nlohmann::json>(j, "shards", where)) {
     ShardSpan span;
     const std::string at = where + " shard " + std::to_string(p.shards.size());
-    span.index = get<int64_t>(e, "index", at);
-    span.first_sample = get<int64_t>(e, "first_sample", at);
-    span.num_samples = get<int64_t>(e, "num_samples", at);
-    span.first_token = get<int64_t>(e, "first_token", at);
-    span.tokens = get<int64_t>(e, "tokens", at);
+    span.index = json_field<int64_t>(e, "index", at);
+    span.first_sample = json_field<int64_t>(e, "first_sample", at);
+    span.num_samples = json_field<int64_t>(e, "num_samples", at);
+    span.first_token = json_field<int64_t>(e, "first_token", at);
+    span.tokens = json_field<int64_t>(e, "tokens", at);
     CARVE_CHECK(span.index == static_cast<int64_t>(p.shards.size()) && span.first_sample == expect_sample &&
                     span.first_token == expect_token && span.num_samples > 0 && span.tokens >= 0,
                 at, ": does not continue the previous shard (index ", span.index, ", first sample ", span.first_sample,
@@ -155,9 +146,9 @@ std::vector<ShardFile> shard_files_from_json(const nlohmann::json& j, const std:
   CARVE_CHECK(j.is_array(), where, ": expected a list of files");
   for (const auto& e : j) {
     ShardFile f;
-    f.path = get<std::string>(e, "path", where);
-    f.bytes = get<int64_t>(e, "bytes", where);
-    f.xxh64 = get<std::string>(e, "xxh64", where);
+    f.path = json_field<std::string>(e, "path", where);
+    f.bytes = json_field<int64_t>(e, "bytes", where);
+    f.xxh64 = json_field<std::string>(e, "xxh64", where);
     out.push_back(f);
   }
   return out;
@@ -175,7 +166,7 @@ CacheManifest manifest_from_json(const nlohmann::json& j, const std::string& whe
   const auto streams = m.plan.streams();
   for (size_t i = 0; i < m.plan.shards.size(); ++i) {
     const std::string at = where + " shard " + std::to_string(i);
-    auto files = shard_files_from_json(get<nlohmann::json>(j.at("shards")[i], "files", at), at);
+    auto files = shard_files_from_json(json_field<nlohmann::json>(j.at("shards")[i], "files", at), at);
     CARVE_CHECK(files.size() == streams.size(), at, ": lists ", files.size(), " files for ", streams.size(),
                 " streams");
     for (size_t s = 0; s < streams.size(); ++s)
@@ -220,13 +211,7 @@ CacheManifest read_manifest(const std::string& cache_dir) {
                 "complete it");
     throw Error(path + " is missing: " + cache_dir + " is not an activation cache");
   }
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(fs::read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(path + ": not valid JSON (" + e.what() + ")");
-  }
-  return manifest_from_json(j, path);
+  return manifest_from_json(read_json_file(path), path);
 }
 
 std::string teacher_hash(const std::string& teacher_dir, const std::string& weight_prefix) {

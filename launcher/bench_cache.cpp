@@ -165,7 +165,6 @@ int bench_cache(const std::vector<std::string>& args) {
   std::vector<torch::Tensor> params;
   for (auto& p : mixer->parameters()) params.push_back(p);
   torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-4));
-  so.shuffle = true;
   data::ActivationSource source(so);
   const int steps = static_cast<int>(std::min<int64_t>(stage_steps, source.steps_in_epoch(0)));
   auto sync = [&] {

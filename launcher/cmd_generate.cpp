@@ -81,7 +81,7 @@ int generate_main(const std::vector<std::string>& args) {
 
   model::CheckpointReader ckpt(model_opts.path, model_opts.weight_prefix);
   auto prompt = parse_token_rows(tokens, ckpt.config().vocab_size);
-  const bool student = model::is_student_checkpoint(model_opts.path);
+  const bool student = ckpt.config().raw.contains("carve");  // a student's config.json has a carve section
   std::string what = model::family_name(ckpt.config().family);
   model::CausalLM lm{nullptr};
   if (student) {

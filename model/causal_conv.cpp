@@ -5,7 +5,7 @@
 #include "model/causal_conv.h"
 
 #include "base/error.h"
-#include "model/tensor_checks.h"
+#include "model/tensor_util.h"
 
 #include <sstream>
 #include <string>
@@ -29,18 +29,6 @@ int64_t check_x_and_weight(const char* fn, const Tensor& x, int64_t rank, const 
   return weight.size(1);
 }
 
-torch::ScalarType compute_dtype(const Tensor& x) {
-  return x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-}
-
-// Sample number of each token from 0 at the row start; non-decreasing, so equal ids mean "same sample".
-Tensor segment_ids(const Tensor& seq_idx) {  // [b, l] -> [b, l] int64
-  const int64_t l = seq_idx.size(1);
-  Tensor changed = seq_idx.narrow(1, 1, l - 1) != seq_idx.narrow(1, 0, l - 1);  // [b, l - 1]
-  Tensor first = torch::zeros({seq_idx.size(0), 1}, seq_idx.options().dtype(torch::kLong));
-  return torch::cat({first, changed.to(torch::kLong)}, 1).cumsum(1);
-}
-
 Tensor apply_bias_and_silu(Tensor y, const Tensor& bias, bool silu) {  // y [..., c]
   if (bias.defined()) y = y + bias.to(y.scalar_type());
   return silu ? torch::silu(y) : y;
@@ -62,7 +50,7 @@ CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& wei
                 fn, ": seq_idx must be an integer tensor [b, l] = [", b, ", ", l, "] on ", x.device(), "; got ",
                 describe_tensor(seq_idx));
   }
-  const torch::ScalarType ct = compute_dtype(x);
+  const torch::ScalarType ct = accumulate_dtype(x);
   Tensor history = initial_state.defined() ? initial_state.to(ct).transpose(1, 2)  // [b, k - 1, c]
                                            : torch::zeros({b, k - 1, c}, x.options().dtype(ct));
   Tensor xp = torch::cat({history, x.to(ct)}, 1);  // [b, l + k - 1, c]
@@ -96,7 +84,7 @@ torch::Tensor causal_conv1d_step(const torch::Tensor& x, torch::Tensor& state, c
   const char* fn = "causal_conv1d_step";
   const int64_t k = check_x_and_weight(fn, x, 2, "[b, c]", weight, bias);
   expect_tensor(fn, "state", state, {x.size(0), x.size(1), k - 1}, "[b, c, k - 1]", x.device());
-  const torch::ScalarType ct = compute_dtype(x);
+  const torch::ScalarType ct = accumulate_dtype(x);
   Tensor window = torch::cat({state.to(ct), x.to(ct).unsqueeze(-1)}, -1);  // [b, c, k]
   Tensor y = (window * weight.to(ct)).sum(-1);                            // [b, c]
   {

@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "base/fs.h"
+#include "base/json.h"
 
 namespace carve::model {
 
@@ -18,12 +19,7 @@ CheckpointReader::CheckpointReader(const std::string& folder, std::string weight
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> declared;  // tensor -> shard file name, from the index
   if (fs::exists(index_path)) {
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(fs::read_file(index_path));
-    } catch (const nlohmann::json::exception& e) {
-      fail(index_path, ": not valid JSON: ", e.what());
-    }
+    const auto index = read_json_file(index_path);
     CARVE_CHECK(index.contains("weight_map") && index["weight_map"].is_object(), index_path,
                 ": missing object 'weight_map'");
     std::set<std::string> unique;
@@ -60,7 +56,6 @@ CheckpointReader::CheckpointReader(const std::string& folder, std::string weight
   }
 }
 
-bool CheckpointReader::contains(const std::string& name) const { return index_.count(prefix_ + name) != 0; }
 
 const SafetensorsFile& CheckpointReader::file_of(const std::string& name) const {
   auto it = index_.find(prefix_ + name);

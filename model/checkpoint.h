@@ -24,7 +24,6 @@ class CheckpointReader {
   const ModelConfig& config() const { return config_; }
   const std::string& weight_prefix() const { return prefix_; }
 
-  bool contains(const std::string& name) const;
   // The tensor named `weight_prefix + name`, CPU, stored dtype. Errors name the folder and tensor.
   torch::Tensor load(const std::string& name) const;
   // As load(), checking the shape; `what` says where the expected shape came from ("config.json").

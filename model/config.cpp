@@ -4,6 +4,7 @@
 
 #include "base/error.h"
 #include "base/fs.h"
+#include "base/json.h"
 
 namespace carve::model {
 namespace {
@@ -163,13 +164,7 @@ ModelConfig parse_model_config(const nlohmann::json& config, const std::string& 
 
 ModelConfig load_model_config(const std::string& path) {
   CARVE_CHECK(fs::exists(path), path, ": missing (a Hugging Face checkpoint folder needs config.json)");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(fs::read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": not valid JSON: ", e.what());
-  }
-  return parse_model_config(j, path);
+  return parse_model_config(read_json_file(path), path);
 }
 
 }  // namespace carve::model

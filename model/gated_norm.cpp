@@ -4,7 +4,7 @@
 #include "model/gated_norm.h"
 
 #include "base/error.h"
-#include "model/tensor_checks.h"
+#include "model/tensor_util.h"
 
 #include <sstream>
 #include <string>
@@ -40,7 +40,7 @@ int64_t check_args(const torch::Tensor& y, const torch::Tensor& z, const torch::
 torch::Tensor gated_rmsnorm(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight,
                             int64_t group_size, double eps, bool norm_before_gate) {
   const int64_t gs = check_args(y, z, weight, group_size, eps);
-  const torch::ScalarType ct = y.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const torch::ScalarType ct = accumulate_dtype(y);
   const int64_t d = y.size(-1);
   std::vector<int64_t> grouped = y.sizes().vec();  // [..., d / gs, gs]
   grouped.back() = d / gs;

@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include "model/tensor_util.h"
+
 #include "model/config.h"
 
 namespace carve::model {
@@ -32,8 +34,5 @@ class MlpImpl : public torch::nn::Module {
 TORCH_MODULE(Mlp);
 
 torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias);
-
-// The dtype reductions (norms, softmax) run in: float32 for low-precision inputs, float64 kept for float64.
-torch::ScalarType accumulate_dtype(const torch::Tensor& x);
 
 }  // namespace carve::model

@@ -64,16 +64,6 @@ Placement parse_placement(const std::string& text, const std::string& source) {
   fail(source, ": '", text, "' is not a placement (head-interleaved, head-stacked, tail-interleaved, tail-stacked)");
 }
 
-std::string placement_name(Placement p) {
-  switch (p) {
-    case Placement::HeadInterleaved: return "head-interleaved";
-    case Placement::HeadStacked: return "head-stacked";
-    case Placement::TailInterleaved: return "tail-interleaved";
-    case Placement::TailStacked: return "tail-stacked";
-  }
-  return "?";
-}
-
 std::vector<int64_t> parse_index_list(const std::string& text, const std::string& source) {
   std::vector<int64_t> out;
   std::stringstream in(text);

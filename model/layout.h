@@ -34,7 +34,6 @@ class Layout {
 };
 
 Placement parse_placement(const std::string& text, const std::string& source = "placement");
-std::string placement_name(Placement p);
 
 // "0,4,8" -> {0, 4, 8}; errors name `source`.
 std::vector<int64_t> parse_index_list(const std::string& text, const std::string& source);

@@ -30,6 +30,8 @@ RandomTeacherDims parse_random_teacher_dims(const std::string& text, const std::
 
 void write_random_teacher(const std::string& folder, const RandomTeacherDims& d, torch::ScalarType dtype,
                           uint64_t seed) {
+  CARVE_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat16 || dtype == torch::kFloat32,
+              "a random teacher is written in bfloat16, float16 or float32, not ", c10::toString(dtype));
   nlohmann::json config = {{"model_type", "llama"},
                            {"architectures", {"LlamaForCausalLM"}},
                            {"hidden_size", d.hidden},
@@ -42,7 +44,7 @@ void write_random_teacher(const std::string& folder, const RandomTeacherDims& d,
                            {"rms_norm_eps", 1e-6},
                            {"rope_theta", 1000000.0},
                            {"tie_word_embeddings", false},
-                           {"torch_dtype", dtype == torch::kBFloat16 ? "bfloat16" : "float32"},
+                           {"torch_dtype", dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kFloat16 ? "float16" : "float32"},
                            {"carve_random_teacher", {{"seed", seed}}}};
   CausalLM lm(parse_model_config(config, "random teacher"));
   torch::manual_seed(seed);

@@ -6,7 +6,7 @@
 #include "model/ssd.h"
 
 #include "base/error.h"
-#include "model/tensor_checks.h"
+#include "model/tensor_util.h"
 
 #include <limits>
 #include <sstream>
@@ -72,24 +72,11 @@ Dims check_inputs(const SsdInputs& in, const char* fn) {
 }
 
 // bf16/fp16/fp32 inputs accumulate in float32; float64 stays float64 so the oracle tests can be exact.
-torch::ScalarType compute_dtype(const Tensor& x) {
-  return x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-}
-
 Tensor effective_dt(const Tensor& dt, const Tensor& dt_bias, bool softplus, torch::ScalarType ct) {
   Tensor out = dt.to(ct);  // [..., h]
   if (dt_bias.defined()) out = out + dt_bias.to(ct);
   if (softplus) out = torch::nn::functional::softplus(out, torch::nn::functional::SoftplusFuncOptions());
   return out;
-}
-
-// Sample number of each token counted from 0 at the row start. Unlike raw seq_idx it is non-decreasing by
-// construction, so "same segment at both ends" is equivalent to "no reset in between".
-Tensor segment_ids(const Tensor& seq_idx) {  // [b, l] -> [b, l] int64
-  const int64_t l = seq_idx.size(1);
-  Tensor changed = seq_idx.narrow(1, 1, l - 1) != seq_idx.narrow(1, 0, l - 1);  // [b, l - 1]
-  Tensor first = torch::zeros({seq_idx.size(0), 1}, seq_idx.options().dtype(torch::kLong));
-  return torch::cat({first, changed.to(torch::kLong)}, 1).cumsum(1);
 }
 
 // Adds the D skip and applies the silu(z) gate; y and x are in the compute dtype, trailing dims [h, p].
@@ -114,7 +101,7 @@ struct Prepared {
 };
 
 Prepared prepare(const SsdInputs& in) {
-  const torch::ScalarType ct = compute_dtype(in.x);
+  const torch::ScalarType ct = accumulate_dtype(in.x);
   Prepared pr;
   pr.x = in.x.to(ct);
   pr.dt = effective_dt(in.dt, in.dt_bias, in.dt_softplus, ct);

@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "model/causal_conv.h"
+#include "model/tensor_util.h"
 
 namespace carve::model {
 namespace {
@@ -52,7 +53,7 @@ torch::Tensor ssd_with_state(SsdInputs in, const MixerContext& ctx) {
 }
 
 torch::Tensor decay_rates(const torch::Tensor& A_log) {
-  return -torch::exp(A_log.scalar_type() == torch::kFloat64 ? A_log : A_log.to(torch::kFloat32));
+  return -torch::exp(A_log.to(accumulate_dtype(A_log)));
 }
 
 torch::Tensor repeat_kv_heads(const torch::Tensor& t, int64_t groups) {

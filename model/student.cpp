@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "model/attention.h"
+#include "model/hf_weights.h"
 #include "model/mamba2_mixer.h"
 #include "model/seeded_mixer.h"
 
@@ -63,13 +64,9 @@ void carve_student(CausalLMImpl& model, const StudentSpec& spec, bool seed) {
 }
 
 ParamRole param_role(const CausalLMImpl& student, const std::string& name) {
-  // "layers.<i>.mixer.<rest>"
-  if (name.rfind("layers.", 0) != 0) return ParamRole::Frozen;
-  const auto dot = name.find('.', 7);
-  const int64_t layer = std::stoll(name.substr(7, dot - 7));
-  const std::string rest = name.substr(dot + 1);
-  if (rest.rfind("mixer.", 0) != 0 || student.layers.at(layer)->mixer->kind() == "attention") return ParamRole::Frozen;
-  const std::string p = rest.substr(6);
+  if (is_teacher_parameter(student, name)) return ParamRole::Frozen;
+  // What is left is "layers.<i>.mixer.<p>" of a Mamba-2 mixer.
+  const std::string p = name.substr(name.find(".mixer.") + 7);
   auto starts = [&](const char* prefix) { return p.rfind(prefix, 0) == 0; };
   if (starts("q_proj.") || starts("k_proj.") || starts("v_proj.") || starts("in_proj.")) return ParamRole::Qkv;
   if (starts("o_proj.") || starts("out_proj.")) return ParamRole::Out;

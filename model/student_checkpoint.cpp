@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "base/fs.h"
 #include "model/checkpoint.h"
 #include "model/hf_weights.h"
@@ -18,16 +19,6 @@ const char* kWeightsFile = "model.safetensors";
 std::string mixer_file_name(const std::string& name) {
   const auto dot = name.find('.', 7);
   return "model.layers." + name.substr(7, dot - 7) + ".mamba." + name.substr(dot + 1 + 6);
-}
-
-template <typename T>
-T field(const nlohmann::json& j, const char* key, const std::string& source) {
-  CARVE_CHECK(j.contains(key), source, ": carve section has no field '", key, "'");
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    fail(source, ": carve.", key, " has the wrong type (", j.at(key).dump(), ")");
-  }
 }
 
 }  // namespace
@@ -52,16 +43,17 @@ nlohmann::json student_section(const ModelConfig& t, const StudentSpec& spec, co
 
 StudentSpec parse_student_section(const nlohmann::json& j, int64_t num_layers, const std::string& source) {
   CARVE_CHECK(j.is_object(), source, ": field 'carve' must be an object");
-  const int version = field<int>(j, "format_version", source);
+  const std::string where = source + " carve section";
+  const int version = json_field<int>(j, "format_version", where);
   CARVE_CHECK(version == kFormatVersion, source, ": carve.format_version ", version, " is not supported (this build",
               " reads ", kFormatVersion, ")");
   StudentSpec spec;
-  spec.layout = Layout::parse(field<std::string>(j, "layout", source), num_layers, source + ": carve.layout");
-  spec.mixer = parse_mixer_kind(field<std::string>(j, "mixer", source), source + ": carve.mixer");
-  spec.seeding = parse_seed_method(field<std::string>(j, "seeding", source), source + ": carve.seeding");
-  spec.init_seed = field<uint64_t>(j, "init_seed", source);
-  spec.chunk_size = field<int64_t>(j, "chunk_size", source);
-  spec.conv_kernel = field<int64_t>(j, "conv_kernel", source);
+  spec.layout = Layout::parse(json_field<std::string>(j, "layout", where), num_layers, source + ": carve.layout");
+  spec.mixer = parse_mixer_kind(json_field<std::string>(j, "mixer", where), source + ": carve.mixer");
+  spec.seeding = parse_seed_method(json_field<std::string>(j, "seeding", where), source + ": carve.seeding");
+  spec.init_seed = json_field<uint64_t>(j, "init_seed", where);
+  spec.chunk_size = json_field<int64_t>(j, "chunk_size", where);
+  spec.conv_kernel = json_field<int64_t>(j, "conv_kernel", where);
   CARVE_CHECK(spec.chunk_size > 0 && spec.conv_kernel > 0, source, ": carve.chunk_size and carve.conv_kernel must be",
               " positive");
   return spec;
@@ -86,16 +78,6 @@ void save_student(const std::string& folder, CausalLMImpl& student, const Studen
   fs::write_file_atomic(fs::join(folder, "config.json"), config.dump(2) + "\n");
 }
 
-bool is_student_checkpoint(const std::string& folder) {
-  const auto path = fs::join(folder, "config.json");
-  if (!fs::exists(path)) return false;
-  try {
-    return nlohmann::json::parse(fs::read_file(path)).contains("carve");
-  } catch (const nlohmann::json::exception&) {
-    return false;
-  }
-}
-
 LoadedStudent load_student(const std::string& folder, const std::string& teacher_override, torch::ScalarType dtype,
                            torch::Device device) {
   const auto config_path = fs::join(folder, "config.json");
@@ -105,7 +87,7 @@ LoadedStudent load_student(const std::string& folder, const std::string& teacher
   const auto& section = raw["carve"];
   LoadedStudent out;
   out.spec = parse_student_section(section, own.config().num_layers, config_path);
-  const auto weights = field<std::string>(section, "weights", config_path);
+  const auto weights = json_field<std::string>(section, "weights", config_path + " carve section");
   CARVE_CHECK(weights == "full" || weights == "student-only", config_path, ": carve.weights '", weights,
               "' must be 'full' or 'student-only'");
   out.full = weights == "full";
@@ -116,14 +98,11 @@ LoadedStudent load_student(const std::string& folder, const std::string& teacher
     load_weights(*out.model, own);
   } else {
     std::string teacher = teacher_override;
-    std::string prefix;
+    const std::string prefix = section.contains("teacher") ? section["teacher"].value("weight_prefix", "") : "";
     if (teacher.empty()) {
       CARVE_CHECK(section.contains("teacher"), config_path, ": a student-only checkpoint needs carve.teacher");
-      teacher = field<std::string>(section["teacher"], "folder", config_path + ": carve.teacher");
-      prefix = section["teacher"].value("weight_prefix", "");
+      teacher = json_field<std::string>(section["teacher"], "folder", config_path + ": carve.teacher");
       if (!teacher.empty() && teacher[0] != '/') teacher = fs::join(folder, teacher);
-    } else if (section.contains("teacher")) {
-      prefix = section["teacher"].value("weight_prefix", "");
     }
     CARVE_CHECK(fs::is_directory(teacher), config_path, ": teacher folder '", teacher, "' not found (pass the teacher",
                 " explicitly if it moved)");

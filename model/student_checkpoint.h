@@ -27,8 +27,6 @@ StudentSpec parse_student_section(const nlohmann::json& carve, int64_t num_layer
 void save_student(const std::string& folder, CausalLMImpl& student, const StudentSpec& spec,
                   const StudentSaveOptions& options);
 
-bool is_student_checkpoint(const std::string& folder);
-
 struct LoadedStudent {
   CausalLM model{nullptr};
   StudentSpec spec;

@@ -14,7 +14,10 @@ torch::Tensor generate(model::CausalLMImpl& lm, const torch::Tensor& prompt, con
   auto state = lm.new_decode_state();
   model::ForwardOptions fwd;
   fwd.state = &state;
-  auto logits = lm.forward(prompt.to(device), fwd).logits.select(1, -1);  // [b, vocab]
+  // Only the last prompt position is continued: its logits, not [b, l, vocab] of the whole prompt.
+  fwd.want_logits = false;
+  auto prefill = lm.forward(prompt.to(device), fwd);
+  auto logits = lm.logits(prefill.final_hidden.narrow(1, prompt.size(1) - 1, 1)).select(1, 0);  // [b, vocab]
   std::vector<torch::Tensor> out;
   auto finished = torch::zeros({prompt.size(0)}, torch::TensorOptions().dtype(torch::kBool));
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
@@ -27,7 +30,7 @@ torch::Tensor generate(model::CausalLMImpl& lm, const torch::Tensor& prompt, con
       if (finished.all().item<bool>()) break;
     }
     if (step + 1 == o.max_new_tokens) break;
-    logits = lm.forward(next.unsqueeze(1).to(device), fwd).logits.select(1, -1);
+    logits = lm.logits(lm.forward(next.unsqueeze(1).to(device), fwd).final_hidden).select(1, 0);
   }
   return torch::stack(out, 1);
 }
