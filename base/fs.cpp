@@ -38,8 +38,22 @@ void sync_directory(const std::string& path) {
   CARVE_CHECK_SYS(rc, "cannot fsync directory ", path);
 }
 
+std::string temporary_path(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
+namespace {
+
+// The complete, synced temporary takes the final name; the directory entry is made durable.
+void rename_into_place(const std::string& tmp_path, const std::string& path) {
+  int rc = ::rename(tmp_path.c_str(), path.c_str());
+  if (rc < 0) ::unlink(tmp_path.c_str());
+  CARVE_CHECK_SYS(rc, "cannot rename ", tmp_path, " to ", path);
+  sync_directory(parent_directory(path));
+}
+
+}  // namespace
+
 AtomicFileWriter::AtomicFileWriter(std::string path)
-    : path_(std::move(path)), tmp_path_(path_ + ".tmp." + std::to_string(::getpid())) {
+    : path_(std::move(path)), tmp_path_(temporary_path(path_)) {
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   CARVE_CHECK_SYS(fd_, "cannot create ", tmp_path_);
 }
@@ -70,10 +84,7 @@ void AtomicFileWriter::commit() {
   fd_ = -1;
   if (rc < 0) ::unlink(tmp_path_.c_str());
   CARVE_CHECK_SYS(rc, "cannot close ", tmp_path_);
-  rc = ::rename(tmp_path_.c_str(), path_.c_str());
-  if (rc < 0) ::unlink(tmp_path_.c_str());
-  CARVE_CHECK_SYS(rc, "cannot rename ", tmp_path_, " to ", path_);
-  sync_directory(parent_directory(path_));
+  rename_into_place(tmp_path_, path_);
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
@@ -91,9 +102,6 @@ std::string read_file(const std::string& path) {
   return out.str();
 }
 
-}  // namespace carve::fs
-
-namespace carve::fs {
 
 void commit_file(const std::string& tmp_path, const std::string& path) {
   int fd = ::open(tmp_path.c_str(), O_RDONLY);
@@ -101,10 +109,7 @@ void commit_file(const std::string& tmp_path, const std::string& path) {
   int rc = ::fsync(fd);
   ::close(fd);
   CARVE_CHECK_SYS(rc, "cannot fsync ", tmp_path);
-  rc = ::rename(tmp_path.c_str(), path.c_str());
-  if (rc < 0) ::unlink(tmp_path.c_str());
-  CARVE_CHECK_SYS(rc, "cannot rename ", tmp_path, " to ", path);
-  sync_directory(parent_directory(path));
+  rename_into_place(tmp_path, path);
 }
 
 int64_t file_size(const std::string& path) {
@@ -113,10 +118,11 @@ int64_t file_size(const std::string& path) {
   return static_cast<int64_t>(st.st_size);
 }
 
-void remove_temporaries(const std::string& dir, const std::string& stem) {
+void remove_temporaries(const std::string& path) {
   std::error_code ec;
+  const auto dir = parent_directory(path);
   if (!std::filesystem::is_directory(dir, ec)) return;
-  const std::string prefix = stem + ".tmp.";
+  const std::string prefix = std::filesystem::path(path).filename().string() + ".tmp.";
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const auto name = entry.path().filename().string();
     if (name.compare(0, prefix.size(), prefix) == 0) std::filesystem::remove(entry.path(), ec);

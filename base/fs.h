@@ -30,8 +30,10 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 void commit_file(const std::string& tmp_path, const std::string& path);
 // Size in bytes; the error names the path.
 int64_t file_size(const std::string& path);
-// Removes `<dir>/<stem>.tmp.*` left by a killed writer (the temporaries of AtomicFileWriter and commit_file).
-void remove_temporaries(const std::string& dir, const std::string& stem);
+// The name a writer of `path` uses until the file is complete: `path.tmp.<pid>`.
+std::string temporary_path(const std::string& path);
+// Removes the temporaries of `path` (any pid) left by a killed writer.
+void remove_temporaries(const std::string& path);
 // Reads a whole (small) file; the error names the path.
 std::string read_file(const std::string& path);
 bool exists(const std::string& path);

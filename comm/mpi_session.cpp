@@ -83,19 +83,6 @@ std::string broadcast_text(const std::string& text) {
   return out;
 }
 
-void agree_or_throw(bool ok, const std::string& own_error) {
-  int failed_rank = ok ? world_size() : world_rank();
-  int lowest = 0;
-  check_mpi(MPI_Allreduce(&failed_rank, &lowest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
-  if (lowest == world_size()) return;
-  if (!ok) throw Error(own_error);
-  throw Error("rank " + std::to_string(lowest) + " failed (its error is printed by that rank); stopping");
-}
-
-}  // namespace carve::comm
-
-namespace carve::comm {
-
 void rank0_decides(const std::function<void()>& step) {
   std::string error;
   if (world_rank() == 0) {

@@ -22,7 +22,6 @@ class MpiSession {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  MPI_Comm world() const { return MPI_COMM_WORLD; }
 
  private:
   int rank_ = 0;
@@ -46,8 +45,5 @@ std::string broadcast_text(const std::string& text);
 // Used where rank 0 decides for all (validating a cache plan) so that the others stop instead of waiting.
 void rank0_decides(const std::function<void()>& step);
 
-// Every rank contributes ok/failed; if any failed, all throw, the failing ranks with their own message and the
-// others naming the lowest failing rank. Keeps ranks from hanging in the next collective when one of them fails.
-void agree_or_throw(bool ok, const std::string& own_error);
 
 }  // namespace carve::comm

@@ -18,7 +18,7 @@ CacheShardWriter::CacheShardWriter(const std::string& cache_dir, const CachePlan
                                    const std::string& stream, const std::vector<int64_t>& local_offsets)
     : cache_dir_(cache_dir), relative_(shard_path(stream, span.index)) {
   final_path_ = fs::join(cache_dir, relative_);
-  tmp_path_ = final_path_ + ".tmp." + std::to_string(::getpid());
+  tmp_path_ = fs::temporary_path(final_path_);
   fs::make_directories(fs::parent_directory(final_path_));
   CARVE_CHECK(static_cast<int64_t>(local_offsets.size()) == span.num_samples + 1 &&
                   local_offsets.back() == span.tokens,

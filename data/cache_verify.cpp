@@ -30,6 +30,7 @@ VerifyReport verify_cache(const std::string& cache_dir, const VerifyOptions& opt
     }
     report.shards += 1;
   }
+  check_cache_inputs(manifest, cache_dir, options.teacher_dir, options.weight_prefix, options.samples_path);
   return report;
 }
 

@@ -10,6 +10,8 @@ namespace carve::data {
 
 struct VerifyOptions {
   bool checksums = true;  // read every byte (else sizes and HDF5 shapes only)
+  // When set, the cache must have been made from this teacher (with this weight prefix) and these samples.
+  std::string teacher_dir, weight_prefix, samples_path;
 };
 struct VerifyReport {
   int64_t shards = 0, files = 0, bytes = 0;

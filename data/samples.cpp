@@ -1,7 +1,5 @@
 #include "data/samples.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 
 #include "base/error.h"
@@ -52,7 +50,7 @@ void write_samples(const std::string& path, const SampleSet& s) {
   CARVE_CHECK(s.loss_mask.empty() || static_cast<int64_t>(s.loss_mask.size()) == t, "loss_mask has ",
               s.loss_mask.size(), " entries for ", t, " tokens");
   CARVE_CHECK(s.vocab_size > 0, "vocab_size must be positive");
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = fs::temporary_path(path);
   {
     auto file = File::create(tmp);
     auto attrs = file.attributes();

@@ -4,7 +4,6 @@
 
 #include "data/cache_layout.h"
 #include "data/cache_verify.h"
-#include "data/hdf5_file.h"
 #include "launcher/options.h"
 #include "launcher/subcommands.h"
 
@@ -13,15 +12,15 @@ namespace carve::launcher {
 namespace {
 
 int cache_verify(const std::vector<std::string>& args) {
-  std::string cache, teacher, prefix, samples, locking = "default";
+  std::string cache, teacher, prefix, samples, locking;
   bool checksums = true;
   po::options_description desc("carve cache verify");
   desc.add_options()("cache", po::value<std::string>(&cache)->required(), "cache folder (also the first argument)")(
       "teacher", po::value<std::string>(&teacher), "refuse the cache unless it was made from this teacher")(
       "teacher-prefix", po::value<std::string>(&prefix)->default_value(""), "weight prefix inside a VLM checkpoint")(
       "samples", po::value<std::string>(&samples), "refuse the cache unless it was made from this sample file")(
-      "checksums", po::value<bool>(&checksums)->default_value(checksums), "read every byte and check xxh64")(
-      "hdf5-locking", po::value<std::string>(&locking)->default_value(locking), "HDF5 file locking: default, on, off");
+      "checksums", po::value<bool>(&checksums)->default_value(checksums), "read every byte and check xxh64");
+  desc.add(hdf5_options(locking));
   po::positional_options_description positional;
   positional.add("cache", 1);
   auto parsed = parse_options("cache verify", desc, args, &positional);
@@ -29,12 +28,13 @@ int cache_verify(const std::vector<std::string>& args) {
     std::cout << "usage: carve cache verify CACHE [options]\n" << desc << "\n";
     return 0;
   }
-  data::set_file_locking(data::parse_file_locking(locking, "--hdf5-locking"));
+  apply_hdf5_locking(locking);
   data::VerifyOptions vo;
   vo.checksums = checksums;
+  vo.teacher_dir = teacher;
+  vo.weight_prefix = prefix;
+  vo.samples_path = samples;
   const auto report = data::verify_cache(cache, vo);
-  if (!teacher.empty() || !samples.empty())
-    data::check_cache_inputs(data::read_manifest(cache), cache, teacher, prefix, samples);
   std::cout << cache << ": verified " << report.shards << " shards, " << report.files << " files, "
             << report.bytes / 1e6 << " MB" << (checksums ? " (checksums match)" : " (sizes and shapes only)")
             << "\n";

@@ -2,7 +2,6 @@
 #include <iostream>
 
 #include "base/fs.h"
-#include "data/hdf5_file.h"
 #include "data/samples.h"
 #include "launcher/options.h"
 #include "launcher/subcommands.h"
@@ -13,11 +12,11 @@ namespace carve::launcher {
 namespace {
 
 int data_validate(const std::vector<std::string>& args) {
-  std::string samples, teacher, locking = "default";
+  std::string samples, teacher, locking;
   po::options_description desc("carve data validate");
   desc.add_options()("samples", po::value<std::string>(&samples)->required(), "sample file (also the first argument)")(
-      "teacher", po::value<std::string>(&teacher), "teacher folder whose vocabulary and hidden size must match")(
-      "hdf5-locking", po::value<std::string>(&locking)->default_value(locking), "HDF5 file locking: default, on, off");
+      "teacher", po::value<std::string>(&teacher), "teacher folder whose vocabulary and hidden size must match");
+  desc.add(hdf5_options(locking));
   po::positional_options_description positional;
   positional.add("samples", 1);
   auto parsed = parse_options("data validate", desc, args, &positional);
@@ -25,7 +24,7 @@ int data_validate(const std::vector<std::string>& args) {
     std::cout << "usage: carve data validate FILE [options]\n" << desc << "\n";
     return 0;
   }
-  data::set_file_locking(data::parse_file_locking(locking, "--hdf5-locking"));
+  apply_hdf5_locking(locking);
   int64_t vocab = 0, hidden = 0;
   if (!teacher.empty()) {
     const auto config = model::load_model_config(fs::join(teacher, "config.json"));

@@ -4,7 +4,6 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "comm/mpi_session.h"
-#include "data/hdf5_file.h"
 #include "launcher/model_options.h"
 #include "launcher/subcommands.h"
 #include "base/fs.h"
@@ -50,7 +49,7 @@ std::vector<int64_t> parse_layers(const std::string& text, int64_t num_layers) {
 
 int precompute_main(const std::vector<std::string>& args) {
   ModelOptions teacher;
-  std::string samples, out, layers = "all", storage = "bfloat16", locking = "default";
+  std::string samples, out, layers = "all", storage = "bfloat16", locking;
   int64_t top_k = 16, shard_tokens = 1 << 20, batch_tokens = 8192;
   bool final_hidden = true;
   int threads = 0;
@@ -66,11 +65,9 @@ int precompute_main(const std::vector<std::string>& args) {
       "shard-tokens", po::value<int64_t>(&shard_tokens)->default_value(shard_tokens), "tokens per shard file")(
       "batch-tokens", po::value<int64_t>(&batch_tokens)->default_value(batch_tokens),
       "tokens per teacher forward (whole samples packed)")(
-      "threads", po::value<int>(&threads)->default_value(threads), "CPU threads for LibTorch (0: its default)")(
-      "hdf5-locking", po::value<std::string>(&locking)->default_value(locking),
-      "HDF5 file locking: default, on, off (off for file systems that reject locks)");
+      "threads", po::value<int>(&threads)->default_value(threads), "CPU threads for LibTorch (0: its default)");
   po::options_description desc("carve precompute");
-  desc.add(model_options(teacher, "teacher", "teacher checkpoint folder")).add(cache);
+  desc.add(model_options(teacher, "teacher", "teacher checkpoint folder")).add(cache).add(hdf5_options(locking));
   auto parsed = parse_options("precompute", desc, args);
   if (parsed.help) {
     std::cout << "usage: [mpirun -np N] carve precompute --teacher DIR --samples FILE --out CACHE [options]\n"
@@ -79,7 +76,7 @@ int precompute_main(const std::vector<std::string>& args) {
   }
   comm::MpiSession mpi;
   log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
-  data::set_file_locking(data::parse_file_locking(locking, "--hdf5-locking"));
+  apply_hdf5_locking(locking);
   if (threads > 0) torch::set_num_threads(threads);
   trainer::PrecomputeOptions o;
   o.teacher_dir = teacher.path;

@@ -6,8 +6,10 @@
 #include <map>
 #include <sstream>
 
+#include "base/error.h"
 #include "base/fs.h"
 #include "base/log.h"
+#include "data/hdf5_file.h"
 
 namespace carve::launcher {
 namespace {
@@ -147,6 +149,21 @@ void record_config(const std::string& sub, const po::options_description& desc, 
   if (!run_dir.empty()) {
     fs::make_directories(run_dir);
     fs::write_file_atomic(fs::join(run_dir, "config.ini"), "# carve " + sub + "\n" + ini);
+  }
+}
+
+po::options_description hdf5_options(std::string& locking) {
+  po::options_description d("HDF5");
+  d.add_options()("hdf5-locking", po::value<std::string>(&locking)->default_value("default"),
+                  "HDF5 file locking: default, on, off (off for file systems that reject locks)");
+  return d;
+}
+
+void apply_hdf5_locking(const std::string& locking) {
+  try {
+    data::set_file_locking(data::parse_file_locking(locking, "--hdf5-locking"));
+  } catch (const Error& e) {
+    throw UsageError(e.what());
   }
 }
 

@@ -38,6 +38,10 @@ std::string closest_option(const po::options_description& desc, const std::strin
 // The effective configuration as INI text: every option with its value (defaults included), grouped by section.
 std::string render_ini(const po::options_description& desc, const po::variables_map& values);
 
+// --hdf5-locking (default | on | off) for subcommands that open HDF5 files; apply_hdf5_locking sets it process-wide.
+po::options_description hdf5_options(std::string& locking);
+void apply_hdf5_locking(const std::string& locking);
+
 // Prints the configuration under a [config] tag and, when run_dir is not empty, writes it to run_dir/config.ini.
 void record_config(const std::string& subcommand, const po::options_description& desc,
                    const po::variables_map& values, const std::string& run_dir);

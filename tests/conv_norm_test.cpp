@@ -139,7 +139,6 @@ TEST(CausalConvTest, Bf16StaysCloseToFloat64) {
 
 TEST(CausalConvTest, RejectsBadArguments) {
   Tensor x = torch::randn({2, 7, 5}, kF64), w = torch::randn({5, 3}, kF64);
-  EXPECT_THROW(carve::model::causal_conv1d(x, torch::randn({4, 3}, kF64)), carve::Error);
   std::string msg = carve::test::error_of([&] { carve::model::causal_conv1d(x, torch::randn({4, 3}, kF64)); });
   EXPECT_NE(msg.find("weight must have shape [c, k]"), std::string::npos) << msg;
   msg = carve::test::error_of([&] { carve::model::causal_conv1d(x.select(0, 0), w); });
@@ -212,8 +211,8 @@ TEST(GatedNormTest, LowPrecisionKeepsDtype) {
 
 TEST(GatedNormTest, RejectsBadArguments) {
   Tensor y = torch::randn({3, 12}, kF64), z = torch::randn({3, 12}, kF64);
-  EXPECT_THROW(carve::model::gated_rmsnorm(y, z, torch::ones({5}, kF64), 5, 1e-5, true), carve::Error);
-  std::string msg = carve::test::error_of([&] { carve::model::gated_rmsnorm(y, z, torch::ones({5}, kF64), 5, 1e-5, true); });
+  std::string msg =
+      carve::test::error_of([&] { carve::model::gated_rmsnorm(y, z, torch::ones({5}, kF64), 5, 1e-5, true); });
   EXPECT_NE(msg.find("group_size must divide"), std::string::npos) << msg;
   msg = carve::test::error_of([&] { carve::model::gated_rmsnorm(y, z, torch::ones({6}, kF64), 4, 1e-5, true); });
   EXPECT_NE(msg.find("weight must be"), std::string::npos) << msg;

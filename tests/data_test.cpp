@@ -44,6 +44,7 @@ TEST(Xxh64, KnownDigestsAndStreaming) {
 // Random samples over the llama fixture's vocabulary (96 ids; 95 is the image token), some with image rows.
 data::SampleSet random_samples(int n, uint64_t seed, bool images, int64_t hidden = 64) {
   std::mt19937_64 rng(seed);
+  torch::manual_seed(seed);  // the image rows below
   data::SampleSet s;
   s.vocab_size = 96;
   s.offsets = {0};
@@ -68,7 +69,6 @@ data::SampleSet random_samples(int n, uint64_t seed, bool images, int64_t hidden
     }
   }
   if (images) {
-    torch::manual_seed(static_cast<uint64_t>(seed));
     s.image_embeds = torch::cat(rows).to(torch::kBFloat16);
     s.image_token_id = 95;
   } else {

@@ -355,19 +355,16 @@ TEST(SsdTest, RejectsBadArguments) {
   Spec s;
   s.g = 3;  // h = 4
   SsdInputs groups = make_inputs(s, 16);
-  EXPECT_THROW(carve::model::ssd_chunked(groups, false), carve::Error);
   std::string msg = carve::test::error_of([&] { carve::model::ssd_chunked(groups, false); });
   EXPECT_NE(msg.find("group count g = 3 of B and C"), std::string::npos) << msg;
 
   SsdInputs rank = make_inputs(Spec(), 17);
   rank.x = rank.x.select(3, 0);
-  EXPECT_THROW(carve::model::ssd_sequential(rank, false), carve::Error);
   msg = carve::test::error_of([&] { carve::model::ssd_sequential(rank, false); });
   EXPECT_NE(msg.find("x must be a 4-D tensor"), std::string::npos) << msg;
 
   SsdInputs length = make_inputs(Spec(), 18);
   length.B = length.B.narrow(1, 0, 30);
-  EXPECT_THROW(carve::model::ssd_chunked(length, false), carve::Error);
   msg = carve::test::error_of([&] { carve::model::ssd_chunked(length, false); });
   EXPECT_NE(msg.find("B must have shape [b, l, g, n]"), std::string::npos) << msg;
 

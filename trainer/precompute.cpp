@@ -92,7 +92,7 @@ class ShardComputer {
     std::vector<std::unique_ptr<data::CacheShardWriter>> writers;
     for (const auto& stream : streams) {
       const auto final_path = fs::join(o_.cache_dir, data::shard_path(stream, span.index));
-      fs::remove_temporaries(fs::parent_directory(final_path), std::filesystem::path(final_path).filename());
+      fs::remove_temporaries(final_path);
       writers.push_back(std::make_unique<data::CacheShardWriter>(o_.cache_dir, plan_, span, stream, local));
     }
     int64_t first = 0;
@@ -228,7 +228,7 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
       const double t0 = meter.elapsed_seconds();
       auto files = computer.write(span);
       const auto record = fs::join(o.cache_dir, data::progress_path(span.index));
-      fs::remove_temporaries(fs::parent_directory(record), std::filesystem::path(record).filename());
+      fs::remove_temporaries(record);
       fs::write_file_atomic(record, nlohmann::json{{"shard", span.index}, {"files", data::shard_files_to_json(files)}}
                                         .dump(2) + "\n");
       const double seconds = meter.elapsed_seconds() - t0;
