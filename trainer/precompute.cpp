@@ -8,6 +8,7 @@
 
 #include "base/error.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/log.h"
 #include "base/progress.h"
 #include "comm/mpi_session.h"
@@ -54,7 +55,7 @@ std::optional<std::vector<ShardFile>> finished_shard(const std::string& cache_di
   if (!fs::exists(record)) return std::nullopt;
   std::vector<ShardFile> files;
   try {
-    files = data::shard_files_from_json(nlohmann::json::parse(fs::read_file(record)).at("files"), record);
+    files = data::shard_files_from_json(read_json_file(record).at("files"), record);
   } catch (const std::exception&) {
     return std::nullopt;  // unreadable record: redo the shard
   }
@@ -186,7 +187,7 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
     fs::make_directories(fs::join(o.cache_dir, "progress"));
     fs::make_directories(fs::join(o.cache_dir, "logs"));
     if (fs::exists(plan_path)) {
-      const auto earlier = data::plan_from_json(nlohmann::json::parse(fs::read_file(plan_path)), plan_path);
+      const auto earlier = data::plan_from_json(read_json_file(plan_path), plan_path);
       const auto diff = data::plan_difference(earlier, plan);
       CARVE_CHECK(diff.empty(), o.cache_dir, " holds an unfinished cache with another plan (", diff,
                   "); rerun with the same options or choose another --out");
@@ -204,11 +205,11 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
   const auto plan = data::plan_from_json(nlohmann::json::parse(plan_text), "the plan from rank 0");
   const auto streams = plan.streams();
 
-  std::vector<ShardSpan> mine, todo;
-  for (const auto& span : plan.shards)
-    if (span.index % world == rank) mine.push_back(span);
+  // This rank's shards (round-robin) that are not finished yet.
+  std::vector<ShardSpan> todo;
   int64_t todo_tokens = 0;
-  for (const auto& span : mine) {
+  for (const auto& span : plan.shards) {
+    if (span.index % world != rank) continue;
     if (finished_shard(o.cache_dir, span.index, streams)) {
       ++report.shards_skipped;
     } else {
