@@ -5,10 +5,9 @@
 #include <vector>
 
 #include "base/error.h"
+#include "comm/mpi_communicator.h"
 
 namespace carve::comm {
-namespace {
-
 void check_mpi(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
@@ -17,6 +16,8 @@ void check_mpi(int rc, const char* what) {
   throw Error(std::string("MPI ") + what + " failed: " + std::string(text, static_cast<size_t>(length)));
 }
 
+namespace {
+
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
@@ -24,6 +25,16 @@ int env_int(const char* name, int fallback) {
   long parsed = std::strtol(v, &end, 10);
   return (end && *end == '\0' && parsed >= 0) ? static_cast<int>(parsed) : fallback;
 }
+
+int env_local_rank() {
+  int r = env_int("OMPI_COMM_WORLD_LOCAL_RANK", -1);
+  if (r < 0) r = env_int("MPI_LOCALRANKID", -1);
+  if (r < 0) r = env_int("SLURM_LOCALID", -1);
+  return r;
+}
+
+// Found by the session when no launcher variable says it: the rank among the processes sharing this node's memory.
+int node_local_rank = 0;
 
 }  // namespace
 
@@ -37,6 +48,14 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   }
   rank_ = world_rank();
   size_ = world_size();
+  if (owns_ && env_local_rank() < 0) {
+    // Collective, so done here where every rank constructs the session.
+    MPI_Comm node;
+    check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type");
+    check_mpi(MPI_Comm_rank(node, &node_local_rank), "MPI_Comm_rank");
+    MPI_Comm_free(&node);
+  }
 }
 
 MpiSession::~MpiSession() {
@@ -67,34 +86,14 @@ int world_size() {
 }
 
 int local_rank() {
-  int r = env_int("OMPI_COMM_WORLD_LOCAL_RANK", -1);
-  if (r < 0) r = env_int("MPI_LOCALRANKID", -1);
-  if (r < 0) r = env_int("SLURM_LOCALID", -1);
-  return r < 0 ? 0 : r;
+  const int r = env_local_rank();
+  return r < 0 ? node_local_rank : r;
 }
 
 void barrier() { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
 
-std::string broadcast_text(const std::string& text) {
-  long long size = static_cast<long long>(text.size());
-  check_mpi(MPI_Bcast(&size, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD), "MPI_Bcast (size)");
-  std::string out = world_rank() == 0 ? text : std::string(static_cast<size_t>(size), '\0');
-  if (size > 0) check_mpi(MPI_Bcast(out.data(), static_cast<int>(size), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
-  return out;
-}
+std::string broadcast_text(const std::string& text) { return MpiCommunicator().broadcast_text(text); }
 
-void rank0_decides(const std::function<void()>& step) {
-  std::string error;
-  if (world_rank() == 0) {
-    try {
-      step();
-    } catch (const std::exception& e) {
-      error = e.what();
-      if (error.empty()) error = "rank 0 failed";
-    }
-  }
-  error = broadcast_text(error);
-  if (!error.empty()) throw Error(error);
-}
+void rank0_decides(const std::function<void()>& step) { MpiCommunicator().rank0_decides(step); }
 
 }  // namespace carve::comm

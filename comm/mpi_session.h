@@ -29,12 +29,16 @@ class MpiSession {
   bool owns_ = false;
 };
 
+// Throws carve::Error naming `what` and MPI's explanation when rc is not MPI_SUCCESS.
+void check_mpi(int rc, const char* what);
+
 // Whether MPI is initialised and not yet finalized (main() uses it to abort a failing job).
 bool mpi_active();
 // Rank and size of MPI_COMM_WORLD (MPI must be initialised).
 int world_rank();
 int world_size();
-// This process's index among the processes of its node: from OpenMPI or SLURM, else 0.
+// This process's index among the processes of its node: from OpenMPI, MPICH or SLURM variables, else from the
+// processes that share this node's memory (found when the session starts).
 int local_rank();
 
 void barrier();

@@ -19,6 +19,8 @@ const std::vector<Subcommand>& subcommands() {
       {"precompute", "run the teacher once over samples and write the activation cache (mpirun: ranks split it)",
        precompute_main},
       {"cache", "activation caches: verify", cache_main},
+      {"distill", "layer-wise distillation, stages 1 and 2 (mpirun: layer groups x data-parallel replicas)",
+       distill_main},
       {"bench", "benchmarks: ssd (the LibTorch SSD reference), cache (precompute and streaming)", bench_main},
   };
   return table;

@@ -29,5 +29,6 @@ int bench_main(const std::vector<std::string>& args);
 int data_main(const std::vector<std::string>& args);
 int precompute_main(const std::vector<std::string>& args);
 int cache_main(const std::vector<std::string>& args);
+int distill_main(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher

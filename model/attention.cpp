@@ -74,6 +74,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& u, const MixerContext&
   }
   auto out = causal_attention(q, k, v, ctx.seq_idx).transpose(1, 2).reshape({b, l, num_heads * head_dim});
   if (ctx.pre_output) *ctx.pre_output = out;
+  if (ctx.skip_output_projection) return torch::Tensor();
   return o_proj(out);
 }
 

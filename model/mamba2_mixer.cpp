@@ -40,6 +40,7 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, const MixerContex
   auto y = ssd_with_state(in, ctx).reshape({b, l, d_inner()});
   y = gated_rmsnorm(y, proj[0], norm_weight, p, config.norm_eps, /*norm_before_gate=*/false);
   if (ctx.pre_output) *ctx.pre_output = y;
+  if (ctx.skip_output_projection) return torch::Tensor();
   return out_proj(y);
 }
 

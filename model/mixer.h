@@ -19,6 +19,9 @@ struct MixerContext {
   torch::Tensor seq_idx;    // [b, l] int32 or undefined: packed-sample index; tokens of different samples never mix
   MixerState* state = nullptr;          // null: a stateless full-sequence forward
   torch::Tensor* pre_output = nullptr;  // if set, receives the output before the output projection [b, l, h*p]
+  // Layer-wise distillation needs only *pre_output: the mixer then returns an undefined tensor instead of paying
+  // for the output projection.
+  bool skip_output_projection = false;
 };
 
 class Mixer : public torch::nn::Module {

@@ -39,6 +39,7 @@ torch::Tensor SeededMixerImpl::forward(const torch::Tensor& u, const MixerContex
   auto y = ssd_with_state(in, ctx).reshape({b, l, h * p});
   y = gated_rmsnorm(y, gate_proj(u), norm_weight, p, config.norm_eps, /*norm_before_gate=*/true);
   if (ctx.pre_output) *ctx.pre_output = y;
+  if (ctx.skip_output_projection) return torch::Tensor();
   return o_proj(y);
 }
 

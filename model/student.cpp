@@ -66,7 +66,10 @@ void carve_student(CausalLMImpl& model, const StudentSpec& spec, bool seed) {
 ParamRole param_role(const CausalLMImpl& student, const std::string& name) {
   if (is_teacher_parameter(student, name)) return ParamRole::Frozen;
   // What is left is "layers.<i>.mixer.<p>" of a Mamba-2 mixer.
-  const std::string p = name.substr(name.find(".mixer.") + 7);
+  return mixer_param_role(name.substr(name.find(".mixer.") + 7));
+}
+
+ParamRole mixer_param_role(const std::string& p) {
   auto starts = [&](const char* prefix) { return p.rfind(prefix, 0) == 0; };
   if (starts("q_proj.") || starts("k_proj.") || starts("v_proj.") || starts("in_proj.")) return ParamRole::Qkv;
   if (starts("o_proj.") || starts("out_proj.")) return ParamRole::Out;

@@ -49,6 +49,8 @@ enum class ParamRole {
   Dynamics,  // dt_bias, A_log
 };
 ParamRole param_role(const CausalLMImpl& student, const std::string& name);
+// The role of a Mamba-2 mixer's own parameter ("q_proj.weight", "A_log", ...).
+ParamRole mixer_param_role(const std::string& mixer_param_name);
 
 // stage1: mmMamba stage 1 (new parameters, Q/K/V/O frozen); stage2: plus Q/K/V; stage3: end to end, every mixer
 // parameter except dt_bias, A_log and O (mmMamba's code); one-stage: every Mamba-2 mixer parameter (MaTVLM).

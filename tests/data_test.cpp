@@ -42,44 +42,10 @@ TEST(Xxh64, KnownDigestsAndStreaming) {
 }
 
 // Random samples over the llama fixture's vocabulary (96 ids; 95 is the image token), some with image rows.
-data::SampleSet random_samples(int n, uint64_t seed, bool images, int64_t hidden = 64) {
-  std::mt19937_64 rng(seed);
-  torch::manual_seed(seed);  // the image rows below
-  data::SampleSet s;
-  s.vocab_size = 96;
-  s.offsets = {0};
-  s.image_offsets = {0};
-  std::vector<torch::Tensor> rows;
-  for (int i = 0; i < n; ++i) {
-    const int len = 3 + static_cast<int>(rng() % 40);
-    int image_tokens = 0;
-    for (int t = 0; t < len; ++t) {
-      int id = static_cast<int>(rng() % 95);
-      if (images && i % 3 == 0 && t % 7 == 2) {
-        id = 95;
-        ++image_tokens;
-      }
-      s.tokens.push_back(id);
-      s.loss_mask.push_back(t >= len / 2 ? 1 : 0);
-    }
-    s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
-    if (images) {
-      rows.push_back(torch::randn({image_tokens, hidden}, torch::TensorOptions().dtype(torch::kFloat32)) * 0.5);
-      s.image_offsets.push_back(s.image_offsets.back() + image_tokens);
-    }
-  }
-  if (images) {
-    s.image_embeds = torch::cat(rows).to(torch::kBFloat16);
-    s.image_token_id = 95;
-  } else {
-    s.image_offsets.clear();
-  }
-  return s;
-}
 
 TEST(Samples, RoundTripAndValidate) {
   const auto dir = test::scratch_dir("samples_round_trip");
-  auto s = random_samples(12, 1, /*images=*/true);
+  auto s = test::random_samples(12, 1, /*images=*/true);
   const auto path = fs::join(dir, "train.h5");
   data::write_samples(path, s);
   data::SampleFile f(path);
@@ -103,14 +69,14 @@ TEST(Samples, RoundTripAndValidate) {
 
 TEST(Samples, BadFilesAreRefusedByName) {
   const auto dir = test::scratch_dir("samples_bad");
-  auto s = random_samples(6, 2, /*images=*/true);
+  auto s = test::random_samples(6, 2, /*images=*/true);
   s.tokens[s.offsets[4] + 1] = 300;  // sample 4, position 1
   data::write_samples(fs::join(dir, "vocab.h5"), s);
   auto err = error_of([&] { data::validate_samples(fs::join(dir, "vocab.h5")); });
   EXPECT_NE(err.find("vocab.h5: dataset 'tokens': sample 4 holds token id 300 at position 1"), std::string::npos)
       << err;
 
-  auto fewer = random_samples(6, 3, /*images=*/true);
+  auto fewer = test::random_samples(6, 3, /*images=*/true);
   // Sample 3 loses its last image row: fewer rows than image tokens.
   const int64_t cut = fewer.image_offsets[4] - 1;
   const int64_t image_tokens = fewer.image_offsets[4] - fewer.image_offsets[3];
@@ -137,7 +103,7 @@ struct CacheFixture {
     test::ensure_mpi();
     dir = test::scratch_dir("cache_fixture");
     teacher = test::fixture("teachers/llama");
-    set = random_samples(30, 5, /*images=*/true);
+    set = test::random_samples(30, 5, /*images=*/true);
     samples = fs::join(dir, "train.h5");
     data::write_samples(samples, set);
     cache = fs::join(dir, "cache");
@@ -405,7 +371,7 @@ TEST(ActivationSource, RefusesWhatTheCacheCannotGive) {
   EXPECT_NE(err.find("more than the batch budget of 16"), std::string::npos) << err;
   o.batch_tokens = 96;
   o.samples_path = fs::join(test::scratch_dir("other_samples"), "other.h5");
-  data::write_samples(o.samples_path, random_samples(30, 6, false));
+  data::write_samples(o.samples_path, test::random_samples(30, 6, false));
   err = error_of([&] { data::ActivationSource source(o); });
   EXPECT_NE(err.find("made from other samples"), std::string::npos) << err;
 }

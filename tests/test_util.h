@@ -6,6 +6,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "data/samples.h"
 
 namespace carve::test {
 
@@ -16,6 +17,13 @@ std::string scratch_dir(const std::string& name);
 double relative_error(const torch::Tensor& a, const torch::Tensor& b);
 // ||a - b|| / ||b|| (Frobenius; b is the reference), computed in float64 on the CPU.
 double relative_norm_error(const torch::Tensor& a, const torch::Tensor& b);
+
+// Under mpirun: rank 0's fresh scratch directory, the same path on every rank (collective over the world).
+std::string shared_scratch_dir(const std::string& name);
+
+// `n` samples of 3-42 random tokens (vocabulary 96) with a loss mask on their second half; with `images`, every
+// third sample has image tokens (id 95) with random feature rows of width `hidden`.
+data::SampleSet random_samples(int n, uint64_t seed, bool images, int64_t hidden = 64);
 
 // Initialises MPI once for this test process (a singleton world of one), for code that is collective over it.
 void ensure_mpi();

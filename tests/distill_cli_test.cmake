@@ -1,0 +1,76 @@
+# carve distill through the binary under mpirun: 4 processes as 2 layer groups x 2 replicas, a run killed (SIGKILL
+# on one rank) and resumed ends byte-identical to an uninterrupted one; stage 2 from stage 1; the student it exports
+# generates; grids that do not fit are refused before any work.
+# Run by ctest: cmake -DCARVE=... -DPYTHON=... -DMPIEXEC=... -DSOURCE=<repo> -DWORK=<scratch> -P distill_cli_test.cmake
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(TEACHER ${SOURCE}/tests/fixtures/teachers/llama)
+set(MPI ${MPIEXEC} --allow-run-as-root --oversubscribe)
+
+function(run expected_rc pattern)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  set(all "${out}${err}")
+  if(expected_rc STREQUAL "fail")
+    if(rc EQUAL 0)
+      message(FATAL_ERROR "${ARGN}: succeeded, expected a failure\n${all}")
+    endif()
+  elseif(NOT rc EQUAL expected_rc)
+    message(FATAL_ERROR "${ARGN}: exit code ${rc}, expected ${expected_rc}\n${all}")
+  endif()
+  if(NOT all MATCHES "${pattern}")
+    message(FATAL_ERROR "${ARGN}: output does not match '${pattern}'\n${all}")
+  endif()
+endfunction()
+
+function(same_file a b)
+  file(SHA256 ${a} ha)
+  file(SHA256 ${b} hb)
+  if(NOT ha STREQUAL hb)
+    message(FATAL_ERROR "${a} and ${b} differ")
+  endif()
+endfunction()
+
+run(0 "48 samples" ${PYTHON} ${SOURCE}/tools/make_tiny_example.py --out ${WORK}/example)
+run(0 "48 samples" ${PYTHON} ${SOURCE}/tools/pack_samples.py ${WORK}/example/samples.jsonl --vocab-size 96
+    --image-token-id 95 --out ${WORK}/train.h5)
+run(0 "manifest" ${CARVE} precompute --teacher ${TEACHER} --samples ${WORK}/train.h5 --out ${WORK}/cache --top-k 0
+    --batch-tokens 256 --threads 1)
+
+set(BASE --teacher ${TEACHER} --cache ${WORK}/cache --layout MMM --steps 6 --batch-tokens 128 --checkpoint-every 2
+    --log-every 2 --threads 1 --comm-timeout 60)
+set(ARGS ${BASE} --layer-groups 2)
+run(0 "step 6/6 loss [0-9.]+ \\(L0 [0-9.]+ L1 [0-9.]+ L2 [0-9.]+\\)" ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/whole)
+# One rank dies after step 3 (a checkpoint was written at step 2): the job fails; the rerun resumes at step 2.
+run(fail "" ${CMAKE_COMMAND} -E env CARVE_FAULT_KILL_AFTER_STEPS=3 ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/crash)
+run(0 "resuming from .*step_00000002 at step 2 of 6" ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/crash)
+foreach(layer 000 001 002)
+  same_file(${WORK}/whole/stage1/checkpoints/step_00000006/layer_${layer}.safetensors
+            ${WORK}/crash/stage1/checkpoints/step_00000006/layer_${layer}.safetensors)
+endforeach()
+# Metrics: one JSON line per logged step, with every layer's loss.
+file(STRINGS ${WORK}/whole/stage1/metrics.jsonl lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 4)
+  message(FATAL_ERROR "metrics.jsonl has ${n} lines, expected 4 (steps 1, 2, 4, 6)")
+endif()
+list(GET lines 3 last)
+if(NOT last MATCHES "\"layer_loss\":{\"0\":[0-9.e-]+,\"1\":[0-9.e-]+,\"2\":[0-9.e-]+}" OR NOT last MATCHES "\"tokens_per_s\"")
+  message(FATAL_ERROR "metrics.jsonl's last line lacks per-layer losses or tokens/s: ${last}")
+endif()
+# A finished run is not redone.
+run(0 "already complete: step 6 of 6" ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/whole)
+
+# Stage 2 starts from stage 1's newest checkpoint; its student generates.
+run(0 "student written to .*stage2/student" ${MPI} -np 2 ${CARVE} distill ${ARGS} --stage 2 --out ${WORK}/whole)
+run(0 "" ${CARVE} generate --model ${WORK}/whole/stage2/student --tokens 1,2,3 --max-new-tokens 4)
+
+# Grids that do not fit stop before any work, naming the flag.
+run(fail "the world of 3 processes does not fit 2 layer groups" ${MPI} -np 3 ${CARVE} distill ${ARGS}
+    --out ${WORK}/bad)
+run(fail "--layer-groups 4 is more than the 3 layers to train" ${MPI} -np 4 ${CARVE} distill ${BASE} --out ${WORK}/bad
+    --layer-groups 4)
+run(fail "stage 2 starts from stage 1's result|no complete stage-1 checkpoint" ${CARVE} distill --teacher ${TEACHER}
+    --cache ${WORK}/cache --layout MMM --stage 2 --out ${WORK}/nostage1)
+run(fail "cannot resume from .*: it was written with layout = \"MMM\", this run has \"AMM\"" ${MPI} -np 4 ${CARVE}
+    distill --teacher ${TEACHER} --cache ${WORK}/cache --layout AMM --layer-groups 2 --steps 6 --batch-tokens 128
+    --threads 1 --out ${WORK}/crash)

@@ -1,0 +1,529 @@
+#include "trainer/layer_distill.h"
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <sstream>
+
+#include "base/error.h"
+#include "base/fs.h"
+#include "base/json.h"
+#include "base/log.h"
+#include "base/progress.h"
+#include "comm/grad_reducer.h"
+#include "comm/nccl_communicator.h"
+#include "comm/process_grid.h"
+#include "data/activation_source.h"
+#include "data/cache_layout.h"
+#include "model/attention.h"
+#include "model/checkpoint.h"
+#include "model/hf_weights.h"
+#include "model/safetensors.h"
+#include "model/seeding.h"
+#include "model/student_checkpoint.h"
+#include "trainer/autocast.h"
+#include "trainer/distill_checkpoint.h"
+
+#ifdef CARVE_WITH_CUDA
+#include <torch/cuda.h>
+#endif
+
+namespace carve::trainer {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// SIGTERM (SLURM's warning before the time limit, scancel) and SIGUSR1 ask for a checkpoint and a clean stop.
+std::atomic<int> stop_signal{0};
+extern "C" void on_stop_signal(int sig) { stop_signal.store(sig); }
+
+class StopSignals {
+ public:
+  StopSignals() {
+    stop_signal.store(0);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
+    previous_usr1_ = std::signal(SIGUSR1, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGTERM, previous_term_);
+    std::signal(SIGUSR1, previous_usr1_);
+  }
+
+ private:
+  void (*previous_term_)(int) = SIG_DFL;
+  void (*previous_usr1_)(int) = SIG_DFL;
+};
+
+// For tests of crashed runs: CARVE_FAULT_KILL_AFTER_STEPS=N kills this process (SIGKILL, no cleanup) once step N is
+// done (after its checkpoint, if one falls there), as a node failure would.
+void maybe_die(int64_t steps_done) {
+  static const int64_t limit = [] {
+    const char* v = std::getenv("CARVE_FAULT_KILL_AFTER_STEPS");
+    return v ? std::atoll(v) : int64_t{0};
+  }();
+  if (limit > 0 && steps_done >= limit) std::raise(SIGKILL);
+}
+
+// One trained layer: the teacher's input norm and attention (frozen) and the student mixer.
+struct LayerUnit {
+  int64_t layer = 0;
+  model::Norm norm{nullptr};
+  std::shared_ptr<model::AttentionImpl> teacher;
+  std::shared_ptr<model::Mixer> student;
+  std::vector<std::pair<std::string, torch::Tensor>> trainable;  // mixer-relative names
+  std::unique_ptr<AdamW> optimizer;
+  int64_t width = 0;            // heads x head dim: the pre-o_proj width the loss averages over
+  torch::Tensor sse_since_log;  // sum of squared errors since the last log line, on the device
+};
+
+void load_mixer(model::Mixer& mixer, const model::SafetensorsFile& file) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : mixer.named_parameters()) {
+    const auto name = "mixer." + item.key();
+    CARVE_CHECK(file.contains(name), file.path(), ": no tensor ", name, " (written by a different mixer or layout?)");
+    auto value = file.load(name);
+    CARVE_CHECK(value.sizes() == item.value().sizes(), file.path(), ": ", name, " has shape ", value.sizes(),
+                ", the mixer expects ", item.value().sizes());
+    item.value().copy_(value);
+  }
+}
+
+std::string layer_list(const std::vector<int64_t>& layers) {
+  std::ostringstream out;
+  for (size_t i = 0; i < layers.size(); ++i) out << (i ? "," : "") << layers[i];
+  return out.str();
+}
+
+// What a checkpoint must agree on to be resumed by this run; a difference names the field.
+nlohmann::json run_identity(const LayerDistillOptions& o, const comm::ProcessGrid& grid) {
+  return {{"stage", model::stage_name(o.stage)},
+          {"layout", o.spec.layout.str()},
+          {"mixer", model::mixer_kind_name(o.spec.mixer)},
+          {"batch_tokens", o.batch_tokens},
+          {"grad_accum", o.grad_accum},
+          {"replicas", grid.replicas},
+          {"data_seed", o.data_seed},
+          {"shuffle", o.shuffle}};
+}
+
+void check_resumable(const nlohmann::json& saved, const nlohmann::json& wanted, const std::string& dir) {
+  for (auto it = wanted.begin(); it != wanted.end(); ++it) {
+    CARVE_CHECK(saved.contains(it.key()), dir, "/state.json: no field '", it.key(), "'");
+    CARVE_CHECK(saved.at(it.key()) == it.value(), "cannot resume from ", dir, ": it was written with ", it.key(), " = ",
+                saved.at(it.key()).dump(), ", this run has ", it.value().dump(),
+                " (use a new --out folder, or the original settings)");
+  }
+}
+
+torch::Tensor rng_state() { return at::detail::getDefaultCPUGenerator().get_state(); }
+
+std::string to_hex(const torch::Tensor& bytes) {
+  auto b = bytes.contiguous();
+  const auto* p = b.data_ptr<uint8_t>();
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(static_cast<size_t>(b.numel()) * 2);
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    out.push_back(digits[p[i] >> 4]);
+    out.push_back(digits[p[i] & 15]);
+  }
+  return out;
+}
+
+torch::Tensor from_hex(const std::string& text, const std::string& where) {
+  CARVE_CHECK(text.size() % 2 == 0, where, ": the RNG state is not an even number of hex digits");
+  auto out = torch::empty({static_cast<int64_t>(text.size() / 2)}, torch::kUInt8);
+  auto* p = out.data_ptr<uint8_t>();
+  for (size_t i = 0; i < text.size() / 2; ++i) p[i] = static_cast<uint8_t>(std::stoi(text.substr(2 * i, 2), nullptr, 16));
+  return out;
+}
+
+}  // namespace
+
+std::vector<int64_t> trained_layers(const model::StudentSpec& spec) { return spec.layout.indices('M'); }
+
+void export_layer_student(const LayerDistillOptions& o, const std::string& out_dir) {
+  auto found = latest_checkpoint(o.run_dir);
+  CARVE_CHECK(found, o.run_dir, ": no complete checkpoint to export");
+  model::CheckpointReader checkpoint(o.teacher_dir, o.weight_prefix);
+  auto lm = model::load_causal_lm(checkpoint);
+  model::carve_student(*lm, o.spec, /*seed=*/false);
+  for (auto layer : trained_layers(o.spec))
+    load_mixer(*lm->layers[static_cast<size_t>(layer)]->mixer,
+               model::SafetensorsFile(fs::join(found->dir, layer_file_name(layer))));
+  model::StudentSaveOptions save;
+  save.teacher_folder = std::filesystem::absolute(o.teacher_dir).lexically_normal().string();
+  save.teacher_prefix = o.weight_prefix;
+  model::save_student(out_dir, *lm, o.spec, save);
+}
+
+LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiCommunicator& world) {
+  CARVE_CHECK(o.stage == model::Stage::Stage1 || o.stage == model::Stage::Stage2,
+              "layer-wise distillation runs stage 1 or 2, not ", model::stage_name(o.stage));
+  CARVE_CHECK(o.grad_accum >= 1, "--grad-accum must be at least 1, not ", o.grad_accum);
+  CARVE_CHECK(o.batch_tokens >= 1, "--batch-tokens must be positive, not ", o.batch_tokens);
+  const bool lead = world.rank() == 0;
+  const bool cuda = o.device.is_cuda();
+  const auto start_time = Clock::now();
+
+  // The grid, and everything that could be wrong with the inputs, before any work.
+  const auto layers = trained_layers(o.spec);
+  CARVE_CHECK(!layers.empty(), "layout '", o.spec.layout.str(), "' has no Mamba layer to distil");
+  const auto grid = comm::ProcessGrid::make(world.size(), world.rank(), o.layer_groups, layers,
+                                            std::vector<double>(layers.size(), 1.0));
+  const auto& mine = grid.my_layers();
+  model::CheckpointReader checkpoint(o.teacher_dir, o.weight_prefix);
+  const auto& config = checkpoint.config();
+  const auto manifest = data::read_manifest(o.cache_dir);
+  world.rank0_decides([&] {
+    CARVE_CHECK(manifest.plan.hidden_size == config.hidden_size && manifest.plan.num_layers == config.num_layers,
+                o.cache_dir, ": the cache was made for a teacher with ", manifest.plan.num_layers, " layers of width ",
+                manifest.plan.hidden_size, ", --teacher ", o.teacher_dir, " has ", config.num_layers, " of width ",
+                config.hidden_size);
+    const auto hash = data::teacher_hash(o.teacher_dir, o.weight_prefix);
+    CARVE_CHECK(hash == manifest.plan.teacher_hash, o.cache_dir, ": the cache was computed from another teacher (",
+                manifest.plan.teacher_path, ", hash ", manifest.plan.teacher_hash, "), not ", o.teacher_dir,
+                " (hash ", hash, ")");
+    for (auto layer : layers)
+      CARVE_CHECK(std::find(manifest.plan.layers.begin(), manifest.plan.layers.end(), layer) != manifest.plan.layers.end(),
+                  o.cache_dir, ": the cache holds no input of layer ", layer, " (it stores layers ",
+                  layer_list(manifest.plan.layers), "); precompute with --layers all");
+  });
+  if (lead)
+    log::info("distill", model::stage_name(o.stage), ": ", layers.size(), " layers on ", grid.world, " processes = ",
+              grid.groups, " layer groups x ", grid.replicas, " replicas; global batch ",
+              o.batch_tokens * o.grad_accum * grid.replicas, " token slots");
+  log::info("distill", "group ", grid.group, " replica ", grid.replica, ": layers ", layer_list(mine), " on ",
+            o.device.str());
+
+  // Communicators: replicas of a group (gradients), and the world on the device (the clipping norm).
+  auto dp_host = world.split_mpi(grid.group, grid.replica, "data-parallel group " + std::to_string(grid.group));
+  auto dp = comm::make_device_communicator(*dp_host, o.device, dp_host->name());
+  auto world_dev = comm::make_device_communicator(world, o.device, "world");
+
+  // Where to start: this run's newest checkpoint, else (stage 2) stage 1's, else the seeding.
+  const auto identity = run_identity(o, grid);
+  std::string resume_dir = world.broadcast_text(lead ? [&] {
+    auto found = latest_checkpoint(o.run_dir);
+    return found ? found->dir : std::string();
+  }() : std::string());
+  nlohmann::json resume_state;
+  if (!resume_dir.empty()) {
+    resume_state = read_json_file(fs::join(resume_dir, "state.json"));
+    world.rank0_decides([&] { check_resumable(resume_state, identity, resume_dir); });
+  }
+  std::string init_dir;
+  if (resume_dir.empty() && o.stage == model::Stage::Stage2) {
+    CARVE_CHECK(!o.init_dir.empty(), "stage 2 starts from stage 1's result: give --init STAGE1_FOLDER");
+    init_dir = world.broadcast_text(lead ? [&] {
+      auto found = latest_checkpoint(o.init_dir);
+      return found ? found->dir : std::string();
+    }() : std::string());
+    CARVE_CHECK(!init_dir.empty(), "--init ", o.init_dir, ": no complete stage-1 checkpoint there");
+    auto init_state = read_json_file(fs::join(init_dir, "state.json"));
+    world.rank0_decides([&] {
+      CARVE_CHECK(init_state.at("layout") == o.spec.layout.str() &&
+                      init_state.at("mixer") == model::mixer_kind_name(o.spec.mixer),
+                  "--init ", init_dir, " holds a ", init_state.at("mixer").get<std::string>(), " student of layout ",
+                  init_state.at("layout").get<std::string>(), ", this run asks for ",
+                  model::mixer_kind_name(o.spec.mixer), " with ", o.spec.layout.str());
+      if (init_state.at("step") != init_state.at("total_steps"))
+        log::info("distill", "warning: ", init_dir, " is stage 1 stopped at step ", init_state.at("step").dump(),
+                  " of ", init_state.at("total_steps").dump());
+    });
+  }
+
+  // The layers: teacher parts from the checkpoint, student mixers seeded or loaded.
+  std::vector<LayerUnit> units;
+  {
+    auto teacher = model::load_causal_lm(checkpoint);
+    for (auto layer : mine) {
+      LayerUnit u;
+      u.layer = layer;
+      auto& decoder = teacher->layers[static_cast<size_t>(layer)];
+      u.norm = decoder->input_norm;
+      u.teacher = std::dynamic_pointer_cast<model::AttentionImpl>(decoder->mixer);
+      CARVE_CHECK(u.teacher, o.teacher_dir, ": layer ", layer, " has no attention");
+      u.student = model::make_ssm_mixer(config, o.spec);
+      if (!resume_dir.empty()) {
+        load_mixer(*u.student, model::SafetensorsFile(fs::join(resume_dir, layer_file_name(layer))));
+      } else if (!init_dir.empty()) {
+        load_mixer(*u.student, model::SafetensorsFile(fs::join(init_dir, layer_file_name(layer))));
+      } else {
+        model::seed_mixer(*u.student, *u.teacher, o.spec.seeding, o.spec.init_seed + static_cast<uint64_t>(layer));
+      }
+      u.width = u.teacher->num_heads * u.teacher->head_dim;
+      u.norm->to(o.device, o.teacher_dtype);
+      u.teacher->to(o.device, o.teacher_dtype);
+      for (auto& p : u.norm->parameters()) p.set_requires_grad(false);
+      for (auto& p : u.teacher->parameters()) p.set_requires_grad(false);
+      u.student->to(o.device, torch::kFloat32);  // master weights
+      for (auto& item : u.student->named_parameters()) {
+        const bool train = model::trains(o.stage, model::mixer_param_role(item.key()));
+        item.value().set_requires_grad(train);
+        if (train) u.trainable.emplace_back(item.key(), item.value());
+      }
+      u.optimizer = std::make_unique<AdamW>(u.trainable, o.adam);
+      if (!resume_dir.empty()) {
+        model::SafetensorsFile file(fs::join(resume_dir, layer_file_name(layer)));
+        u.optimizer->load_state([&](const std::string& name) {
+          CARVE_CHECK(file.contains("adam." + name), file.path(), ": no optimizer state adam.", name);
+          return file.load("adam." + name).to(o.device);
+        });
+      }
+      u.sse_since_log = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(o.device));
+      units.push_back(std::move(u));
+    }
+  }  // the rest of the teacher is released here
+  std::vector<torch::Tensor> params;
+  for (auto& u : units)
+    for (auto& [name, p] : u.trainable) params.push_back(p);
+  std::unique_ptr<comm::GradReducer> reducer;
+  if (dp->size() > 1) reducer = std::make_unique<comm::GradReducer>(params, *dp, o.bucket_bytes);
+
+  // Data: this group's layer streams, this replica's share of the batches.
+  data::ActivationSourceOptions so;
+  so.cache_dir = o.cache_dir;
+  so.layers = mine;
+  so.batch_tokens = o.batch_tokens;
+  so.rank = grid.replica;
+  so.world = grid.replicas;
+  so.seed = o.data_seed;
+  so.shuffle = o.shuffle;
+  so.pin_memory = cuda;
+  int64_t step = 0;
+  if (!resume_dir.empty()) {
+    step = resume_state.at("step").get<int64_t>();
+    so.start = data::position_from_json(resume_state.at("position"), resume_dir + "/state.json");
+    auto generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(
+        from_hex(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json"));
+  }
+  data::ActivationSource source(so);
+  const int64_t epoch_steps = std::max<int64_t>(1, source.steps_in_epoch(0) / o.grad_accum);
+  const int64_t total = o.steps > 0 ? o.steps : epoch_steps;
+  if (!resume_dir.empty()) {
+    CARVE_CHECK(resume_state.at("total_steps").get<int64_t>() == total, "cannot resume from ", resume_dir,
+                ": it belongs to a run of ", resume_state.at("total_steps").dump(), " steps, this one asks for ", total,
+                " (the schedule depends on it)");
+    if (lead) log::info("distill", "resuming from ", resume_dir, " at step ", step, " of ", total);
+  }
+
+  LayerDistillReport report;
+  report.start_step = step;
+  report.total_steps = total;
+  if (step >= total) {
+    if (lead) log::info("distill", "already complete: step ", step, " of ", total, " in ", o.run_dir);
+    report.end_step = step;
+    return report;
+  }
+
+  std::unique_ptr<JsonlWriter> metrics;
+  if (lead && o.write_metrics) {
+    fs::make_directories(o.run_dir);
+    metrics = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
+  }
+  const int64_t n_layers = static_cast<int64_t>(layers.size());
+  const int64_t tokens_per_step_slots = o.batch_tokens * o.grad_accum * grid.replicas;
+  ProgressMeter progress("distill", "tokens", (total - step) * tokens_per_step_slots, lead ? o.progress_seconds : 1e30);
+  StopSignals signals;
+  int64_t tokens_since_log = 0;
+  double wait_since_log = 0, comm_since_log = 0;
+  auto log_time = Clock::now();
+  const double wait_at_start = source.stats().wait_seconds;
+
+  auto save_checkpoint = [&](int64_t done) {
+    const auto dir = checkpoint_dir(o.run_dir, done);
+    if (lead) fs::make_directories(dir);
+    world.barrier();
+    std::vector<std::string> files;
+    for (auto layer : layers) files.push_back(layer_file_name(layer));
+    if (grid.replica == 0) {
+      for (auto& u : units) {
+        std::vector<std::pair<std::string, torch::Tensor>> tensors;
+        for (auto& item : u.student->named_parameters()) tensors.emplace_back("mixer." + item.key(), item.value().cpu());
+        for (auto& [name, t] : u.optimizer->state()) tensors.emplace_back("adam." + name, t.cpu());
+        model::save_safetensors(fs::join(dir, layer_file_name(u.layer)), tensors,
+                                {{"format", kDistillCheckpointFormat}, {"layer", std::to_string(u.layer)}});
+      }
+    }
+    world.barrier();
+    if (lead) {
+      auto state = identity;
+      state["step"] = done;
+      state["total_steps"] = total;
+      state["position"] = data::position_to_json(source.position());
+      state["rng"] = to_hex(rng_state());
+      state["seeding"] = model::seed_method_name(o.spec.seeding);
+      state["teacher"] = o.teacher_dir;
+      state["cache"] = o.cache_dir;
+      state["layers"] = layers;
+      complete_checkpoint(dir, state, files);
+      prune_checkpoints(o.run_dir, o.keep_checkpoints);
+    }
+    world.barrier();
+  };
+
+  int64_t done_here = 0;
+  const auto loop_start = Clock::now();
+  for (; step < total; ++step) {
+    std::vector<data::ActivationBatch> micro;
+    int64_t local_tokens = 0;
+    for (int64_t m = 0; m < o.grad_accum; ++m) {
+      micro.push_back(source.next());
+      local_tokens += micro.back().tokens;
+    }
+    // Every member of a group trains on the same global batch; its real-token count normalises the loss.
+    const int64_t global_tokens = dp_host->all_reduce_value(local_tokens, comm::ReduceOp::Sum);
+    const double scale = global_tokens > 0 ? 1000.0 / static_cast<double>(global_tokens * n_layers) : 0.0;
+    if (reducer) reducer->zero_grad();
+    else
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const auto& batch = micro[m];
+      if (reducer && m + 1 == micro.size()) reducer->arm();
+      if (batch.tokens == 0) continue;
+      const int64_t t = batch.seq_idx.size(1);
+      auto seq_idx = batch.seq_idx.to(o.device, /*non_blocking=*/true);
+      auto valid = batch.valid.to(o.device, /*non_blocking=*/true).to(torch::kFloat32).view({1, t, 1});
+      auto positions = model::make_positions(1, t, 0, seq_idx, o.device);
+      torch::Tensor loss;
+      for (size_t k = 0; k < units.size(); ++k) {
+        auto& u = units[k];
+        auto x = batch.hidden[k].to(o.device, /*non_blocking=*/true).view({1, t, -1});
+        if (!cuda) x = x.to(torch::kFloat32);
+        AutocastGuard autocast(o.device, o.autocast);
+        torch::Tensor target, pred, u_in;
+        model::MixerContext ctx;
+        ctx.positions = positions;
+        ctx.seq_idx = seq_idx;
+        ctx.skip_output_projection = true;
+        {
+          torch::NoGradGuard no_grad;
+          u_in = u.norm->forward(x);
+          ctx.pre_output = &target;
+          u.teacher->forward(u_in, ctx);
+        }
+        ctx.pre_output = &pred;
+        u.student->forward(u_in, ctx);
+        auto diff = (pred.to(torch::kFloat32) - target.to(torch::kFloat32)) * valid;
+        auto sse = diff.pow(2).sum() / static_cast<double>(u.width);
+        u.sse_since_log.add_(sse.detach());
+        loss = loss.defined() ? loss + sse * scale : sse * scale;
+      }
+      loss.backward();
+    }
+    double comm_wait = 0;
+    if (o.profile_sync && cuda) {
+#ifdef CARVE_WITH_CUDA
+      torch::cuda::synchronize();
+#endif
+    }
+    const auto comm_start = Clock::now();
+    if (reducer) reducer->finish();
+    torch::Tensor norm;
+    if (o.clip > 0) {
+      auto sq = grad_square_sum(params).to(o.device).view({1});
+      // Every replica of a group holds the same (reduced) gradients: the world sum counts each group R times.
+      if (world_dev->size() > 1) {
+        world_dev->all_reduce(sq, comm::ReduceOp::Sum);
+        sq = sq / static_cast<double>(grid.replicas);
+      }
+      norm = sq.sqrt();  // [1]
+      clip_by_norm(params, norm, o.clip);
+    }
+    if (o.profile_sync && cuda) {
+#ifdef CARVE_WITH_CUDA
+      torch::cuda::synchronize();
+#endif
+    }
+    comm_wait = seconds_since(comm_start);
+    const double lr = o.lr.at(step, total);
+    for (auto& u : units) u.optimizer->step(lr);
+
+    ++done_here;
+    report.tokens += global_tokens;
+    report.comm_wait_seconds += comm_wait;
+    comm_since_log += comm_wait;
+    tokens_since_log += global_tokens;
+    const int64_t done = step + 1;
+    progress.advance(tokens_per_step_slots, "step " + std::to_string(done) + "/" + std::to_string(total));
+
+    // Agree on stopping: a signal on any rank stops every rank at the same step.
+    int64_t stop = stop_signal.load() != 0 || (o.stop_after > 0 && done_here >= o.stop_after) ? 1 : 0;
+    stop = world.all_reduce_value(stop, comm::ReduceOp::Max);
+
+    const bool log_now = done % std::max<int64_t>(1, o.log_every) == 0 || done == total || stop || done_here == 1;
+    if (log_now) {
+      // Per-layer losses of the whole world: each group fills its layers, replicas add their shares.
+      auto sums = torch::zeros({static_cast<int64_t>(layers.size())}, torch::kFloat64);
+      for (auto& u : units) {
+        const auto at = std::find(layers.begin(), layers.end(), u.layer) - layers.begin();
+        sums[at] = u.sse_since_log.item<double>();
+        u.sse_since_log.zero_();
+      }
+      world.all_reduce(sums, comm::ReduceOp::Sum);
+      nlohmann::json layer_loss = nlohmann::json::object();
+      double mean = 0;
+      std::ostringstream per_layer;
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const double l = 1000.0 * sums[static_cast<int64_t>(i)].item<double>() / std::max<int64_t>(1, tokens_since_log);
+        layer_loss[std::to_string(layers[i])] = l;
+        mean += l / static_cast<double>(layers.size());
+        per_layer << " L" << layers[i] << " " << l;
+        if (report.first_loss.count(layers[i]) == 0) report.first_loss[layers[i]] = l;
+        report.last_loss[layers[i]] = l;
+      }
+      const double interval = seconds_since(log_time);
+      const double data_wait = source.stats().wait_seconds - wait_at_start;
+      const double wait_delta = data_wait - wait_since_log;
+      wait_since_log = data_wait;
+      const double grad_norm = norm.defined() ? norm.item<double>() : 0.0;
+      if (lead) {
+        log::info("distill", "step ", done, "/", total, " loss ", mean, " (", per_layer.str().substr(1), ") lr ", lr,
+                  " |g| ", grad_norm, " ", static_cast<int64_t>(tokens_since_log / std::max(interval, 1e-9)),
+                  " tok/s, ETA ", format_duration(progress.rate() > 0 ? (total - done) * tokens_per_step_slots / progress.rate() : 0));
+        if (metrics)
+          metrics->write({{"step", done},
+                          {"total_steps", total},
+                          {"loss", mean},
+                          {"layer_loss", layer_loss},
+                          {"lr", lr},
+                          {"grad_norm", grad_norm},
+                          {"tokens", tokens_since_log},
+                          {"tokens_per_s", tokens_since_log / std::max(interval, 1e-9)},
+                          {"data_wait_s", wait_delta},
+                          {"comm_wait_s", comm_since_log},
+                          {"elapsed_s", seconds_since(start_time)}});
+      }
+      tokens_since_log = 0;
+      comm_since_log = 0;
+      log_time = Clock::now();
+    }
+
+    const bool checkpoint_now =
+        done == total || stop || (o.checkpoint_every > 0 && done % o.checkpoint_every == 0);
+    if (checkpoint_now) save_checkpoint(done);
+    maybe_die(done);
+    if (stop && done < total) {
+      if (lead)
+        log::info("distill", "stopped at step ", done, " of ", total,
+                  stop_signal.load() ? " on a signal" : " (--stop-after)", "; rerun the same command to resume");
+      report.stopped = true;
+      ++step;
+      break;
+    }
+  }
+  report.end_step = step;
+  report.seconds = seconds_since(loop_start);
+  report.data_wait_seconds = source.stats().wait_seconds - wait_at_start;
+  return report;
+}
+
+}  // namespace carve::trainer
