@@ -8,5 +8,6 @@ namespace carve::launcher {
 
 int bench_ssd(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);
+int bench_distill(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher

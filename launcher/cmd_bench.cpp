@@ -1,6 +1,6 @@
 // carve bench: benchmarks printed as a table and, with --json, written as JSON. Speed targets live here, never in
 // tests. `carve bench ssd` times the LibTorch SSD reference at the shapes the CUDA kernels are measured at;
-// `carve bench cache` is in bench_cache.cpp.
+// `carve bench cache` is in bench_cache.cpp, `carve bench distill` in bench_distill.cpp.
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -150,7 +150,8 @@ int bench_ssd(const std::vector<std::string>& args) {
 
 int bench_main(const std::vector<std::string>& args) {
   return run_action("bench", {{"ssd", "the LibTorch SSD reference at the kernel shapes", bench_ssd},
-                              {"cache", "precompute, streaming vs plain reads, a consumer's wait", bench_cache}},
+                              {"cache", "precompute, streaming vs plain reads, a consumer's wait", bench_cache},
+                              {"distill", "stage-1 tokens/s per GPU for 1 and all processes, scaling, waits", bench_distill}},
                     args);
 }
 

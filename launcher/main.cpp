@@ -21,7 +21,8 @@ const std::vector<Subcommand>& subcommands() {
       {"cache", "activation caches: verify", cache_main},
       {"distill", "layer-wise distillation, stages 1 and 2 (mpirun: layer groups x data-parallel replicas)",
        distill_main},
-      {"bench", "benchmarks: ssd (the LibTorch SSD reference), cache (precompute and streaming)", bench_main},
+      {"bench", "benchmarks: ssd (the LibTorch SSD reference), cache (precompute and streaming), distill (stage 1)",
+       bench_main},
   };
   return table;
 }

@@ -28,7 +28,9 @@ comm::MpiCommunicator& host_world() {
 // The devices to test: the CPU (MPI) and, with NCCL and a GPU, this rank's GPU.
 std::vector<torch::Device> devices() {
   std::vector<torch::Device> out{torch::kCPU};
-  if (comm::nccl_available() && torch::cuda::is_available())
+  // One GPU per rank (NCCL refuses two ranks of a communicator on one GPU): the CUDA run needs as many GPUs.
+  if (comm::nccl_available() && torch::cuda::is_available() &&
+      host_world().size() <= static_cast<int>(torch::cuda::device_count()))
     out.emplace_back(torch::kCUDA, static_cast<c10::DeviceIndex>(comm::local_rank() % torch::cuda::device_count()));
   return out;
 }

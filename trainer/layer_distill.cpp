@@ -372,12 +372,15 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   int64_t done_here = 0;
   const auto loop_start = Clock::now();
   for (; step < total; ++step) {
+    const auto step_start = Clock::now();
     std::vector<data::ActivationBatch> micro;
     int64_t local_tokens = 0;
+    const double wait_before = source.stats().wait_seconds;
     for (int64_t m = 0; m < o.grad_accum; ++m) {
       micro.push_back(source.next());
       local_tokens += micro.back().tokens;
     }
+    const double data_wait = source.stats().wait_seconds - wait_before;
     // Every member of a group trains on the same global batch; its real-token count normalises the loss.
     const int64_t global_tokens = dp_host->all_reduce_value(local_tokens, comm::ReduceOp::Sum);
     const double scale = global_tokens > 0 ? 1000.0 / static_cast<double>(global_tokens * n_layers) : 0.0;
@@ -449,6 +452,10 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
 
     ++done_here;
     report.tokens += global_tokens;
+    report.step_seconds.push_back(seconds_since(step_start));
+    report.step_data_wait.push_back(data_wait);
+    report.step_comm_wait.push_back(comm_wait);
+    report.step_tokens.push_back(global_tokens);
     report.comm_wait_seconds += comm_wait;
     comm_since_log += comm_wait;
     tokens_since_log += global_tokens;
@@ -481,9 +488,9 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
         report.last_loss[layers[i]] = l;
       }
       const double interval = seconds_since(log_time);
-      const double data_wait = source.stats().wait_seconds - wait_at_start;
-      const double wait_delta = data_wait - wait_since_log;
-      wait_since_log = data_wait;
+      const double waited_so_far = source.stats().wait_seconds - wait_at_start;
+      const double wait_delta = waited_so_far - wait_since_log;
+      wait_since_log = waited_so_far;
       const double grad_norm = norm.defined() ? norm.item<double>() : 0.0;
       if (lead) {
         log::info("distill", "step ", done, "/", total, " loss ", mean, " (", per_layer.str().substr(1), ") lr ", lr,
@@ -509,7 +516,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
 
     const bool checkpoint_now =
         done == total || stop || (o.checkpoint_every > 0 && done % o.checkpoint_every == 0);
-    if (checkpoint_now) save_checkpoint(done);
+    if (checkpoint_now && o.save_checkpoints) save_checkpoint(done);
     maybe_die(done);
     if (stop && done < total) {
       if (lead)

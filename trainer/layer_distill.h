@@ -55,6 +55,7 @@ struct LayerDistillOptions {
   bool autocast = true;                               // bf16 autocast on CUDA
   bool profile_sync = false;  // synchronise the device around communication to measure its exposed time (bench)
   bool write_metrics = true;
+  bool save_checkpoints = true;  // false: nothing is written (benchmarks)
 };
 
 struct LayerDistillReport {
@@ -64,6 +65,10 @@ struct LayerDistillReport {
   double seconds = 0;
   double data_wait_seconds = 0, comm_wait_seconds = 0;
   std::map<int64_t, double> first_loss, last_loss;  // per layer (x1000 MSE): first and last logged step
+  // Per step of this invocation: wall time, time blocked on the data source, time in gradient and norm reduction
+  // (with profile_sync, the communication time the step could not hide).
+  std::vector<double> step_seconds, step_data_wait, step_comm_wait;
+  std::vector<int64_t> step_tokens;  // real tokens of the step's global batch
 };
 
 // Collective over `world` (every member calls it with the same options).
