@@ -2,7 +2,11 @@
 
 #include <cstdlib>
 #include <exception>
+#include <algorithm>
+#include <thread>
 #include <vector>
+
+#include <torch/torch.h>
 
 #include "base/error.h"
 #include "comm/mpi_communicator.h"
@@ -35,6 +39,7 @@ int env_local_rank() {
 
 // Found by the session when no launcher variable says it: the rank among the processes sharing this node's memory.
 int node_local_rank = 0;
+int node_local_size = 1;
 
 }  // namespace
 
@@ -48,12 +53,13 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   }
   rank_ = world_rank();
   size_ = world_size();
-  if (owns_ && env_local_rank() < 0) {
+  if (owns_) {
     // Collective, so done here where every rank constructs the session.
     MPI_Comm node;
     check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
               "MPI_Comm_split_type");
     check_mpi(MPI_Comm_rank(node, &node_local_rank), "MPI_Comm_rank");
+    check_mpi(MPI_Comm_size(node, &node_local_size), "MPI_Comm_size");
     MPI_Comm_free(&node);
   }
 }
@@ -88,6 +94,19 @@ int world_size() {
 int local_rank() {
   const int r = env_local_rank();
   return r < 0 ? node_local_rank : r;
+}
+
+int local_size() { return node_local_size; }
+
+void default_cpu_threads(int requested) {
+  if (requested > 0) {
+    torch::set_num_threads(requested);
+    return;
+  }
+  // LibTorch starts one thread per core in every process; processes sharing a node would oversubscribe it, and a
+  // GPU rank's launch thread then competes with the others' spinning workers. Share the cores instead.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  if (node_local_size > 1 && cores > 0) torch::set_num_threads(std::max(1, cores / node_local_size));
 }
 
 void barrier() { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }

@@ -40,6 +40,10 @@ int world_size();
 // This process's index among the processes of its node: from OpenMPI, MPICH or SLURM variables, else from the
 // processes that share this node's memory (found when the session starts).
 int local_rank();
+// The number of this job's processes on this node (found when the session starts).
+int local_size();
+// Sets LibTorch's CPU threads: `requested` when positive, else the node's cores shared among its processes.
+void default_cpu_threads(int requested);
 
 void barrier();
 // Rank 0's text on every rank (the others' argument is ignored).

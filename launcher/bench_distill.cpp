@@ -46,6 +46,7 @@ void write_random_tokens(const std::string& path, int64_t tokens, int64_t sample
 
 int bench_distill(const std::vector<std::string>& args) {
   std::string random_teacher = "hovle", work = "bench-distill", device_text, json_path, mixer = "seeded";
+  int threads = 0;
   int64_t layers = 4, tokens = 1 << 17, sample_tokens = 2048, batch_tokens = 8192, steps = 12, warmup_steps = 3;
   po::options_description desc("carve bench distill");
   desc.add_options()("random-teacher", po::value<std::string>(&random_teacher)->default_value(random_teacher),
@@ -58,6 +59,7 @@ int bench_distill(const std::vector<std::string>& args) {
       "steps", po::value<int64_t>(&steps)->default_value(steps), "timed steps per configuration")(
       "warmup-steps", po::value<int64_t>(&warmup_steps)->default_value(warmup_steps), "untimed steps first")(
       "work", po::value<std::string>(&work)->default_value(work), "scratch folder")(
+      "threads", po::value<int>(&threads)->default_value(threads), "CPU threads per process (0: the node's cores / processes)")(
       "device", po::value<std::string>(&device_text)->default_value(torch::cuda::is_available() ? "cuda" : "cpu"),
       "cpu | cuda (one GPU per local rank)")("json", po::value<std::string>(&json_path)->default_value(""),
                                              "write results as JSON");
@@ -68,6 +70,7 @@ int bench_distill(const std::vector<std::string>& args) {
   }
   comm::MpiSession mpi;
   log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
+  comm::default_cpu_threads(threads);
   const auto device = rank_device(parse_device(device_text, "device"), device_text);
   comm::MpiCommunicator world(MPI_COMM_WORLD, "world");
   const bool lead = world.rank() == 0;

@@ -45,7 +45,7 @@ int distill_main(const std::vector<std::string>& args) {
       "log-every", po::value<int64_t>(&log_every)->default_value(log_every), "steps between loss lines and metrics")(
       "stop-after", po::value<int64_t>(&stop_after)->default_value(stop_after),
       "stop with a checkpoint after this many steps of this invocation (0: run to the end); SIGTERM does the same")(
-      "threads", po::value<int>(&threads)->default_value(threads), "CPU threads per process for LibTorch (0: its default)")(
+      "threads", po::value<int>(&threads)->default_value(threads), "CPU threads per process (0: the node's cores / its processes)")(
       "comm-timeout", po::value<double>(&comm_timeout)->default_value(comm_timeout),
       "seconds a collective may take before the job is ended");
   po::options_description optim("Optimisation (defaults: mmMamba's code)");
@@ -76,7 +76,7 @@ int distill_main(const std::vector<std::string>& args) {
   comm::MpiSession mpi;
   log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
   apply_hdf5_locking(locking);
-  if (threads > 0) torch::set_num_threads(threads);
+  comm::default_cpu_threads(threads);
 
   trainer::LayerDistillOptions o;
   o.stage = model::parse_stage(stage, "--stage");

@@ -77,7 +77,7 @@ int precompute_main(const std::vector<std::string>& args) {
   comm::MpiSession mpi;
   log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
   apply_hdf5_locking(locking);
-  if (threads > 0) torch::set_num_threads(threads);
+  comm::default_cpu_threads(threads);
   trainer::PrecomputeOptions o;
   o.teacher_dir = teacher.path;
   o.weight_prefix = teacher.weight_prefix;
