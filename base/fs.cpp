@@ -1,6 +1,7 @@
 #include "base/fs.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -127,6 +128,21 @@ void remove_temporaries(const std::string& path) {
     const auto name = entry.path().filename().string();
     if (name.compare(0, prefix.size(), prefix) == 0) std::filesystem::remove(entry.path(), ec);
   }
+}
+
+namespace {
+extern "C" int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+}  // namespace
+
+void remove_tree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    CARVE_CHECK(errno == ENOENT, "cannot remove ", path, ": ", detail::errno_text());
+    return;
+  }
+  // Depth first (contents before their folder), not following symbolic links.
+  CARVE_CHECK(::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove ", path, ": ",
+              detail::errno_text());
 }
 
 }  // namespace carve::fs

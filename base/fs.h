@@ -34,6 +34,10 @@ int64_t file_size(const std::string& path);
 std::string temporary_path(const std::string& path);
 // Removes the temporaries of `path` (any pid) left by a killed writer.
 void remove_temporaries(const std::string& path);
+// rm -rf: removes `path` and everything under it (nothing when it does not exist); the error names what could not
+// be removed. Not std::filesystem::remove_all: the pip wheels of torch export their own copy of it from
+// libtorch.so, which the dynamic linker binds in place of libstdc++'s and which crashes on non-empty folders.
+void remove_tree(const std::string& path);
 // Reads a whole (small) file; the error names the path.
 std::string read_file(const std::string& path);
 bool exists(const std::string& path);

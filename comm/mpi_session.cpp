@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include "base/crash.h"
 #include "base/error.h"
 #include "comm/mpi_communicator.h"
 
@@ -50,6 +51,7 @@ MpiSession::MpiSession(int* argc, char*** argv) {
     int provided = 0;
     check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
     owns_ = true;
+    install_crash_handler();  // after MPI_Init, which installs OpenMPI's symbol-less handler
   }
   rank_ = world_rank();
   size_ = world_size();

@@ -106,7 +106,7 @@ int bench_cache(const std::vector<std::string>& args) {
     write_random_samples(samples, tokens, sample_tokens, config.vocab_size);
   }
   const auto cache = fs::join(work, "cache");
-  std::filesystem::remove_all(cache);
+  fs::remove_tree(cache);
 
   // 1. Precompute: layer 0's input and the logits (what stage 1 of layer 0 and stage 3 read).
   trainer::PrecomputeOptions po_;

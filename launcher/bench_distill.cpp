@@ -79,7 +79,7 @@ int bench_distill(const std::vector<std::string>& args) {
   dims.layers = layers;
   const auto teacher = fs::join(work, "teacher"), samples = fs::join(work, "samples.h5"), cache = fs::join(work, "cache");
   world.rank0_decides([&] {
-    std::filesystem::remove_all(work);
+    fs::remove_tree(work);
     fs::make_directories(work);
     model::write_random_teacher(teacher, dims, torch::kBFloat16, 0);
     write_random_tokens(samples, tokens, sample_tokens, dims.vocab);
@@ -139,9 +139,27 @@ int bench_distill(const std::vector<std::string>& args) {
     r.tokens = comm.all_reduce_value(r.tokens, comm::ReduceOp::Sum) / r.replicas;
     rows.push_back(r);
   };
-  auto alone = world.split_mpi(lead ? 0 : 1, world.rank(), "rank 0 alone");
-  if (lead) measure("1 process", *alone, 1);
-  world.barrier();
+  // One process alone on each rank's GPU in turn: the baseline, and whether the GPUs (and their NUMA nodes) differ.
+  for (int r = 0; r < world.size(); ++r) {
+    auto alone = world.split_mpi(world.rank() == r ? 0 : 1, world.rank(), "rank " + std::to_string(r) + " alone");
+    if (world.rank() == r) measure(r == 0 ? "1 process" : "1 process, rank " + std::to_string(r), *alone, 1);
+    auto numbers = torch::zeros({4}, torch::kFloat64);
+    if (world.rank() == r) {
+      const auto& row = rows.back();
+      numbers = torch::tensor({row.seconds, row.tokens, row.data_wait, row.comm_wait}, torch::kFloat64);
+    }
+    world.broadcast(numbers, r);
+    if (lead && r > 0) {
+      Row row;
+      row.name = "1 process, rank " + std::to_string(r);
+      row.seconds = numbers[0].item<double>();
+      row.tokens = numbers[1].item<double>();
+      row.data_wait = numbers[2].item<double>();
+      row.comm_wait = numbers[3].item<double>();
+      rows.push_back(row);
+    }
+    if (!lead && world.rank() == r) rows.clear();
+  }
   if (world.size() > 1) {
     measure(std::to_string(world.size()) + " replicas", world, 1);
     if (layers >= world.size()) measure(std::to_string(world.size()) + " layer groups", world, world.size());
@@ -160,12 +178,12 @@ int bench_distill(const std::vector<std::string>& args) {
   std::cout << "\nstage-1 distillation, " << layers << " Mamba layers of hidden " << dims.hidden << ", " << dims.heads
             << " heads, " << dims.kv_heads << " KV heads; " << batch_tokens << "-token micro-batches on "
             << device.str() << "\n\n";
-  std::cout << std::left << std::setw(18) << "configuration" << std::right << std::setw(12) << "tok/s/GPU"
+  std::cout << std::left << std::setw(22) << "configuration" << std::right << std::setw(12) << "tok/s/GPU"
             << std::setw(12) << "scaling" << std::setw(12) << "data wait" << std::setw(12) << "comm wait" << "\n";
   const double base = rows.front().tokens_per_s_per_gpu();
   for (const auto& r : rows) {
     const double scaling = r.tokens_per_s_per_gpu() / base;
-    std::cout << std::left << std::setw(18) << r.name << std::right << std::fixed << std::setprecision(0)
+    std::cout << std::left << std::setw(22) << r.name << std::right << std::fixed << std::setprecision(0)
               << std::setw(12) << r.tokens_per_s_per_gpu() << std::setprecision(3) << std::setw(12) << scaling
               << std::setprecision(1) << std::setw(11) << 100 * r.data_wait / r.seconds << "%" << std::setw(11)
               << 100 * r.comm_wait / r.seconds << "%\n";

@@ -192,6 +192,9 @@ TEST(LayerDistill, StoppedAndResumedEqualsUninterrupted) {
               fs::read_file(fs::join(trainer::checkpoint_dir(parts.run_dir, 8), name)))
         << name << " differs between the uninterrupted and the resumed run";
   }
+  // Only the newest 2 complete checkpoints are kept.
+  EXPECT_FALSE(fs::exists(trainer::checkpoint_dir(parts.run_dir, 3)));
+  EXPECT_TRUE(fs::exists(trainer::checkpoint_dir(parts.run_dir, 6)));
   // A damaged newest checkpoint is skipped for the one before it.
   const auto last = trainer::checkpoint_dir(parts.run_dir, 8);
   fs::write_file_atomic(fs::join(last, trainer::layer_file_name(1)), "garbage");

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "base/fs.h"
 #include "comm/mpi_session.h"
 #include "data/samples.h"
 
@@ -14,7 +15,7 @@ std::string fixture(const std::string& relative) { return std::string(CARVE_FIXT
 
 std::string scratch_dir(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() / ("carve_test_" + std::to_string(::getpid())) / name;
-  std::filesystem::remove_all(dir);
+  fs::remove_tree(dir.string());
   std::filesystem::create_directories(dir);
   return dir.string();
 }

@@ -99,7 +99,7 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep) {
   if (static_cast<int64_t>(complete.size()) <= keep) return;
   const int64_t oldest_kept = complete[complete.size() - static_cast<size_t>(keep)];
   for (const auto& [step, dir] : folders)
-    if (step < oldest_kept) stdfs::remove_all(dir);
+    if (step < oldest_kept) fs::remove_tree(dir);
 }
 
 }  // namespace carve::trainer
