@@ -23,4 +23,13 @@ rm -rf runs/demo/cache
 mpirun --allow-run-as-root --oversubscribe -np 2 "$CARVE" precompute --teacher tests/fixtures/teachers/llama \
   --samples runs/demo/train.h5 --out runs/demo/cache --layers all --top-k 8 --shard-tokens 512 --batch-tokens 256
 "$CARVE" cache verify runs/demo/cache --teacher tests/fixtures/teachers/llama --samples runs/demo/train.h5
+# Stages 1 and 2 of the hybrid student on 2 processes, one layer group each (a rerun resumes; start afresh here).
+rm -rf runs/demo/distill
+for stage in 1 2; do
+  mpirun --allow-run-as-root --oversubscribe -np 2 "$CARVE" distill --stage $stage \
+    --teacher tests/fixtures/teachers/llama --cache runs/demo/cache --out runs/demo/distill --layout AMM \
+    --layer-groups 2 --steps 40 --batch-tokens 256 --log-every 10
+done
+"$CARVE" generate --config configs/demo_generate.ini --model runs/demo/distill/stage2/student \
+  --out runs/demo/distill/generate
 echo "demo: resolved configuration saved in runs/demo/config.ini"
