@@ -48,7 +48,9 @@ double plain_read_mb_per_s(const std::vector<std::string>& files, int64_t& bytes
   return bytes / seconds_since(t0) / 1e6;
 }
 
-void write_random_samples(const std::string& path, int64_t tokens, int64_t sample_tokens, int64_t vocab) {
+}  // namespace
+
+void write_random_token_samples(const std::string& path, int64_t tokens, int64_t sample_tokens, int64_t vocab) {
   data::SampleSet s;
   s.vocab_size = vocab;
   s.offsets = {0};
@@ -59,8 +61,6 @@ void write_random_samples(const std::string& path, int64_t tokens, int64_t sampl
   }
   data::write_samples(path, s);
 }
-
-}  // namespace
 
 int bench_cache(const std::vector<std::string>& args) {
   std::string teacher_dir, random_teacher, samples, work = "bench-cache", device_text, dtype_text, json_path;
@@ -103,7 +103,7 @@ int bench_cache(const std::vector<std::string>& args) {
   const auto& config = ckpt.config();
   if (samples.empty()) {
     samples = fs::join(work, "samples.h5");
-    write_random_samples(samples, tokens, sample_tokens, config.vocab_size);
+    write_random_token_samples(samples, tokens, sample_tokens, config.vocab_size);
   }
   const auto cache = fs::join(work, "cache");
   fs::remove_tree(cache);

@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
-#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -30,17 +29,6 @@ struct Row {
   double tokens_per_s_per_gpu() const { return tokens / seconds / processes; }
 };
 
-void write_random_tokens(const std::string& path, int64_t tokens, int64_t sample_tokens, int64_t vocab) {
-  data::SampleSet s;
-  s.vocab_size = vocab;
-  s.offsets = {0};
-  std::mt19937_64 rng(7);
-  while (static_cast<int64_t>(s.tokens.size()) < tokens) {
-    for (int64_t i = 0; i < sample_tokens; ++i) s.tokens.push_back(static_cast<int32_t>(rng() % vocab));
-    s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
-  }
-  data::write_samples(path, s);
-}
 
 }  // namespace
 
@@ -82,7 +70,7 @@ int bench_distill(const std::vector<std::string>& args) {
     fs::remove_tree(work);
     fs::make_directories(work);
     model::write_random_teacher(teacher, dims, torch::kBFloat16, 0);
-    write_random_tokens(samples, tokens, sample_tokens, dims.vocab);
+    write_random_token_samples(samples, tokens, sample_tokens, dims.vocab);
   });
   trainer::PrecomputeOptions pre;
   pre.teacher_dir = teacher;

@@ -1,10 +1,14 @@
 // The benchmarks behind `carve bench <name>`, one file each.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 namespace carve::launcher {
+
+// A sample file of random tokens: samples of `sample_tokens` until `tokens` (fixed seed; shared by the benches).
+void write_random_token_samples(const std::string& path, int64_t tokens, int64_t sample_tokens, int64_t vocab);
 
 int bench_ssd(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);

@@ -4,17 +4,12 @@ file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 set(TEACHER ${FIXTURES}/teachers/llama)
 
-# carve(<expected exit code> <regex the combined output must match> args...)
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
+
+# carve(<expected exit code> <regex the combined output must match> args...); the output is left in LAST_OUTPUT.
 function(carve expected_rc pattern)
-  execute_process(COMMAND ${CARVE} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  set(all "${out}${err}")
-  if(NOT rc EQUAL expected_rc)
-    message(FATAL_ERROR "carve ${ARGN}: exit code ${rc}, expected ${expected_rc}\n${all}")
-  endif()
-  if(NOT all MATCHES "${pattern}")
-    message(FATAL_ERROR "carve ${ARGN}: output does not match '${pattern}'\n${all}")
-  endif()
-  set(LAST_OUTPUT "${all}" PARENT_SCOPE)
+  run(${expected_rc} "${pattern}" ${CARVE} ${ARGN})
+  set(LAST_OUTPUT "${RUN_OUTPUT}" PARENT_SCOPE)
 endfunction()
 
 # Help lists subcommands, and each subcommand's options with their defaults.
