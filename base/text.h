@@ -9,5 +9,15 @@ namespace carve {
 
 // "4x4096x16" split at `separator` into integers; empty when any piece is not a whole integer.
 std::vector<int64_t> split_integers(const std::string& text, char separator);
+// {0, 4, 8} -> "0,4,8" (for messages).
+template <typename Int>
+std::string join_integers(const std::vector<Int>& values, char separator = ',') {
+  std::string out;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i) out += separator;
+    out += std::to_string(values[i]);
+  }
+  return out;
+}
 
 }  // namespace carve

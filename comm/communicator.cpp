@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/text.h"
 
 namespace carve::comm {
 
@@ -16,17 +17,11 @@ std::string reduce_op_name(ReduceOp op) {
   return "?";
 }
 
-std::string join_ranks(const std::vector<int>& ranks) {
-  std::ostringstream out;
-  for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
-  return out.str();
-}
-
 std::string Communicator::describe(const std::string& op, const torch::Tensor& tensor) const {
   std::ostringstream out;
   out << op;
   if (tensor.defined()) out << " of " << tensor.numel() << " x " << c10::toString(tensor.scalar_type());
-  out << " on " << name() << " (" << backend() << ", world ranks " << join_ranks(world_ranks()) << ")";
+  out << " on " << name() << " (" << backend() << ", world ranks " << join_integers(world_ranks()) << ")";
   return out.str();
 }
 

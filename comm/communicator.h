@@ -65,7 +65,6 @@ class Communicator {
 
 // Checks shared by the backends; errors name the operation and the communicator.
 void check_tensor(const Communicator& comm, const char* op, const torch::Tensor& tensor);
-std::string join_ranks(const std::vector<int>& ranks);
 
 // How long an operation may take before the job is ended: CARVE_COMM_TIMEOUT seconds when set, else `fallback`.
 std::chrono::milliseconds comm_timeout(std::chrono::milliseconds fallback = std::chrono::minutes(10));

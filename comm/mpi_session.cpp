@@ -10,6 +10,7 @@
 
 #include "base/crash.h"
 #include "base/error.h"
+#include "base/log.h"
 #include "comm/mpi_communicator.h"
 
 namespace carve::comm {
@@ -55,6 +56,7 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   }
   rank_ = world_rank();
   size_ = world_size();
+  if (size_ > 1) log::set_rank(rank_);  // every log line of a multi-process job says which rank wrote it
   if (owns_) {
     // Collective, so done here where every rank constructs the session.
     MPI_Comm node;

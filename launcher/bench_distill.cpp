@@ -57,7 +57,6 @@ int bench_distill(const std::vector<std::string>& args) {
     return 0;
   }
   comm::MpiSession mpi;
-  log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
   comm::default_cpu_threads(threads);
   const auto device = rank_device(parse_device(device_text, "device"), device_text);
   comm::MpiCommunicator world(MPI_COMM_WORLD, "world");
@@ -101,8 +100,7 @@ int bench_distill(const std::vector<std::string>& args) {
   o.write_metrics = false;
   o.save_checkpoints = false;
 
-  // Each configuration: (processes, layer groups). Timings are rank 0's, after the warmup steps.
-  std::vector<Row> rows;
+  // Each configuration: (processes, layer groups). Timings are the slowest rank's, after the warmup steps.
   auto measure = [&](const std::string& name, comm::MpiCommunicator& comm, int groups) {
     auto opt = o;
     opt.layer_groups = groups;
@@ -125,32 +123,28 @@ int bench_distill(const std::vector<std::string>& args) {
     r.data_wait = comm.all_reduce_value(r.data_wait, comm::ReduceOp::Max);
     r.comm_wait = comm.all_reduce_value(r.comm_wait, comm::ReduceOp::Max);
     r.tokens = comm.all_reduce_value(r.tokens, comm::ReduceOp::Sum) / r.replicas;
-    rows.push_back(r);
+    return r;
   };
+  std::vector<Row> rows;
   // One process alone on each rank's GPU in turn: the baseline, and whether the GPUs (and their NUMA nodes) differ.
+  // Rank r measures; its figures reach rank 0 by a broadcast.
   for (int r = 0; r < world.size(); ++r) {
     auto alone = world.split_mpi(world.rank() == r ? 0 : 1, world.rank(), "rank " + std::to_string(r) + " alone");
-    if (world.rank() == r) measure(r == 0 ? "1 process" : "1 process, rank " + std::to_string(r), *alone, 1);
-    auto numbers = torch::zeros({4}, torch::kFloat64);
-    if (world.rank() == r) {
-      const auto& row = rows.back();
-      numbers = torch::tensor({row.seconds, row.tokens, row.data_wait, row.comm_wait}, torch::kFloat64);
-    }
+    Row row;
+    row.name = r == 0 ? "1 process" : "1 process, rank " + std::to_string(r);
+    if (world.rank() == r) row = measure(row.name, *alone, 1);
+    auto numbers = torch::tensor({row.seconds, row.tokens, row.data_wait, row.comm_wait}, torch::kFloat64);
     world.broadcast(numbers, r);
-    if (lead && r > 0) {
-      Row row;
-      row.name = "1 process, rank " + std::to_string(r);
-      row.seconds = numbers[0].item<double>();
-      row.tokens = numbers[1].item<double>();
-      row.data_wait = numbers[2].item<double>();
-      row.comm_wait = numbers[3].item<double>();
-      rows.push_back(row);
-    }
-    if (!lead && world.rank() == r) rows.clear();
+    row.seconds = numbers[0].item<double>();
+    row.tokens = numbers[1].item<double>();
+    row.data_wait = numbers[2].item<double>();
+    row.comm_wait = numbers[3].item<double>();
+    rows.push_back(row);
   }
   if (world.size() > 1) {
-    measure(std::to_string(world.size()) + " replicas", world, 1);
-    if (layers >= world.size()) measure(std::to_string(world.size()) + " layer groups", world, world.size());
+    rows.push_back(measure(std::to_string(world.size()) + " replicas", world, 1));
+    if (layers >= world.size())
+      rows.push_back(measure(std::to_string(world.size()) + " layer groups", world, world.size()));
   }
   if (!lead) return 0;
 

@@ -75,7 +75,6 @@ int precompute_main(const std::vector<std::string>& args) {
     return 0;
   }
   comm::MpiSession mpi;
-  log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
   apply_hdf5_locking(locking);
   comm::default_cpu_threads(threads);
   trainer::PrecomputeOptions o;

@@ -19,11 +19,7 @@
 namespace carve {
 namespace {
 
-comm::MpiCommunicator& host_world() {
-  test::ensure_mpi();
-  static comm::MpiCommunicator world(MPI_COMM_WORLD, "test world");
-  return world;
-}
+comm::MpiCommunicator& host_world() { return test::world_communicator(); }
 
 // The devices to test: the CPU (MPI) and, with NCCL and a GPU, this rank's GPU.
 std::vector<torch::Device> devices() {

@@ -24,11 +24,7 @@
 namespace carve {
 namespace {
 
-comm::MpiCommunicator& world() {
-  test::ensure_mpi();
-  static comm::MpiCommunicator w(MPI_COMM_WORLD, "test world");
-  return w;
-}
+comm::MpiCommunicator& world() { return test::world_communicator(); }
 
 // The llama fixture teacher (3 layers) and a cache of its layer inputs over 40 random samples, made collectively.
 struct DistillFixture {

@@ -72,6 +72,12 @@ data::SampleSet random_samples(int n, uint64_t seed, bool images, int64_t hidden
   return s;
 }
 
+comm::MpiCommunicator& world_communicator() {
+  ensure_mpi();
+  static comm::MpiCommunicator world(MPI_COMM_WORLD, "test world");
+  return world;
+}
+
 std::string shared_scratch_dir(const std::string& name) {
   ensure_mpi();
   return comm::broadcast_text(comm::world_rank() == 0 ? scratch_dir(name) : std::string());

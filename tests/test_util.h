@@ -6,6 +6,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "comm/mpi_communicator.h"
 #include "data/samples.h"
 
 namespace carve::test {
@@ -17,6 +18,9 @@ std::string scratch_dir(const std::string& name);
 double relative_error(const torch::Tensor& a, const torch::Tensor& b);
 // ||a - b|| / ||b|| (Frobenius; b is the reference), computed in float64 on the CPU.
 double relative_norm_error(const torch::Tensor& a, const torch::Tensor& b);
+
+// MPI_COMM_WORLD as a communicator (MPI initialised on first use), shared by the tests of one process.
+comm::MpiCommunicator& world_communicator();
 
 // Under mpirun: rank 0's fresh scratch directory, the same path on every rank (collective over the world).
 std::string shared_scratch_dir(const std::string& name);

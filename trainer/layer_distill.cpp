@@ -13,6 +13,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "base/progress.h"
+#include "base/text.h"
 #include "comm/grad_reducer.h"
 #include "comm/nccl_communicator.h"
 #include "comm/process_grid.h"
@@ -27,9 +28,7 @@
 #include "trainer/autocast.h"
 #include "trainer/distill_checkpoint.h"
 
-#ifdef CARVE_WITH_CUDA
 #include <torch/cuda.h>
-#endif
 
 namespace carve::trainer {
 namespace {
@@ -91,12 +90,6 @@ void load_mixer(model::Mixer& mixer, const model::SafetensorsFile& file) {
                 ", the mixer expects ", item.value().sizes());
     item.value().copy_(value);
   }
-}
-
-std::string layer_list(const std::vector<int64_t>& layers) {
-  std::ostringstream out;
-  for (size_t i = 0; i < layers.size(); ++i) out << (i ? "," : "") << layers[i];
-  return out.str();
 }
 
 // What a checkpoint must agree on to be resumed by this run; a difference names the field.
@@ -192,13 +185,13 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     for (auto layer : layers)
       CARVE_CHECK(std::find(manifest.plan.layers.begin(), manifest.plan.layers.end(), layer) != manifest.plan.layers.end(),
                   o.cache_dir, ": the cache holds no input of layer ", layer, " (it stores layers ",
-                  layer_list(manifest.plan.layers), "); precompute with --layers all");
+                  join_integers(manifest.plan.layers), "); precompute with --layers all");
   });
   if (lead)
     log::info("distill", model::stage_name(o.stage), ": ", layers.size(), " layers on ", grid.world, " processes = ",
               grid.groups, " layer groups x ", grid.replicas, " replicas; global batch ",
               o.batch_tokens * o.grad_accum * grid.replicas, " token slots");
-  log::info("distill", "group ", grid.group, " replica ", grid.replica, ": layers ", layer_list(mine), " on ",
+  log::info("distill", "group ", grid.group, " replica ", grid.replica, ": layers ", join_integers(mine), " on ",
             o.device.str());
 
   // Communicators: replicas of a group (gradients), and the world on the device (the clipping norm).
@@ -250,8 +243,10 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
       u.teacher = std::dynamic_pointer_cast<model::AttentionImpl>(decoder->mixer);
       CARVE_CHECK(u.teacher, o.teacher_dir, ": layer ", layer, " has no attention");
       u.student = model::make_ssm_mixer(config, o.spec);
+      std::unique_ptr<model::SafetensorsFile> resumed;
       if (!resume_dir.empty()) {
-        load_mixer(*u.student, model::SafetensorsFile(fs::join(resume_dir, layer_file_name(layer))));
+        resumed = std::make_unique<model::SafetensorsFile>(fs::join(resume_dir, layer_file_name(layer)));
+        load_mixer(*u.student, *resumed);
       } else if (!init_dir.empty()) {
         load_mixer(*u.student, model::SafetensorsFile(fs::join(init_dir, layer_file_name(layer))));
       } else {
@@ -269,11 +264,10 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
         if (train) u.trainable.emplace_back(item.key(), item.value());
       }
       u.optimizer = std::make_unique<AdamW>(u.trainable, o.adam);
-      if (!resume_dir.empty()) {
-        model::SafetensorsFile file(fs::join(resume_dir, layer_file_name(layer)));
+      if (resumed) {
         u.optimizer->load_state([&](const std::string& name) {
-          CARVE_CHECK(file.contains("adam." + name), file.path(), ": no optimizer state adam.", name);
-          return file.load("adam." + name).to(o.device);
+          CARVE_CHECK(resumed->contains("adam." + name), resumed->path(), ": no optimizer state adam.", name);
+          return resumed->load("adam." + name).to(o.device);
         });
       }
       u.sse_since_log = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(o.device));
@@ -335,7 +329,6 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   int64_t tokens_since_log = 0;
   double wait_since_log = 0, comm_since_log = 0;
   auto log_time = Clock::now();
-  const double wait_at_start = source.stats().wait_seconds;
 
   auto save_checkpoint = [&](int64_t done) {
     const auto dir = checkpoint_dir(o.run_dir, done);
@@ -422,12 +415,9 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
       }
       loss.backward();
     }
-    double comm_wait = 0;
-    if (o.profile_sync && cuda) {
-#ifdef CARVE_WITH_CUDA
-      torch::cuda::synchronize();
-#endif
-    }
+    // Profiling: start and end the communication with an idle device, so its time is what the step could not hide.
+    const bool sync = o.profile_sync && cuda;
+    if (sync) torch::cuda::synchronize();
     const auto comm_start = Clock::now();
     if (reducer) reducer->finish();
     torch::Tensor norm;
@@ -441,12 +431,8 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
       norm = sq.sqrt();  // [1]
       clip_by_norm(params, norm, o.clip);
     }
-    if (o.profile_sync && cuda) {
-#ifdef CARVE_WITH_CUDA
-      torch::cuda::synchronize();
-#endif
-    }
-    comm_wait = seconds_since(comm_start);
+    if (sync) torch::cuda::synchronize();
+    const double comm_wait = seconds_since(comm_start);
     const double lr = o.lr.at(step, total);
     for (auto& u : units) u.optimizer->step(lr);
 
@@ -456,7 +442,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     report.step_data_wait.push_back(data_wait);
     report.step_comm_wait.push_back(comm_wait);
     report.step_tokens.push_back(global_tokens);
-    report.comm_wait_seconds += comm_wait;
+    wait_since_log += data_wait;
     comm_since_log += comm_wait;
     tokens_since_log += global_tokens;
     const int64_t done = step + 1;
@@ -488,9 +474,6 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
         report.last_loss[layers[i]] = l;
       }
       const double interval = seconds_since(log_time);
-      const double waited_so_far = source.stats().wait_seconds - wait_at_start;
-      const double wait_delta = waited_so_far - wait_since_log;
-      wait_since_log = waited_so_far;
       const double grad_norm = norm.defined() ? norm.item<double>() : 0.0;
       if (lead) {
         log::info("distill", "step ", done, "/", total, " loss ", mean, " (", per_layer.str().substr(1), ") lr ", lr,
@@ -505,11 +488,12 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
                           {"grad_norm", grad_norm},
                           {"tokens", tokens_since_log},
                           {"tokens_per_s", tokens_since_log / std::max(interval, 1e-9)},
-                          {"data_wait_s", wait_delta},
+                          {"data_wait_s", wait_since_log},
                           {"comm_wait_s", comm_since_log},
                           {"elapsed_s", seconds_since(start_time)}});
       }
       tokens_since_log = 0;
+      wait_since_log = 0;
       comm_since_log = 0;
       log_time = Clock::now();
     }
@@ -529,7 +513,6 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   }
   report.end_step = step;
   report.seconds = seconds_since(loop_start);
-  report.data_wait_seconds = source.stats().wait_seconds - wait_at_start;
   return report;
 }
 

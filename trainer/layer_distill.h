@@ -63,7 +63,6 @@ struct LayerDistillReport {
   bool stopped = false;  // ended early (a signal or stop_after) with a checkpoint to resume from
   int64_t tokens = 0;    // real tokens of the global batches trained in this invocation
   double seconds = 0;
-  double data_wait_seconds = 0, comm_wait_seconds = 0;
   std::map<int64_t, double> first_loss, last_loss;  // per layer (x1000 MSE): first and last logged step
   // Per step of this invocation: wall time, time blocked on the data source, time in gradient and norm reduction
   // (with profile_sync, the communication time the step could not hide).
