@@ -19,4 +19,18 @@ std::vector<int64_t> split_integers(const std::string& text, char separator) {
   return out;
 }
 
+std::vector<std::string> split_list(const std::string& text, char separator) {
+  std::vector<std::string> out;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    size_t end = text.find(separator, begin);
+    if (end == std::string::npos) end = text.size();
+    auto piece = text.substr(begin, end - begin);
+    const auto first = piece.find_first_not_of(" \t"), last = piece.find_last_not_of(" \t");
+    if (first != std::string::npos) out.push_back(piece.substr(first, last - first + 1));
+    begin = end + 1;
+  }
+  return out;
+}
+
 }  // namespace carve

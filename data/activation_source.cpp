@@ -162,16 +162,17 @@ struct ActivationSource::Impl {
     auto valid = buffer({budget}, torch::kBool);
     const int64_t batch_index = pos.step * o.world + o.rank;
     int64_t at = 0;
+    std::vector<torch::Tensor> images;
     if (batch_index < static_cast<int64_t>(plan->size())) {
       b.sample_ids = (*plan)[batch_index];
       const auto t0 = std::chrono::steady_clock::now();
       int64_t bytes = 0;
       for (size_t k = 0; k < b.sample_ids.size(); ++k) {
         const int64_t s = b.sample_ids[k];
-        const int64_t shard = shard_of_sample[s];
-        const int64_t row = offsets[s] - offsets[manifest.plan.shards[shard].first_sample];
         const int64_t len = offsets[s + 1] - offsets[s];
         for (size_t i = 0; i < streams.size(); ++i) {
+          const int64_t shard = shard_of_sample[s];
+          const int64_t row = offsets[s] - offsets[manifest.plan.shards[shard].first_sample];
           const auto& r = reader(shard, i);
           if (i < n_hidden) {
             r.read_hidden(row, len, hidden_out[i][at].data_ptr());
@@ -184,6 +185,7 @@ struct ActivationSource::Impl {
         if (samples) {
           b.token_ids.narrow(0, at, len).copy_(samples->tokens(offsets[s], offsets[s + 1]));
           b.loss_mask.narrow(0, at, len).copy_(samples->loss_mask(offsets[s], offsets[s + 1]));
+          if (samples->has_images()) images.push_back(samples->image_rows(s, s + 1));
         }
         seq_idx.narrow(1, at, len).fill_(static_cast<int>(k));
         valid.narrow(0, at, len).fill_(true);
@@ -202,6 +204,7 @@ struct ActivationSource::Impl {
         if (t->defined()) t->narrow(0, at, budget - at).zero_();
     }
     b.tokens = at;
+    if (!images.empty()) b.image_rows = torch::cat(images, 0);
     b.seq_idx = seq_idx;
     b.valid = valid;
     for (size_t i = 0; i < o.layers.size(); ++i) b.hidden.push_back(hidden_out[i]);
@@ -241,45 +244,60 @@ ActivationSource::ActivationSource(ActivationSourceOptions options) : impl_(std:
   CARVE_CHECK(o.world >= 1 && o.rank >= 0 && o.rank < o.world, "data-parallel rank ", o.rank, " of ", o.world);
   CARVE_CHECK(o.batch_tokens > 0, "--batch-tokens must be positive");
   CARVE_CHECK(o.prefetch >= 1, "--prefetch must be at least 1");
-  m.manifest = read_manifest(o.cache_dir);
-  const auto& plan = m.manifest.plan;
-  const auto all = plan.streams();
-  auto require = [&](const std::string& stream, const std::string& what) {
-    const auto at = std::find(all.begin(), all.end(), stream);
-    CARVE_CHECK(at != all.end(), o.cache_dir, ": the cache does not hold ", what, " (stream '", stream,
-                "'); precompute it with the stream included");
-    m.streams.push_back(stream);
-    m.file_column.push_back(static_cast<size_t>(at - all.begin()));
-  };
-  for (auto layer : o.layers) require(stream_name_of_layer(layer), "the input of layer " + std::to_string(layer));
-  if (o.final_hidden) require("final", "the final hidden state");
-  if (o.logits) require("logits", "the teacher's top-k log-probabilities");
-  CARVE_CHECK(!m.streams.empty(), "an activation source needs at least one stream");
-  m.hidden = plan.hidden_size;
-  m.storage = half_dtype_from_name(plan.dtype, fs::join(o.cache_dir, "manifest.json"));
-  m.top_k = plan.top_k;
-  if (!o.samples_path.empty()) {
-    check_cache_inputs(m.manifest, o.cache_dir, "", "", o.samples_path);
+  if (o.cache_dir.empty()) {
+    // Samples alone: token ids, loss masks and images for a trainer that runs the teacher itself.
+    CARVE_CHECK(!o.samples_path.empty(), "an activation source needs a cache folder or a sample file");
+    CARVE_CHECK(o.layers.empty() && !o.final_hidden && !o.logits,
+                "hidden states and logits come from an activation cache: give its folder");
     m.samples = std::make_unique<SampleFile>(o.samples_path);
-  }
-  // Sample boundaries from the shards' own offsets (each file's sizes are checked against the manifest).
-  m.offsets.assign(1, 0);
-  for (const auto& span : plan.shards) {
-    for (size_t i = 0; i < m.streams.size(); ++i) {
-      const auto& f = m.manifest.files[span.index][m.file_column[i]];
-      const auto path = fs::join(o.cache_dir, f.path);
-      CARVE_CHECK(fs::exists(path), path, ": missing (listed in the manifest)");
-      CARVE_CHECK(fs::file_size(path) == f.bytes, path, ": ", fs::file_size(path), " bytes, the manifest says ",
-                  f.bytes, " (truncated or replaced; run `carve cache verify`)");
+    m.offsets = m.samples->offsets();
+  } else {
+    m.manifest = read_manifest(o.cache_dir);
+    const auto& plan = m.manifest.plan;
+    const auto all = plan.streams();
+    auto require = [&](const std::string& stream, const std::string& what) {
+      const auto at = std::find(all.begin(), all.end(), stream);
+      CARVE_CHECK(at != all.end(), o.cache_dir, ": the cache does not hold ", what, " (stream '", stream,
+                  "'); precompute it with the stream included");
+      m.streams.push_back(stream);
+      m.file_column.push_back(static_cast<size_t>(at - all.begin()));
+    };
+    for (auto layer : o.layers) require(stream_name_of_layer(layer), "the input of layer " + std::to_string(layer));
+    if (o.final_hidden) require("final", "the final hidden state");
+    if (o.logits) require("logits", "the teacher's top-k log-probabilities");
+    CARVE_CHECK(!m.streams.empty() || !o.samples_path.empty(),
+                "an activation source needs at least one stream or a sample file");
+    m.hidden = plan.hidden_size;
+    m.storage = half_dtype_from_name(plan.dtype, fs::join(o.cache_dir, "manifest.json"));
+    m.top_k = plan.top_k;
+    if (!o.samples_path.empty()) {
+      check_cache_inputs(m.manifest, o.cache_dir, "", "", o.samples_path);
+      m.samples = std::make_unique<SampleFile>(o.samples_path);
     }
-    const auto& local = m.reader(span.index, 0).offsets();
-    for (size_t i = 1; i < local.size(); ++i) {
-      m.offsets.push_back(m.offsets.back() + local[i] - local[i - 1]);
-      m.shard_of_sample.push_back(span.index);
+    // Sample boundaries from the shards' own offsets (each file's sizes are checked against the manifest).
+    m.offsets.assign(1, 0);
+    for (const auto& span : plan.shards) {
+      for (size_t i = 0; i < m.streams.size(); ++i) {
+        const auto& f = m.manifest.files[span.index][m.file_column[i]];
+        const auto path = fs::join(o.cache_dir, f.path);
+        CARVE_CHECK(fs::exists(path), path, ": missing (listed in the manifest)");
+        CARVE_CHECK(fs::file_size(path) == f.bytes, path, ": ", fs::file_size(path), " bytes, the manifest says ",
+                    f.bytes, " (truncated or replaced; run `carve cache verify`)");
+      }
+      if (m.streams.empty()) {
+        for (int64_t k = 0; k < span.num_samples; ++k) m.shard_of_sample.push_back(span.index);
+        continue;
+      }
+      const auto& local = m.reader(span.index, 0).offsets();
+      for (size_t i = 1; i < local.size(); ++i) {
+        m.offsets.push_back(m.offsets.back() + local[i] - local[i - 1]);
+        m.shard_of_sample.push_back(span.index);
+      }
     }
+    if (m.streams.empty()) m.offsets = m.samples->offsets();
+    if (m.samples)
+      CARVE_CHECK(m.samples->offsets() == m.offsets, o.samples_path, ": sample boundaries differ from the cache's");
   }
-  if (m.samples)
-    CARVE_CHECK(m.samples->offsets() == m.offsets, o.samples_path, ": sample boundaries differ from the cache's");
   CARVE_CHECK(o.start.step < m.steps_in(o.start.epoch), "data position step ", o.start.step,
               " is past the end of epoch ", o.start.epoch, " (", m.steps_in(o.start.epoch), " steps)");
   m.next_to_deliver = o.start;

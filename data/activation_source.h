@@ -30,7 +30,7 @@ nlohmann::json position_to_json(const SourcePosition& p);
 SourcePosition position_from_json(const nlohmann::json& j, const std::string& where);
 
 struct ActivationSourceOptions {
-  std::string cache_dir;
+  std::string cache_dir;          // empty: samples_path alone (token ids, loss masks, images; no streams)
   std::vector<int64_t> layers;    // hidden-state streams to deliver, in this order
   bool final_hidden = false;
   bool logits = false;
@@ -56,6 +56,7 @@ struct ActivationBatch {
   torch::Tensor topk_indices;           // [budget, k] int32
   torch::Tensor token_ids;              // [budget] int64 with samples_path (0 in padding)
   torch::Tensor loss_mask;              // [budget] uint8 with samples_path (0 in padding)
+  torch::Tensor image_rows;             // [rows, hidden] with samples_path holding images, in sample order
 };
 
 struct SourceStats {

@@ -1,5 +1,8 @@
 // carve: the single binary. Parses the subcommand, dispatches, and turns errors into messages and exit codes.
 #include <cstdlib>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <iomanip>
 #include <iostream>
 
@@ -12,6 +15,8 @@ namespace carve::launcher {
 
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> table = {
+      {"synth", "write the built-in example: a synthetic visual question-answering set", synth_main},
+      {"pretrain", "train the built-in example's small teacher on a sample file", pretrain_main},
       {"inspect", "architecture, parameter counts, dtypes and files of a checkpoint", inspect_main},
       {"generate", "continue token prompts with a teacher or student checkpoint", generate_main},
       {"convert", "carve a seeded Mamba-2 student out of a teacher and save it", convert_main},
@@ -19,8 +24,9 @@ const std::vector<Subcommand>& subcommands() {
       {"precompute", "run the teacher once over samples and write the activation cache (mpirun: ranks split it)",
        precompute_main},
       {"cache", "activation caches: verify", cache_main},
-      {"distill", "layer-wise distillation, stages 1 and 2 (mpirun: layer groups x data-parallel replicas)",
+      {"distill", "distillation: layer-wise stages 1-2, end-to-end stage 3, MaTVLM's one stage (mpirun)",
        distill_main},
+      {"eval", "teacher and students side by side: perplexity, KL, top-1 agreement, exact-match answers", eval_main},
       {"bench", "benchmarks: ssd (the LibTorch SSD reference), cache (precompute and streaming), distill (stage 1)",
        bench_main},
   };
@@ -63,6 +69,14 @@ int run_action(const std::string& sub, const std::vector<Subcommand>& actions, c
 
 int main(int argc, char** argv) {
   using namespace carve::launcher;
+#ifdef __GLIBC__
+  // CPU training allocates and frees the same large tensors every step. glibc serves blocks over its mmap threshold
+  // with fresh mappings, and the kernel zero-fills every page again: on 2 cores that system time was half of a
+  // small model's step. Keep large blocks on the heap and freed memory mapped, so steps reuse it.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+#endif
   if (argc < 2 || std::string(argv[1]) == "help" || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     if (argc >= 3) {  // carve help <subcommand>
       for (const auto& s : subcommands())

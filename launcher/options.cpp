@@ -76,8 +76,50 @@ std::string closest_option(const po::options_description& desc, const std::strin
   return closest_name(names, key);
 }
 
+namespace {
+
+// The INI text with the lines of `keep` sections only: the top level ("") and, when `section` is not empty, the
+// [section] block, whose header is dropped so its keys read as top-level options. Other sections are left out.
+std::string select_ini_section(std::istream& in, const std::string& section) {
+  std::string line, out, current;
+  while (std::getline(in, line)) {
+    const auto first = line.find_first_not_of(" \t");
+    if (first != std::string::npos && line[first] == '[') {
+      const auto close = line.find(']', first);
+      current = close == std::string::npos ? line.substr(first + 1) : line.substr(first + 1, close - first - 1);
+      out += "\n";  // keep line numbers in messages
+      continue;
+    }
+    out += (current.empty() || current == section) ? line + "\n" : "\n";
+  }
+  return out;
+}
+
+// The value `key = value` at the top level of INI text, or "".
+std::string top_level_value(const std::string& text, const std::string& key) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto first = line.find_first_not_of(" \t");
+    if (first == std::string::npos || line[first] == '#' || line[first] == ';') continue;
+    if (line[first] == '[') return "";
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    auto name = line.substr(first, eq - first);
+    name = name.substr(0, name.find_last_not_of(" \t") + 1);
+    if (name != key) continue;
+    auto value = line.substr(eq + 1);
+    const auto a = value.find_first_not_of(" \t"), b = value.find_last_not_of(" \t\r");
+    return a == std::string::npos ? "" : value.substr(a, b - a + 1);
+  }
+  return "";
+}
+
+}  // namespace
+
 ParsedOptions parse_options(const std::string& sub, const po::options_description& user_desc,
-                            const std::vector<std::string>& args, const po::positional_options_description* positional) {
+                            const std::vector<std::string>& args, const po::positional_options_description* positional,
+                            const SectionSelector& sections) {
   po::options_description desc;
   std::string config_file;
   po::options_description common("Common");
@@ -99,8 +141,17 @@ ParsedOptions parse_options(const std::string& sub, const po::options_descriptio
     }
     if (out.values.count("config")) {
       const auto path = out.values["config"].as<std::string>();
-      std::ifstream in(path);
-      if (!in) throw UsageError("--config: cannot read " + path);
+      std::ifstream file(path);
+      if (!file) throw UsageError("--config: cannot read " + path);
+      std::stringstream raw;
+      raw << file.rdbuf();
+      std::string section;
+      if (sections.key.size()) {
+        const auto value = out.values.count(sections.key) ? out.values[sections.key].as<std::string>()
+                                                           : top_level_value(raw.str(), sections.key);
+        section = sections.name(value.empty() ? sections.default_value : value);
+      }
+      std::istringstream in(sections.key.size() ? select_ini_section(raw, section) : raw.str());
       try {
         po::store(po::parse_config_file(in, desc, /*allow_unregistered=*/false), out.values);
       } catch (const po::unknown_option& e) {

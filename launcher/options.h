@@ -23,12 +23,22 @@ struct ParsedOptions {
   bool help = false;
 };
 
+// INI sections that apply only to some runs: with `key` set, the value of that option (from the command line, else
+// the file's top level, else default_value) is turned by `name` into the one [section] whose keys are read;
+// other sections are skipped. `carve distill` reads [stage1] ... [stage3] this way.
+struct SectionSelector {
+  std::string key;
+  std::string default_value;
+  std::string (*name)(const std::string& value) = nullptr;
+};
+
 // Parses argv (after the subcommand) against `desc`, adding --help and --config. Calls notify(), which fills
 // the bound structs; on --help it does not notify and `help` is set.
 // `positional` maps bare arguments to options (`carve cache verify CACHE` means --cache CACHE).
 ParsedOptions parse_options(const std::string& subcommand, const po::options_description& desc,
                             const std::vector<std::string>& args,
-                            const po::positional_options_description* positional = nullptr);
+                            const po::positional_options_description* positional = nullptr,
+                            const SectionSelector& sections = {});
 
 // The name closest to `key` (edit distance within a third of its length), or "" when nothing is close.
 std::string closest_name(const std::vector<std::string>& names, const std::string& key);

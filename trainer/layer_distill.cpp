@@ -1,9 +1,6 @@
 #include "trainer/layer_distill.h"
 
-#include <atomic>
 #include <chrono>
-#include <csignal>
-#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -27,46 +24,12 @@
 #include "model/student_checkpoint.h"
 #include "trainer/autocast.h"
 #include "trainer/distill_checkpoint.h"
+#include "trainer/run_control.h"
 
 #include <torch/cuda.h>
 
 namespace carve::trainer {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// SIGTERM (SLURM's warning before the time limit, scancel) and SIGUSR1 ask for a checkpoint and a clean stop.
-std::atomic<int> stop_signal{0};
-extern "C" void on_stop_signal(int sig) { stop_signal.store(sig); }
-
-class StopSignals {
- public:
-  StopSignals() {
-    stop_signal.store(0);
-    previous_term_ = std::signal(SIGTERM, on_stop_signal);
-    previous_usr1_ = std::signal(SIGUSR1, on_stop_signal);
-  }
-  ~StopSignals() {
-    std::signal(SIGTERM, previous_term_);
-    std::signal(SIGUSR1, previous_usr1_);
-  }
-
- private:
-  void (*previous_term_)(int) = SIG_DFL;
-  void (*previous_usr1_)(int) = SIG_DFL;
-};
-
-// For tests of crashed runs: CARVE_FAULT_KILL_AFTER_STEPS=N kills this process (SIGKILL, no cleanup) once step N is
-// done (after its checkpoint, if one falls there), as a node failure would.
-void maybe_die(int64_t steps_done) {
-  static const int64_t limit = [] {
-    const char* v = std::getenv("CARVE_FAULT_KILL_AFTER_STEPS");
-    return v ? std::atoll(v) : int64_t{0};
-  }();
-  if (limit > 0 && steps_done >= limit) std::raise(SIGKILL);
-}
 
 // One trained layer: the teacher's input norm and attention (frozen) and the student mixer.
 struct LayerUnit {
@@ -102,38 +65,6 @@ nlohmann::json run_identity(const LayerDistillOptions& o, const comm::ProcessGri
           {"replicas", grid.replicas},
           {"data_seed", o.data_seed},
           {"shuffle", o.shuffle}};
-}
-
-void check_resumable(const nlohmann::json& saved, const nlohmann::json& wanted, const std::string& dir) {
-  for (auto it = wanted.begin(); it != wanted.end(); ++it) {
-    CARVE_CHECK(saved.contains(it.key()), dir, "/state.json: no field '", it.key(), "'");
-    CARVE_CHECK(saved.at(it.key()) == it.value(), "cannot resume from ", dir, ": it was written with ", it.key(), " = ",
-                saved.at(it.key()).dump(), ", this run has ", it.value().dump(),
-                " (use a new --out folder, or the original settings)");
-  }
-}
-
-torch::Tensor rng_state() { return at::detail::getDefaultCPUGenerator().get_state(); }
-
-std::string to_hex(const torch::Tensor& bytes) {
-  auto b = bytes.contiguous();
-  const auto* p = b.data_ptr<uint8_t>();
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  out.reserve(static_cast<size_t>(b.numel()) * 2);
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    out.push_back(digits[p[i] >> 4]);
-    out.push_back(digits[p[i] & 15]);
-  }
-  return out;
-}
-
-torch::Tensor from_hex(const std::string& text, const std::string& where) {
-  CARVE_CHECK(text.size() % 2 == 0, where, ": the RNG state is not an even number of hex digits");
-  auto out = torch::empty({static_cast<int64_t>(text.size() / 2)}, torch::kUInt8);
-  auto* p = out.data_ptr<uint8_t>();
-  for (size_t i = 0; i < text.size() / 2; ++i) p[i] = static_cast<uint8_t>(std::stoi(text.substr(2 * i, 2), nullptr, 16));
-  return out;
 }
 
 }  // namespace
@@ -294,9 +225,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   if (!resume_dir.empty()) {
     step = resume_state.at("step").get<int64_t>();
     so.start = data::position_from_json(resume_state.at("position"), resume_dir + "/state.json");
-    auto generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(
-        from_hex(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json"));
+    restore_cpu_rng_state(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json");
   }
   data::ActivationSource source(so);
   const int64_t epoch_steps = std::max<int64_t>(1, source.steps_in_epoch(0) / o.grad_accum);
@@ -351,7 +280,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
       state["step"] = done;
       state["total_steps"] = total;
       state["position"] = data::position_to_json(source.position());
-      state["rng"] = to_hex(rng_state());
+      state["rng"] = cpu_rng_state_hex();
       state["seeding"] = model::seed_method_name(o.spec.seeding);
       state["teacher"] = o.teacher_dir;
       state["cache"] = o.cache_dir;
@@ -449,7 +378,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     progress.advance(tokens_per_step_slots, "step " + std::to_string(done) + "/" + std::to_string(total));
 
     // Agree on stopping: a signal on any rank stops every rank at the same step.
-    int64_t stop = stop_signal.load() != 0 || (o.stop_after > 0 && done_here >= o.stop_after) ? 1 : 0;
+    int64_t stop = signals.received() != 0 || (o.stop_after > 0 && done_here >= o.stop_after) ? 1 : 0;
     stop = world.all_reduce_value(stop, comm::ReduceOp::Max);
 
     const bool log_now = done % std::max<int64_t>(1, o.log_every) == 0 || done == total || stop || done_here == 1;
@@ -501,11 +430,11 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     const bool checkpoint_now =
         done == total || stop || (o.checkpoint_every > 0 && done % o.checkpoint_every == 0);
     if (checkpoint_now && o.save_checkpoints) save_checkpoint(done);
-    maybe_die(done);
+    die_if_fault_injected(done);
     if (stop && done < total) {
       if (lead)
         log::info("distill", "stopped at step ", done, " of ", total,
-                  stop_signal.load() ? " on a signal" : " (--stop-after)", "; rerun the same command to resume");
+                  signals.received() ? " on a signal" : " (--stop-after)", "; rerun the same command to resume");
       report.stopped = true;
       ++step;
       break;

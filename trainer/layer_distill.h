@@ -21,41 +21,14 @@
 #include "comm/mpi_communicator.h"
 #include "model/student.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_control.h"
 
 namespace carve::trainer {
 
-struct LayerDistillOptions {
+struct LayerDistillOptions : TrainRunOptions {
   model::Stage stage = model::Stage::Stage1;
-  std::string teacher_dir, weight_prefix;
-  std::string cache_dir;
-  std::string run_dir;    // this stage's folder: checkpoints/, metrics.jsonl, run.json
-  std::string init_dir;   // stage 2: the stage-1 folder whose latest checkpoint gives the mixers
-  model::StudentSpec spec;
-
+  std::string init_dir;  // stage 2: the stage-1 folder whose latest checkpoint gives the mixers
   int layer_groups = 1;
-  int64_t steps = 0;  // optimizer steps in all; 0: one epoch of the cache
-  int64_t batch_tokens = 2048;
-  int64_t grad_accum = 1;
-  uint64_t data_seed = 0;
-  bool shuffle = true;
-
-  LrSchedule lr;
-  AdamWOptions adam;
-  double clip = 2.0;  // 0: no clipping
-  int64_t bucket_bytes = 25 << 20;
-
-  int64_t checkpoint_every = 0;  // 0: only at the end (and on a stop)
-  int64_t keep_checkpoints = 2;
-  int64_t log_every = 10;
-  double progress_seconds = 5.0;
-  int64_t stop_after = 0;  // stop cleanly (with a checkpoint) after this many steps of this invocation; 0: never
-
-  torch::Device device = torch::kCPU;
-  torch::ScalarType teacher_dtype = torch::kFloat32;  // frozen teacher weights on the device
-  bool autocast = true;                               // bf16 autocast on CUDA
-  bool profile_sync = false;  // synchronise the device around communication to measure its exposed time (bench)
-  bool write_metrics = true;
-  bool save_checkpoints = true;  // false: nothing is written (benchmarks)
 };
 
 struct LayerDistillReport {
