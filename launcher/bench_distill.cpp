@@ -33,12 +33,16 @@ struct Row {
 }  // namespace
 
 int bench_distill(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i)
+    if (args[i] == "--stage=3" || (args[i] == "--stage" && i + 1 < args.size() && args[i + 1] == "3"))
+      return bench_e2e(args);
   std::string random_teacher = "hovle", work = "bench-distill", device_text, json_path, mixer = "seeded";
   int threads = 0;
   int64_t layers = 4, tokens = 1 << 17, sample_tokens = 2048, batch_tokens = 8192, steps = 12, warmup_steps = 3;
   po::options_description desc("carve bench distill");
   desc.add_options()("random-teacher", po::value<std::string>(&random_teacher)->default_value(random_teacher),
                      "random llama teacher: hovle or HIDDENxLAYERSxHEADSxKVxMLPxVOCAB")(
+      "stage", po::value<std::string>()->default_value("1"), "1 (layer-wise; stage 2 costs the same) or 3 (bench_e2e)")(
       "layers", po::value<int64_t>(&layers)->default_value(layers), "teacher layers (all become Mamba layers)")(
       "mixer", po::value<std::string>(&mixer)->default_value(mixer), "seeded or mamba2")(
       "tokens", po::value<int64_t>(&tokens)->default_value(tokens), "tokens in the cache")(

@@ -13,5 +13,7 @@ void write_random_token_samples(const std::string& path, int64_t tokens, int64_t
 int bench_ssd(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);
 int bench_distill(const std::vector<std::string>& args);
+// `bench distill --stage 3` (bench_e2e.cpp); bench_distill hands it over.
+int bench_e2e(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher

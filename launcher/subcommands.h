@@ -30,5 +30,8 @@ int data_main(const std::vector<std::string>& args);
 int precompute_main(const std::vector<std::string>& args);
 int cache_main(const std::vector<std::string>& args);
 int distill_main(const std::vector<std::string>& args);
+int eval_main(const std::vector<std::string>& args);
+int synth_main(const std::vector<std::string>& args);
+int pretrain_main(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher

@@ -51,6 +51,21 @@ run(0 "already complete: step 6 of 6" ${MPI} -np 4 ${CARVE} distill ${ARGS} --ou
 run(0 "student written to .*stage2/student" ${MPI} -np 2 ${CARVE} distill ${ARGS} --stage 2 --out ${WORK}/whole)
 run(0 "" ${CARVE} generate --model ${WORK}/whole/stage2/student --tokens 1,2,3 --max-new-tokens 4)
 
+# Stage 3 from the stage-2 student on 2 processes: a run killed after step 3 and resumed ends byte-identical to an
+# uninterrupted one; the exported student generates.
+set(S3 --teacher ${TEACHER} --cache ${WORK}/cache --layout MMM --stage 3 --init ${WORK}/whole/stage2/student --steps 6
+    --batch-tokens 128 --checkpoint-every 2 --log-every 2 --threads 1 --comm-timeout 60 --lr 1e-3)
+run(0 "step 6/6 loss [0-9.]+ \\(kl [0-9.]+\\).*student written to .*stage3/student" ${MPI} -np 2 ${CARVE} distill ${S3}
+    --out ${WORK}/s3whole)
+run(fail "" ${CMAKE_COMMAND} -E env CARVE_FAULT_KILL_AFTER_STEPS=3 ${MPI} -np 2 ${CARVE} distill ${S3} --out ${WORK}/s3crash)
+run(0 "resuming from .*step_00000002 at step 2 of 6" ${MPI} -np 2 ${CARVE} distill ${S3} --out ${WORK}/s3crash)
+foreach(file student.safetensors adam_00000.safetensors)
+  same_file(${WORK}/s3whole/stage3/checkpoints/step_00000006/${file} ${WORK}/s3crash/stage3/checkpoints/step_00000006/${file})
+endforeach()
+run(0 "" ${CARVE} generate --model ${WORK}/s3whole/stage3/student --tokens 1,2,3 --max-new-tokens 4)
+run(fail "--temperature 2 needs --teacher-logits online" ${CARVE} distill ${S3} --out ${WORK}/s3bad --teacher-logits cache
+    --temperature 2)
+
 # Grids that do not fit stop before any work, naming the flag.
 run(fail "the world of 3 processes does not fit 2 layer groups" ${MPI} -np 3 ${CARVE} distill ${ARGS}
     --out ${WORK}/bad)

@@ -1,5 +1,7 @@
 #include "trainer/generate.h"
 
+#include "trainer/vlm_inputs.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "base/error.h"
@@ -16,7 +18,7 @@ torch::Tensor generate(model::CausalLMImpl& lm, const torch::Tensor& prompt, con
   fwd.state = &state;
   // Only the last prompt position is continued: its logits, not [b, l, vocab] of the whole prompt.
   fwd.want_logits = false;
-  auto prefill = lm.forward(prompt.to(device), fwd);
+  auto prefill = lm.forward_embeds(embed_with_images(lm, prompt.to(device), o.image_token_id, o.image_rows), fwd);
   auto logits = lm.logits(prefill.final_hidden.narrow(1, prompt.size(1) - 1, 1)).select(1, 0);  // [b, vocab]
   std::vector<torch::Tensor> out;
   auto finished = torch::zeros({prompt.size(0)}, torch::TensorOptions().dtype(torch::kBool));

@@ -16,6 +16,9 @@ struct GenerateOptions {
   int64_t stop_token = -1;  // end a row when it produces this id (-1: never)
   model::SamplingOptions sampling;
   uint64_t seed = 0;
+  // Vision-language prompts: rows spliced in at the prompt's image tokens (trainer/vlm_inputs).
+  int64_t image_token_id = -1;
+  torch::Tensor image_rows;
 };
 
 // prompt [b, l] int64 -> generated ids [b, n] (n <= max_new_tokens; rows that stopped are padded with stop_token).

@@ -1,0 +1,529 @@
+#include "trainer/e2e_distill.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+
+#include "base/error.h"
+#include "base/fs.h"
+#include "base/json.h"
+#include "base/log.h"
+#include "base/progress.h"
+#include "comm/grad_reducer.h"
+#include "comm/nccl_communicator.h"
+#include "data/activation_source.h"
+#include "data/cache_layout.h"
+#include "data/sample_batch.h"
+#include "model/checkpoint.h"
+#include "model/hf_weights.h"
+#include "model/safetensors.h"
+#include "model/student_checkpoint.h"
+#include "trainer/autocast.h"
+#include "trainer/distill_checkpoint.h"
+#include "trainer/logit_losses.h"
+#include "trainer/vlm_inputs.h"
+
+namespace carve::trainer {
+
+TeacherSignal parse_teacher_signal(const std::string& text, const std::string& source) {
+  if (text == "online") return TeacherSignal::Online;
+  if (text == "cache") return TeacherSignal::Cache;
+  throw Error(source + ": '" + text + "' must be 'online' (run the teacher) or 'cache' (its cached top-k logits)");
+}
+
+std::string teacher_signal_name(TeacherSignal s) { return s == TeacherSignal::Online ? "online" : "cache"; }
+
+namespace {
+
+constexpr const char* kStudentFile = "student.safetensors";
+std::string adam_file(int rank) {
+  char name[64];
+  std::snprintf(name, sizeof name, "adam_%05d.safetensors", rank);
+  return name;
+}
+
+bool is_mamba_layer_param(const model::CausalLMImpl& lm, const std::string& name) {
+  return model::param_role(lm, name) != model::ParamRole::Frozen;
+}
+
+// The student the run starts from, on the CPU in float32: the init folder's, or seeded from the teacher.
+model::CausalLM initial_student(const E2eDistillOptions& o, model::StudentSpec& spec) {
+  if (!o.init_student.empty()) {
+    auto loaded = model::load_student(o.init_student, o.teacher_dir, torch::kFloat32, torch::kCPU);
+    CARVE_CHECK(loaded.spec.layout.str() == o.spec.layout.str() && loaded.spec.mixer == o.spec.mixer,
+                "--init ", o.init_student, " holds a ", model::mixer_kind_name(loaded.spec.mixer), " student of layout ",
+                loaded.spec.layout.str(), ", this run asks for ", model::mixer_kind_name(o.spec.mixer), " with ",
+                o.spec.layout.str());
+    spec = loaded.spec;
+    return loaded.model;
+  }
+  spec = o.spec;
+  model::CheckpointReader reader(o.teacher_dir, o.weight_prefix);
+  auto lm = model::load_causal_lm(reader);
+  model::carve_student(*lm, spec, /*seed=*/true);
+  return lm;
+}
+
+// Overwrites the student's Mamba-layer parameters with a checkpoint's.
+void load_student_params(model::CausalLMImpl& lm, const model::SafetensorsFile& file) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : lm.named_parameters()) {
+    if (!is_mamba_layer_param(lm, item.key())) continue;
+    const auto name = "param." + item.key();
+    CARVE_CHECK(file.contains(name), file.path(), ": no tensor ", name, " (written for another layout or mixer?)");
+    auto value = file.load(name);
+    CARVE_CHECK(value.sizes() == item.value().sizes(), file.path(), ": ", name, " has shape ", value.sizes(),
+                ", the student expects ", item.value().sizes());
+    item.value().copy_(value);
+  }
+}
+
+nlohmann::json run_identity(const E2eDistillOptions& o, int replicas) {
+  return {{"stage", model::stage_name(o.stage)},
+          {"layout", o.spec.layout.str()},
+          {"mixer", model::mixer_kind_name(o.spec.mixer)},
+          {"teacher_signal", teacher_signal_name(o.teacher_signal)},
+          {"batch_tokens", o.batch_tokens},
+          {"grad_accum", o.grad_accum},
+          {"replicas", replicas},
+          {"zero1", o.zero1},
+          {"data_seed", o.data_seed},
+          {"shuffle", o.shuffle}};
+}
+
+// ZeRO-1 ownership: parameters dealt to replicas greedily by size (largest first, to the least loaded), the same
+// on every rank.
+std::vector<int> owners_of(const std::vector<torch::Tensor>& params, int replicas) {
+  std::vector<size_t> order(params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return params[a].numel() > params[b].numel(); });
+  std::vector<int64_t> load(static_cast<size_t>(replicas), 0);
+  std::vector<int> owner(params.size(), 0);
+  for (auto i : order) {
+    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+    owner[i] = static_cast<int>(least);
+    load[static_cast<size_t>(least)] += params[i].numel();
+  }
+  return owner;
+}
+
+struct Losses {
+  torch::Tensor kl, ce, layer;  // summed over the interval's micro-batches, already weighted and normalised
+};
+
+}  // namespace
+
+E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicator& world) {
+  CARVE_CHECK(o.stage == model::Stage::Stage3 || o.stage == model::Stage::OneStage,
+              "end-to-end distillation runs stage 3 or the one-stage recipe, not ", model::stage_name(o.stage));
+  CARVE_CHECK(o.grad_accum >= 1, "--grad-accum must be at least 1, not ", o.grad_accum);
+  CARVE_CHECK(o.batch_tokens >= 1, "--batch-tokens must be positive, not ", o.batch_tokens);
+  CARVE_CHECK(o.temperature > 0, "--temperature must be positive, not ", o.temperature);
+  CARVE_CHECK(o.teacher_signal == TeacherSignal::Online || o.temperature == 1.0,
+              "--temperature ", o.temperature, " needs --teacher-logits online: cached top-k log-probabilities are at "
+              "temperature 1 and their tail cannot be rescaled");
+  CARVE_CHECK(o.kl_weight > 0 || o.ce_weight > 0 || (o.stage == model::Stage::OneStage && o.layer_weight > 0),
+              "every loss weight is 0: nothing to train");
+  const bool lead = world.rank() == 0;
+  const bool cuda = o.device.is_cuda();
+  const bool one_stage = o.stage == model::Stage::OneStage;
+  const bool cached = o.teacher_signal == TeacherSignal::Cache;
+  const auto start_time = Clock::now();
+  const int replicas = world.size();
+
+  model::CheckpointReader checkpoint(o.teacher_dir, o.weight_prefix);
+  const auto& config = checkpoint.config();
+  std::string samples_path = o.samples_path;
+  if (!o.cache_dir.empty() || cached) {
+    CARVE_CHECK(!o.cache_dir.empty(), "--teacher-logits cache needs --cache");
+    const auto manifest = data::read_manifest(o.cache_dir);
+    if (samples_path.empty()) samples_path = manifest.plan.samples_path;
+    world.rank0_decides([&] {
+      const auto hash = data::teacher_hash(o.teacher_dir, o.weight_prefix);
+      CARVE_CHECK(hash == manifest.plan.teacher_hash, o.cache_dir, ": the cache was computed from another teacher (",
+                  manifest.plan.teacher_path, "), not ", o.teacher_dir);
+      CARVE_CHECK(!cached || manifest.plan.top_k > 0, o.cache_dir,
+                  ": the cache holds no top-k logits (precompute with --top-k)");
+    });
+  }
+  CARVE_CHECK(!samples_path.empty(), "end-to-end distillation reads samples: give --samples (or a --cache made from them)");
+
+  // The device communicator outlives every tensor it reduces (declared first, destroyed last): the allocator records
+  // those tensors' use on its stream, and freeing them after the stream is gone would touch a dead stream.
+  auto dp = comm::make_device_communicator(world, o.device, "world");
+
+  // The student (CPU float32 first, then the device), the teacher when it runs here.
+  model::StudentSpec spec;
+  auto student = initial_student(o, spec);
+  const auto mamba = spec.layout.indices('M');
+  CARVE_CHECK(!mamba.empty(), "layout '", spec.layout.str(), "' has no Mamba layer to distil");
+
+  const auto identity = run_identity(o, replicas);
+  std::string resume_dir = world.broadcast_text(lead ? [&] {
+    auto found = latest_checkpoint(o.run_dir);
+    return found ? found->dir : std::string();
+  }() : std::string());
+  nlohmann::json resume_state;
+  if (!resume_dir.empty()) {
+    resume_state = read_json_file(fs::join(resume_dir, "state.json"));
+    world.rank0_decides([&] { check_resumable(resume_state, identity, resume_dir); });
+    load_student_params(*student, model::SafetensorsFile(fs::join(resume_dir, kStudentFile)));
+  }
+
+  std::vector<std::pair<std::string, torch::Tensor>> trainable;
+  for (auto& item : student->named_parameters()) {
+    const auto role = model::param_role(*student, item.key());
+    const bool train = role != model::ParamRole::Frozen &&
+                       (o.trainable_roles.empty() ? model::trains(o.stage, role) : o.trainable_roles.count(role) > 0);
+    item.value().set_requires_grad(train);
+    if (train) trainable.emplace_back(item.key(), item.value());
+  }
+  CARVE_CHECK(!trainable.empty(), "no parameter to train (check --trainable)");
+  E2eDistillReport report;
+  for (auto& p : student->parameters()) report.student_parameters += p.numel();
+  for (auto& [n, p] : trainable) report.trainable_parameters += p.numel();
+  // Parameters that are not trained are kept in the teacher's dtype on the device; trained ones in float32.
+  student->to(o.device);
+  if (cuda && o.teacher_dtype != torch::kFloat32) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : student->parameters())
+      if (!p.requires_grad()) p.set_data(p.to(o.teacher_dtype));
+  }
+  student->train();
+
+  model::CausalLM teacher{nullptr};
+  if (!cached) {
+    teacher = model::load_causal_lm(checkpoint, o.teacher_dtype, o.device);
+    for (auto& p : teacher->parameters()) {
+      p.set_requires_grad(false);
+      report.teacher_parameters += p.numel();
+    }
+    teacher->eval();
+  }
+
+  // Optimizer: all trainable parameters, or (zero1) this rank's share.
+  std::vector<torch::Tensor> params;
+  for (auto& [n, p] : trainable) params.push_back(p);
+  const auto owner = o.zero1 ? owners_of(params, replicas) : std::vector<int>(params.size(), 0);
+  std::vector<std::pair<std::string, torch::Tensor>> mine;
+  for (size_t i = 0; i < trainable.size(); ++i)
+    if (!o.zero1 || owner[i] == world.rank()) mine.push_back(trainable[i]);
+  AdamW optimizer(mine, o.adam);
+  const bool keeps_optimizer = o.zero1 || lead;
+  if (!resume_dir.empty()) {
+    // Without zero1 every rank holds the whole state; rank 0 wrote it.
+    model::SafetensorsFile file(fs::join(resume_dir, adam_file(o.zero1 ? world.rank() : 0)));
+    optimizer.load_state([&](const std::string& name) {
+      CARVE_CHECK(file.contains(name), file.path(), ": no optimizer state ", name);
+      return file.load(name).to(o.device);
+    });
+  }
+
+  std::unique_ptr<comm::GradReducer> reducer;
+  if (replicas > 1) reducer = std::make_unique<comm::GradReducer>(params, *dp, o.bucket_bytes);
+
+  // Data.
+  data::ActivationSourceOptions so;
+  so.cache_dir = cached ? o.cache_dir : "";
+  so.samples_path = samples_path;
+  so.logits = cached;
+  if (cached && one_stage) {
+    for (auto layer : mamba) so.layers.push_back(layer);
+    for (auto layer : mamba) so.layers.push_back(layer + 1);
+  }
+  so.batch_tokens = o.batch_tokens;
+  so.rank = world.rank();
+  so.world = replicas;
+  so.seed = o.data_seed;
+  so.shuffle = o.shuffle;
+  so.pin_memory = cuda;
+  int64_t step = 0;
+  if (!resume_dir.empty()) {
+    step = resume_state.at("step").get<int64_t>();
+    so.start = data::position_from_json(resume_state.at("position"), resume_dir + "/state.json");
+    restore_cpu_rng_state(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json");
+  }
+  data::SampleFile sample_info(samples_path);
+  const int64_t image_token_id = sample_info.image_token_id();
+  CARVE_CHECK(sample_info.vocab_size() <= config.vocab_size, samples_path, ": vocabulary of ", sample_info.vocab_size(),
+              ", the teacher's is ", config.vocab_size);
+  data::ActivationSource source(so);
+  const int64_t epoch_steps = std::max<int64_t>(1, source.steps_in_epoch(0) / o.grad_accum);
+  const int64_t total = o.steps > 0 ? o.steps : epoch_steps;
+  if (!resume_dir.empty()) {
+    CARVE_CHECK(resume_state.at("total_steps").get<int64_t>() == total, "cannot resume from ", resume_dir,
+                ": it belongs to a run of ", resume_state.at("total_steps").dump(), " steps, this one asks for ", total,
+                " (the schedule depends on it)");
+    if (lead) log::info("distill", "resuming from ", resume_dir, " at step ", step, " of ", total);
+  }
+  if (lead)
+    log::info("distill", model::stage_name(o.stage), ": ", spec.layout.str(), " student, ", mamba.size(),
+              " Mamba layers, ", report.trainable_parameters, " of ", report.student_parameters,
+              " parameters trained; teacher ", teacher_signal_name(o.teacher_signal), "; ", replicas,
+              " data-parallel processes", o.zero1 ? " (optimizer state sharded)" : "", "; global batch ",
+              o.batch_tokens * o.grad_accum * replicas, " token slots");
+  report.start_step = step;
+  report.total_steps = total;
+  if (step >= total) {
+    if (lead) log::info("distill", "already complete: step ", step, " of ", total, " in ", o.run_dir);
+    report.end_step = step;
+    return report;
+  }
+
+  std::unique_ptr<JsonlWriter> metrics;
+  if (lead && o.write_metrics) {
+    fs::make_directories(o.run_dir);
+    metrics = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
+  }
+  const int64_t slots_per_step = o.batch_tokens * o.grad_accum * replicas;
+  ProgressMeter progress("distill", "tokens", (total - step) * slots_per_step, lead ? o.progress_seconds : 1e30);
+  StopSignals signals;
+  auto scalar = [&] { return torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(o.device)); };
+  Losses since_log{scalar(), scalar(), scalar()};
+  int64_t steps_since_log = 0, tokens_since_log = 0;
+  double wait_since_log = 0, comm_since_log = 0;
+  auto log_time = Clock::now();
+  bool first_logged = false;
+
+  auto save_checkpoint = [&](int64_t done) {
+    const auto dir = checkpoint_dir(o.run_dir, done);
+    if (lead) fs::make_directories(dir);
+    world.barrier();
+    std::vector<std::string> files = {kStudentFile};
+    for (int r = 0; r < (o.zero1 ? replicas : 1); ++r) files.push_back(adam_file(r));
+    if (lead) {
+      std::vector<std::pair<std::string, torch::Tensor>> tensors;
+      for (auto& item : student->named_parameters())
+        if (is_mamba_layer_param(*student, item.key()))
+          tensors.emplace_back("param." + item.key(), item.value().to(torch::kCPU, torch::kFloat32));
+      model::save_safetensors(fs::join(dir, kStudentFile), tensors, {{"format", kDistillCheckpointFormat}});
+    }
+    if (keeps_optimizer) {
+      std::vector<std::pair<std::string, torch::Tensor>> tensors;
+      for (auto& [name, t] : optimizer.state()) tensors.emplace_back(name, t.cpu());
+      model::save_safetensors(fs::join(dir, adam_file(world.rank())), tensors, {{"format", kDistillCheckpointFormat}});
+    }
+    world.barrier();
+    if (lead) {
+      auto state = identity;
+      state["step"] = done;
+      state["total_steps"] = total;
+      state["position"] = data::position_to_json(source.position());
+      state["rng"] = cpu_rng_state_hex();
+      state["teacher"] = o.teacher_dir;
+      state["init_student"] = o.init_student;
+      state["seeding"] = model::seed_method_name(spec.seeding);
+      complete_checkpoint(dir, state, files);
+      prune_checkpoints(o.run_dir, o.keep_checkpoints);
+    }
+    world.barrier();
+  };
+
+  int64_t done_here = 0;
+  const auto loop_start = Clock::now();
+  for (; step < total; ++step) {
+    const auto step_start = Clock::now();
+    std::vector<data::ActivationBatch> micro;
+    const double wait_before = source.stats().wait_seconds;
+    auto counts = torch::zeros({3}, torch::kInt64);  // real tokens, labelled tokens, non-empty micro-batches
+    std::vector<data::NextTokenTargets> targets;
+    for (int64_t m = 0; m < o.grad_accum; ++m) {
+      micro.push_back(source.next());
+      const auto& b = micro.back();
+      targets.push_back(data::next_token_targets(b.token_ids, b.seq_idx, b.valid, b.loss_mask));
+      counts[0] += b.tokens;
+      counts[1] += targets.back().weight.sum().to(torch::kInt64);
+      counts[2] += b.tokens > 0 ? 1 : 0;
+    }
+    const double data_wait = source.stats().wait_seconds - wait_before;
+    world.all_reduce(counts, comm::ReduceOp::Sum);
+    const int64_t global_tokens = counts[0].item<int64_t>();
+    const double token_norm = global_tokens > 0 ? 1.0 / static_cast<double>(global_tokens) : 0.0;
+    const double label_norm = counts[1].item<int64_t>() > 0 ? 1.0 / counts[1].item<double>() : 0.0;
+    const double micro_norm = counts[2].item<int64_t>() > 0 ? 1.0 / counts[2].item<double>() : 0.0;
+    if (reducer) reducer->zero_grad();
+    else
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const auto& batch = micro[m];
+      if (reducer && m + 1 == micro.size()) reducer->arm();
+      if (batch.tokens == 0) continue;
+      const int64_t t = batch.seq_idx.size(1);
+      auto tokens = batch.token_ids.to(o.device, true).view({1, t});
+      auto seq_idx = batch.seq_idx.to(o.device, true);
+      auto valid = batch.valid.to(o.device, true).to(torch::kFloat32);
+      AutocastGuard autocast(o.device, o.autocast);
+      model::ForwardOptions fo;
+      fo.seq_idx = seq_idx;
+      // Teacher signals first, without gradients.
+      torch::Tensor teacher_logits;
+      std::vector<torch::Tensor> layer_in, layer_out;
+      if (!cached) {
+        torch::NoGradGuard no_grad;
+        auto tfo = fo;
+        tfo.want_layer_inputs = one_stage;
+        auto r = teacher->forward_embeds(embed_with_images(*teacher, tokens, image_token_id, batch.image_rows), tfo);
+        teacher_logits = r.logits[0];
+        for (auto layer : one_stage ? mamba : std::vector<int64_t>{}) {
+          layer_in.push_back(r.layer_inputs[static_cast<size_t>(layer)]);
+          layer_out.push_back(static_cast<size_t>(layer + 1) < r.layer_inputs.size()
+                                  ? r.layer_inputs[static_cast<size_t>(layer + 1)]
+                                  : r.residual_out);
+        }
+      } else if (one_stage) {
+        for (size_t k = 0; k < mamba.size(); ++k) {
+          layer_in.push_back(batch.hidden[k].to(o.device, true).view({1, t, -1}));
+          layer_out.push_back(batch.hidden[k + mamba.size()].to(o.device, true).view({1, t, -1}));
+        }
+      }
+      if (!o.autocast || !cuda)
+        for (auto* list : {&layer_in, &layer_out})
+          for (auto& x : *list) x = x.to(torch::kFloat32);
+
+      torch::Tensor embeds;
+      {
+        torch::NoGradGuard no_grad;  // the embeddings are frozen
+        embeds = embed_with_images(*student, tokens, image_token_id, batch.image_rows);
+      }
+      auto student_logits = student->forward_embeds(embeds, fo).logits[0];
+      auto loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(o.device));
+      if (o.kl_weight > 0) {
+        auto kl = cached ? kl_topk(batch.topk_logprobs.to(o.device, true), batch.topk_indices.to(o.device, true),
+                                   student_logits)
+                         : kl_full(teacher_logits, student_logits, o.temperature);
+        auto term = (kl * valid).sum() * (o.kl_weight * token_norm);
+        since_log.kl.add_(term.detach().to(torch::kFloat64));
+        loss = loss + term;
+      }
+      if (o.ce_weight > 0) {
+        const auto& tg = targets[m];
+        auto nll = token_nll(student_logits, tg.targets.to(o.device, true));
+        auto term = (nll * tg.weight.to(o.device, true)).sum() * (o.ce_weight * label_norm);
+        since_log.ce.add_(term.detach().to(torch::kFloat64));
+        loss = loss + term;
+      }
+      if (one_stage && o.layer_weight > 0) {
+        model::MixerContext ctx;
+        ctx.seq_idx = seq_idx;
+        ctx.positions = model::make_positions(1, t, 0, seq_idx, o.device);
+        auto mask = valid.view({1, t, 1});
+        for (size_t k = 0; k < mamba.size(); ++k) {
+          auto out = student->layers[static_cast<size_t>(mamba[k])]->forward(layer_in[k], ctx);
+          auto diff = (out.to(torch::kFloat32) - layer_out[k].to(torch::kFloat32)) * mask;
+          // The norm's gradient is diff / norm: a tiny floor keeps it finite if a layer matches exactly.
+          auto norm = (diff.pow(2).sum() + 1e-12).sqrt();
+          auto term = norm * (o.layer_weight * micro_norm);
+          since_log.layer.add_(term.detach().to(torch::kFloat64));
+          loss = loss + term;
+        }
+      }
+      loss.backward();
+    }
+    const bool sync = o.profile_sync && cuda;
+    if (sync) torch::cuda::synchronize();
+    const auto comm_start = Clock::now();
+    if (reducer) reducer->finish();
+    torch::Tensor norm;
+    if (o.clip > 0) {
+      norm = grad_square_sum(params).sqrt();  // every replica holds the same summed gradients
+      clip_by_norm(params, norm, o.clip);
+    }
+    const double lr = o.lr.at(step, total);
+    optimizer.step(lr);
+    if (o.zero1) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) dp->broadcast(params[i].data(), owner[i]);
+    }
+    if (sync) torch::cuda::synchronize();
+    const double comm_wait = seconds_since(comm_start);
+
+    ++done_here;
+    ++steps_since_log;
+    report.tokens += global_tokens;
+    report.step_seconds.push_back(seconds_since(step_start));
+    report.step_data_wait.push_back(data_wait);
+    report.step_comm_wait.push_back(comm_wait);
+    report.step_tokens.push_back(global_tokens);
+    wait_since_log += data_wait;
+    comm_since_log += comm_wait;
+    tokens_since_log += global_tokens;
+    const int64_t done = step + 1;
+    progress.advance(slots_per_step, "step " + std::to_string(done) + "/" + std::to_string(total));
+
+    int64_t stop = signals.received() != 0 || (o.stop_after > 0 && done_here >= o.stop_after) ? 1 : 0;
+    stop = world.all_reduce_value(stop, comm::ReduceOp::Max);
+
+    const bool log_now = done % std::max<int64_t>(1, o.log_every) == 0 || done == total || stop || done_here == 1;
+    if (log_now) {
+      auto sums = torch::stack({since_log.kl, since_log.ce, since_log.layer}).cpu();
+      world.all_reduce(sums, comm::ReduceOp::Sum);
+      sums = sums / static_cast<double>(steps_since_log);  // mean per step
+      const double kl = sums[0].item<double>(), ce = sums[1].item<double>(), layer = sums[2].item<double>();
+      const double total_loss = kl + ce + layer;
+      if (!first_logged) report.first_loss = total_loss;
+      first_logged = true;
+      report.last_loss = total_loss;
+      report.logged_loss.emplace_back(done, total_loss);
+      const double interval = seconds_since(log_time);
+      const double grad_norm = norm.defined() ? norm.item<double>() : 0.0;
+      if (lead) {
+        log::info("distill", "step ", done, "/", total, " loss ", total_loss, " (kl ", kl, o.ce_weight > 0 ? ", ce " : "",
+                  o.ce_weight > 0 ? std::to_string(ce) : "", one_stage ? ", layers " : "",
+                  one_stage ? std::to_string(layer) : "", ") lr ", lr, " |g| ", grad_norm, " ",
+                  static_cast<int64_t>(tokens_since_log / std::max(interval, 1e-9)), " tok/s, ETA ",
+                  format_duration(progress.rate() > 0 ? (total - done) * slots_per_step / progress.rate() : 0));
+        if (metrics)
+          metrics->write({{"step", done},
+                          {"total_steps", total},
+                          {"loss", total_loss},
+                          {"kl", kl},
+                          {"ce", ce},
+                          {"layer_l2", layer},
+                          {"lr", lr},
+                          {"grad_norm", grad_norm},
+                          {"tokens", tokens_since_log},
+                          {"tokens_per_s", tokens_since_log / std::max(interval, 1e-9)},
+                          {"data_wait_s", wait_since_log},
+                          {"comm_wait_s", comm_since_log},
+                          {"elapsed_s", seconds_since(start_time)}});
+      }
+      for (auto* t : {&since_log.kl, &since_log.ce, &since_log.layer}) t->zero_();
+      steps_since_log = 0;
+      tokens_since_log = 0;
+      wait_since_log = 0;
+      comm_since_log = 0;
+      log_time = Clock::now();
+    }
+
+    const bool checkpoint_now = done == total || stop || (o.checkpoint_every > 0 && done % o.checkpoint_every == 0);
+    if (checkpoint_now && o.save_checkpoints) save_checkpoint(done);
+    die_if_fault_injected(done);
+    if (stop && done < total) {
+      if (lead)
+        log::info("distill", "stopped at step ", done, " of ", total,
+                  signals.received() ? " on a signal" : " (--stop-after)", "; rerun the same command to resume");
+      report.stopped = true;
+      ++step;
+      break;
+    }
+  }
+  report.end_step = step;
+  report.seconds = seconds_since(loop_start);
+  return report;
+}
+
+void export_e2e_student(const E2eDistillOptions& o, const std::string& out_dir, bool full) {
+  auto found = latest_checkpoint(o.run_dir);
+  CARVE_CHECK(found, o.run_dir, ": no complete checkpoint to export");
+  model::StudentSpec spec;
+  auto student = initial_student(o, spec);
+  load_student_params(*student, model::SafetensorsFile(fs::join(found->dir, kStudentFile)));
+  model::StudentSaveOptions save;
+  save.full = full;
+  save.teacher_folder = std::filesystem::absolute(o.teacher_dir).lexically_normal().string();
+  save.teacher_prefix = o.weight_prefix;
+  model::save_student(out_dir, *student, spec, save);
+}
+
+}  // namespace carve::trainer
