@@ -1,35 +1,52 @@
 #!/usr/bin/env bash
-# The main job on the built-in example. Until the distillation pipeline lands, this is the most complete path that
-# exists: load the bundled tiny teacher, print its summary and a greedy continuation, carve a seeded hybrid student
-# out of it (attention kept in layer 0, Mamba-2 mixers seeded by mimic elsewhere) and continue the same prompts with
-# the undistilled student, then pack the tiny example's samples and precompute the teacher's activation cache with
-# two MPI ranks (run folder: runs/demo). Distillation itself is not built yet.
+# The main job on the built-in example, end to end on two CPU processes (README's first command):
+#   synthetic visual question answering (carve synth) -> the shipped teacher's activation cache (carve precompute)
+#   -> stages 1, 2 and 3 of four students under mpirun -np 2 (carve distill, configs/demo.ini): the hybrid (attention
+#      kept in one layer of four, head-interleaved) and the linear student seeded by mimic, and both seeded at random
+#   -> teacher and students side by side on held-out scenes (carve eval), with the required shares checked
+#   -> the loss curves of every stage as a PNG.
+# The students are exported by their stage-3 runs (RUN/<student>/stage3/student); eval loads them from there.
+# Everything lands in runs/demo (or $DEMO_RUN). Builds first when build/carve is missing (scripts/setup.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CARVE=${CARVE:-$ROOT/build/carve}
 cd "$ROOT"
-"$CARVE" inspect --model tests/fixtures/teachers/llama
-"$CARVE" generate --config configs/demo_generate.ini --out runs/demo
-"$CARVE" convert --teacher tests/fixtures/teachers/llama --layout AMM --seed mimic --out runs/demo/student --overwrite
-"$CARVE" generate --config configs/demo_generate.ini --model runs/demo/student --out runs/demo/student-generate
-# The data path: the built-in tiny example (samples with image features) packed, validated, and the teacher's
-# activation cache precomputed by two MPI ranks, then verified.
+CARVE=${CARVE:-$ROOT/build/carve}
+[ -x "$CARVE" ] || scripts/setup.sh
+RUN=${DEMO_RUN:-runs/demo}
+TEACHER=examples/synth-vqa/teacher
+MPI=(mpirun --allow-run-as-root --oversubscribe -np 2)
 PYTHON=/usr/bin/python3; [ -x "$PYTHON" ] || PYTHON=python3
-"$PYTHON" tools/make_tiny_example.py --out runs/demo/example
-"$PYTHON" tools/pack_samples.py runs/demo/example/samples.jsonl --vocab-size 96 --image-token-id 95 \
-  --out runs/demo/train.h5
-"$CARVE" data validate runs/demo/train.h5 --teacher tests/fixtures/teachers/llama
-rm -rf runs/demo/cache
-mpirun --allow-run-as-root --oversubscribe -np 2 "$CARVE" precompute --teacher tests/fixtures/teachers/llama \
-  --samples runs/demo/train.h5 --out runs/demo/cache --layers all --top-k 8 --shard-tokens 512 --batch-tokens 256
-"$CARVE" cache verify runs/demo/cache --teacher tests/fixtures/teachers/llama --samples runs/demo/train.h5
-# Stages 1 and 2 of the hybrid student on 2 processes, one layer group each (a rerun resumes; start afresh here).
-rm -rf runs/demo/distill
-for stage in 1 2; do
-  mpirun --allow-run-as-root --oversubscribe -np 2 "$CARVE" distill --stage $stage \
-    --teacher tests/fixtures/teachers/llama --cache runs/demo/cache --out runs/demo/distill --layout AMM \
-    --layer-groups 2 --steps 40 --batch-tokens 256 --log-every 10
+START=$(date +%s)
+step() { echo; echo "== demo [$(( $(date +%s) - START )) s]: $*"; }
+
+rm -rf "$RUN"
+mkdir -p "$RUN"
+step "synthetic scenes, questions and answers"
+"$CARVE" synth --out "$RUN/data" --train 8000 --eval 500
+step "the teacher's activation cache (2 MPI ranks)"
+"${MPI[@]}" "$CARVE" precompute --teacher $TEACHER --samples "$RUN/data/train.h5" --out "$RUN/cache" --layers all \
+  --top-k 16 --batch-tokens 512 --shard-tokens 65536 --threads 1
+
+STUDENTS=(hybrid:AMMM:mimic linear:MMMM:mimic hybrid-random:AMMM:random linear-random:MMMM:random)
+for entry in "${STUDENTS[@]}"; do
+  IFS=: read -r name layout seed <<< "$entry"
+  for stage in 1 2 3; do
+    step "$name student ($layout, seeded by $seed): stage $stage"
+    "${MPI[@]}" "$CARVE" distill --config configs/demo.ini --cache "$RUN/cache" --stage $stage --layout $layout \
+      --seed $seed --out "$RUN/$name" 2>&1 | grep -v '\[config\]'
+  done
 done
-"$CARVE" generate --config configs/demo_generate.ini --model runs/demo/distill/stage2/student \
-  --out runs/demo/distill/generate
-echo "demo: resolved configuration saved in runs/demo/config.ini"
+
+step "evaluation on held-out scenes"
+"$CARVE" eval --teacher $TEACHER --samples "$RUN/data/eval.h5" --out "$RUN/eval.json" \
+  --student hybrid="$RUN/hybrid/stage3/student" --student linear="$RUN/linear/stage3/student" \
+  --student hybrid-random="$RUN/hybrid-random/stage3/student" \
+  --student linear-random="$RUN/linear-random/stage3/student" \
+  --require hybrid=0.95 --require linear=0.85 --worse-than hybrid-random=hybrid --worse-than linear-random=linear \
+  2>&1 | grep -v '\[config\]' || { echo "demo: a required share was missed (see above)"; FAILED=1; }
+
+step "loss curves"
+"$PYTHON" scripts/plot_losses.py "$RUN/losses.png" hybrid="$RUN/hybrid" linear="$RUN/linear" \
+  hybrid-random="$RUN/hybrid-random" linear-random="$RUN/linear-random"
+step "done: scores in $RUN/eval.json, curves in $RUN/losses.png, students in $RUN/<student>/stage3/student"
+exit ${FAILED:-0}

@@ -7,12 +7,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${CARVE_BUILD_DIR:-$ROOT/build}
 
-# Toolchain, LibTorch (CPU), MPI, HDF5, Boost.Program_options, JSON, GoogleTest; h5py and numpy for tools/*.py;
+# Toolchain, LibTorch (CPU), MPI, HDF5, Boost.Program_options, JSON, GoogleTest; h5py and numpy for tools/*.py,
+# matplotlib for the demo's loss plot;
 # OpenBLAS, which Debian's alternatives then give LibTorch instead of the unoptimised reference BLAS (about 10-50x
 # faster CPU matrix products).
 PACKAGES=(build-essential cmake ninja-build git pkg-config
           libtorch-dev libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev nlohmann-json3-dev
-          libgtest-dev googletest python3 python3-h5py python3-numpy
+          libgtest-dev googletest python3 python3-h5py python3-numpy python3-matplotlib
           libopenblas0-pthread)
 
 missing=()
