@@ -132,15 +132,9 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
 
   // Where to start: this run's newest checkpoint, else (stage 2) stage 1's, else the seeding.
   const auto identity = run_identity(o, grid);
-  std::string resume_dir = world.broadcast_text(lead ? [&] {
-    auto found = latest_checkpoint(o.run_dir);
-    return found ? found->dir : std::string();
-  }() : std::string());
-  nlohmann::json resume_state;
-  if (!resume_dir.empty()) {
-    resume_state = read_json_file(fs::join(resume_dir, "state.json"));
-    world.rank0_decides([&] { check_resumable(resume_state, identity, resume_dir); });
-  }
+  const auto resume = find_resume_point(world, o.run_dir, identity);
+  const std::string& resume_dir = resume.dir;
+  const nlohmann::json& resume_state = resume.state;
   std::string init_dir;
   if (resume_dir.empty() && o.stage == model::Stage::Stage2) {
     CARVE_CHECK(!o.init_dir.empty(), "stage 2 starts from stage 1's result: give --init STAGE1_FOLDER");
@@ -230,10 +224,8 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   data::ActivationSource source(so);
   const int64_t epoch_steps = std::max<int64_t>(1, source.steps_in_epoch(0) / o.grad_accum);
   const int64_t total = o.steps > 0 ? o.steps : epoch_steps;
+  check_resume_total(resume, total);
   if (!resume_dir.empty()) {
-    CARVE_CHECK(resume_state.at("total_steps").get<int64_t>() == total, "cannot resume from ", resume_dir,
-                ": it belongs to a run of ", resume_state.at("total_steps").dump(), " steps, this one asks for ", total,
-                " (the schedule depends on it)");
     if (lead) log::info("distill", "resuming from ", resume_dir, " at step ", step, " of ", total);
   }
 
@@ -378,8 +370,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     progress.advance(tokens_per_step_slots, "step " + std::to_string(done) + "/" + std::to_string(total));
 
     // Agree on stopping: a signal on any rank stops every rank at the same step.
-    int64_t stop = signals.received() != 0 || (o.stop_after > 0 && done_here >= o.stop_after) ? 1 : 0;
-    stop = world.all_reduce_value(stop, comm::ReduceOp::Max);
+    const bool stop = agree_to_stop(world, signals, done_here, o.stop_after);
 
     const bool log_now = done % std::max<int64_t>(1, o.log_every) == 0 || done == total || stop || done_here == 1;
     if (log_now) {

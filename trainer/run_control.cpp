@@ -5,6 +5,9 @@
 #include <cstdlib>
 
 #include "base/error.h"
+#include "base/fs.h"
+#include "base/json.h"
+#include "trainer/distill_checkpoint.h"
 
 namespace carve::trainer {
 namespace {
@@ -69,6 +72,32 @@ void check_resumable(const nlohmann::json& saved, const nlohmann::json& wanted, 
                 saved.at(it.key()).dump(), ", this run has ", it.value().dump(),
                 " (use a new --out folder, or the original settings)");
   }
+}
+
+ResumePoint find_resume_point(comm::MpiCommunicator& world, const std::string& run_dir, const nlohmann::json& identity) {
+  ResumePoint r;
+  r.dir = world.broadcast_text(world.rank() == 0 ? [&] {
+    auto found = latest_checkpoint(run_dir);
+    return found ? found->dir : std::string();
+  }() : std::string());
+  if (!r.dir.empty()) {
+    r.state = read_json_file(fs::join(r.dir, "state.json"));
+    world.rank0_decides([&] { check_resumable(r.state, identity, r.dir); });
+  }
+  return r;
+}
+
+void check_resume_total(const ResumePoint& resume, int64_t total) {
+  if (resume.dir.empty()) return;
+  CARVE_CHECK(resume.state.at("total_steps").get<int64_t>() == total, "cannot resume from ", resume.dir,
+              ": it belongs to a run of ", resume.state.at("total_steps").dump(), " steps, this one asks for ", total,
+              " (the schedule depends on it)");
+}
+
+bool agree_to_stop(comm::MpiCommunicator& world, const StopSignals& signals, int64_t steps_done_here,
+                   int64_t stop_after) {
+  int64_t stop = signals.received() != 0 || (stop_after > 0 && steps_done_here >= stop_after) ? 1 : 0;
+  return world.all_reduce_value(stop, comm::ReduceOp::Max) != 0;
 }
 
 }  // namespace carve::trainer

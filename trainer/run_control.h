@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "comm/mpi_communicator.h"
 #include "model/student.h"
 #include "trainer/optimizer.h"
 
@@ -76,5 +77,21 @@ void restore_cpu_rng_state(const std::string& hex, const std::string& where);
 
 // Refuses to resume a checkpoint whose `saved` state differs from `wanted` in any field of `wanted`, naming it.
 void check_resumable(const nlohmann::json& saved, const nlohmann::json& wanted, const std::string& dir);
+
+// Where a run resumes: the newest complete checkpoint under run_dir (rank 0 looks, every rank learns), checked
+// against the run's `identity`; an empty dir when the run starts afresh. Collective over `world`.
+struct ResumePoint {
+  std::string dir;
+  nlohmann::json state;
+  int64_t step() const { return dir.empty() ? 0 : state.at("step").get<int64_t>(); }
+};
+ResumePoint find_resume_point(comm::MpiCommunicator& world, const std::string& run_dir, const nlohmann::json& identity);
+// The schedule depends on the total: a checkpoint of a run of another length is refused.
+void check_resume_total(const ResumePoint& resume, int64_t total);
+
+// Whether every rank stops after this step: any rank got a stop signal, or this invocation has done `stop_after`
+// steps (0: never). Collective over `world`, so all ranks stop at the same step.
+bool agree_to_stop(comm::MpiCommunicator& world, const StopSignals& signals, int64_t steps_done_here,
+                   int64_t stop_after);
 
 }  // namespace carve::trainer
