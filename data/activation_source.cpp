@@ -337,6 +337,7 @@ SourcePosition ActivationSource::position() const {
 
 int64_t ActivationSource::steps_in_epoch(int64_t epoch) const { return impl_->steps_in(epoch); }
 const CachePlan& ActivationSource::plan() const { return impl_->manifest.plan; }
+const SampleFile* ActivationSource::samples() const { return impl_->samples.get(); }
 
 SourceStats ActivationSource::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);

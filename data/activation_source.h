@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "data/cache_layout.h"
+#include "data/samples.h"
 
 namespace carve::data {
 
@@ -80,6 +81,9 @@ class ActivationSource {
   // Steps of one epoch for this rank's world (packing follows the epoch's order, so epochs can differ by a step).
   int64_t steps_in_epoch(int64_t epoch) const;
   const CachePlan& plan() const;
+  // The sample file given as samples_path, or null. Its attributes (vocabulary, image token) are for the caller;
+  // its reads belong to the source's reader thread.
+  const SampleFile* samples() const;
   SourceStats stats() const;
 
  private:

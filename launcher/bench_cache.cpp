@@ -62,6 +62,19 @@ void write_random_token_samples(const std::string& path, int64_t tokens, int64_t
   data::write_samples(path, s);
 }
 
+RandomBenchInputs write_random_bench_inputs(comm::MpiCommunicator& world, const std::string& work,
+                                            const model::RandomTeacherDims& dims, int64_t tokens,
+                                            int64_t sample_tokens) {
+  RandomBenchInputs in{fs::join(work, "teacher"), fs::join(work, "samples.h5")};
+  world.rank0_decides([&] {
+    fs::remove_tree(work);
+    fs::make_directories(work);
+    model::write_random_teacher(in.teacher, dims, torch::kBFloat16, 0);
+    write_random_token_samples(in.samples, tokens, sample_tokens, dims.vocab);
+  });
+  return in;
+}
+
 int bench_cache(const std::vector<std::string>& args) {
   std::string teacher_dir, random_teacher, samples, work = "bench-cache", device_text, dtype_text, json_path;
   int64_t tokens = 1 << 16, sample_tokens = 1024, batch_tokens = 8192, shard_tokens = 1 << 18, top_k = 16;

@@ -68,13 +68,8 @@ int bench_distill(const std::vector<std::string>& args) {
 
   auto dims = model::parse_random_teacher_dims(random_teacher, "--random-teacher");
   dims.layers = layers;
-  const auto teacher = fs::join(work, "teacher"), samples = fs::join(work, "samples.h5"), cache = fs::join(work, "cache");
-  world.rank0_decides([&] {
-    fs::remove_tree(work);
-    fs::make_directories(work);
-    model::write_random_teacher(teacher, dims, torch::kBFloat16, 0);
-    write_random_token_samples(samples, tokens, sample_tokens, dims.vocab);
-  });
+  const auto [teacher, samples] = write_random_bench_inputs(world, work, dims, tokens, sample_tokens);
+  const auto cache = fs::join(work, "cache");
   trainer::PrecomputeOptions pre;
   pre.teacher_dir = teacher;
   pre.samples_path = samples;
@@ -115,13 +110,12 @@ int bench_distill(const std::vector<std::string>& args) {
     r.processes = comm.size();
     r.groups = groups;
     r.replicas = comm.size() / groups;
-    for (size_t s = static_cast<size_t>(warmup_steps); s < report.step_seconds.size(); ++s) {
-      r.seconds += report.step_seconds[s];
-      r.data_wait += report.step_data_wait[s];
-      r.comm_wait += report.step_comm_wait[s];
-      // Tokens through every layer: a group's tokens cover its share of the layers.
-      r.tokens += static_cast<double>(report.step_tokens[s]) / groups;
-    }
+    const auto timed = report.steps.totals(static_cast<size_t>(warmup_steps));
+    r.seconds = timed.seconds;
+    r.data_wait = timed.data_wait;
+    r.comm_wait = timed.comm_wait;
+    // Tokens through every layer: a group's tokens cover its share of the layers.
+    r.tokens = static_cast<double>(timed.tokens) / groups;
     // The slowest rank sets the pace: its time, and the tokens of the whole world.
     r.seconds = comm.all_reduce_value(r.seconds, comm::ReduceOp::Max);
     r.data_wait = comm.all_reduce_value(r.data_wait, comm::ReduceOp::Max);

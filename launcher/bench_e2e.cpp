@@ -100,14 +100,8 @@ int bench_e2e(const std::vector<std::string>& args) {
   dims.layers = layers;
   if (layout.empty())
     for (int64_t i = 0; i < layers; ++i) layout.push_back(i % 4 == 0 ? 'A' : 'M');
-  const auto teacher = fs::join(work, "teacher"), samples = fs::join(work, "samples.h5");
   const int64_t tokens = sample_tokens * ((batch_tokens / sample_tokens) * (warmup_steps + steps) * world.size() + 1);
-  world.rank0_decides([&] {
-    fs::remove_tree(work);
-    fs::make_directories(work);
-    model::write_random_teacher(teacher, dims, torch::kBFloat16, 0);
-    write_random_token_samples(samples, tokens, sample_tokens, dims.vocab);
-  });
+  const auto [teacher, samples] = write_random_bench_inputs(world, work, dims, tokens, sample_tokens);
 
   trainer::E2eDistillOptions o;
   o.teacher_dir = teacher;
@@ -142,11 +136,10 @@ int bench_e2e(const std::vector<std::string>& args) {
     r.name = name;
     r.processes = comm.size();
     r.zero1 = zero1;
-    for (size_t s = static_cast<size_t>(warmup_steps); s < report.step_seconds.size(); ++s) {
-      r.seconds += report.step_seconds[s];
-      r.comm_wait += report.step_comm_wait[s];
-      r.tokens += static_cast<double>(report.step_tokens[s]);
-    }
+    const auto timed = report.steps.totals(static_cast<size_t>(warmup_steps));
+    r.seconds = timed.seconds;
+    r.comm_wait = timed.comm_wait;
+    r.tokens = static_cast<double>(timed.tokens);
     r.seconds = comm.all_reduce_value(r.seconds, comm::ReduceOp::Max);
     r.comm_wait = comm.all_reduce_value(r.comm_wait, comm::ReduceOp::Max);
     r.peak_bytes = comm.all_reduce_value(static_cast<double>(trainer::peak_device_bytes(device)), comm::ReduceOp::Max);

@@ -5,10 +5,22 @@
 #include <string>
 #include <vector>
 
+#include "comm/mpi_communicator.h"
+#include "model/random_teacher.h"
+
 namespace carve::launcher {
 
 // A sample file of random tokens: samples of `sample_tokens` until `tokens` (fixed seed; shared by the benches).
 void write_random_token_samples(const std::string& path, int64_t tokens, int64_t sample_tokens, int64_t vocab);
+
+// The distillation benches' inputs: rank 0 empties `work` and writes a random llama teacher (bfloat16) at `dims` and
+// a random-token sample file into it; every rank of `world` returns once they exist.
+struct RandomBenchInputs {
+  std::string teacher, samples;
+};
+RandomBenchInputs write_random_bench_inputs(comm::MpiCommunicator& world, const std::string& work,
+                                            const model::RandomTeacherDims& dims, int64_t tokens,
+                                            int64_t sample_tokens);
 
 int bench_ssd(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);

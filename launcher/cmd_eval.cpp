@@ -75,6 +75,12 @@ int eval_main(const std::vector<std::string>& args) {
     fs::write_file_atomic(out, j.dump(2) + "\n");
     log::info("eval", "scores written to ", out);
   }
+  // A model by name, from the table just printed.
+  auto find = [&](const std::string& name, const std::string& flag) {
+    auto it = std::find_if(scores.begin(), scores.end(), [&](const auto& s) { return s.name == name; });
+    if (it == scores.end()) throw UsageError(flag + ": no model named '" + name + "' (give it with --student)");
+    return *it;
+  };
   int status = 0;
   for (const auto& r : required_shares) {
     auto [name, value] = split_named(r, "--require");
@@ -84,22 +90,15 @@ int eval_main(const std::vector<std::string>& args) {
     } catch (const std::exception&) {
       throw UsageError("--require: '" + value + "' is not a number");
     }
-    auto it = std::find_if(scores.begin(), scores.end(), [&](const auto& s) { return s.name == name; });
-    if (it == scores.end()) throw UsageError("--require: no model named '" + name + "' (give it with --student)");
-    const double share = scores[0].exact_match > 0 ? it->exact_match / scores[0].exact_match : 0.0;
+    const double share = find(name, "--require").exact_match_vs_teacher;
     const bool ok = share >= fraction;
     std::cout << name << " keeps " << 100 * share << "% of the teacher's exact match (required " << 100 * fraction
               << "%): " << (ok ? "meets it" : "MISSES it") << "\n";
     if (!ok) status = 1;
   }
-  auto find = [&](const std::string& name) {
-    auto it = std::find_if(scores.begin(), scores.end(), [&](const auto& s) { return s.name == name; });
-    if (it == scores.end()) throw UsageError("no model named '" + name + "' (give it with --student)");
-    return *it;
-  };
   for (const auto& w : worse) {
     auto [a, b] = split_named(w, "--worse-than");
-    const auto sa = find(a), sb = find(b);
+    const auto sa = find(a, "--worse-than"), sb = find(b, "--worse-than");
     const bool ok = sa.exact_match < sb.exact_match;
     std::cout << a << " (" << 100 * sa.exact_match << "%) " << (ok ? "is below " : "is NOT below ") << b << " ("
               << 100 * sb.exact_match << "%)\n";

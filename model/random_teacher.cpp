@@ -28,24 +28,26 @@ RandomTeacherDims parse_random_teacher_dims(const std::string& text, const std::
   return d;
 }
 
-void write_random_teacher(const std::string& folder, const RandomTeacherDims& d, torch::ScalarType dtype,
-                          uint64_t seed) {
+nlohmann::json random_teacher_config(const RandomTeacherDims& d, torch::ScalarType dtype, uint64_t seed) {
   CARVE_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat16 || dtype == torch::kFloat32,
               "a random teacher is written in bfloat16, float16 or float32, not ", c10::toString(dtype));
-  nlohmann::json config = {{"model_type", "llama"},
-                           {"architectures", {"LlamaForCausalLM"}},
-                           {"hidden_size", d.hidden},
-                           {"num_hidden_layers", d.layers},
-                           {"num_attention_heads", d.heads},
-                           {"num_key_value_heads", d.kv_heads},
-                           {"intermediate_size", d.intermediate},
-                           {"vocab_size", d.vocab},
-                           {"max_position_embeddings", 32768},
-                           {"rms_norm_eps", 1e-6},
-                           {"rope_theta", 1000000.0},
-                           {"tie_word_embeddings", false},
-                           {"torch_dtype", dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kFloat16 ? "float16" : "float32"},
-                           {"carve_random_teacher", {{"seed", seed}}}};
+  return {{"model_type", "llama"},
+          {"architectures", {"LlamaForCausalLM"}},
+          {"hidden_size", d.hidden},
+          {"num_hidden_layers", d.layers},
+          {"num_attention_heads", d.heads},
+          {"num_key_value_heads", d.kv_heads},
+          {"intermediate_size", d.intermediate},
+          {"vocab_size", d.vocab},
+          {"max_position_embeddings", 32768},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 1000000.0},
+          {"tie_word_embeddings", false},
+          {"torch_dtype", dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kFloat16 ? "float16" : "float32"},
+          {"carve_random_teacher", {{"seed", seed}}}};
+}
+
+CausalLM make_random_teacher(const nlohmann::json& config, uint64_t seed) {
   CausalLM lm(parse_model_config(config, "random teacher"));
   torch::manual_seed(seed);
   torch::NoGradGuard no_grad;
@@ -54,6 +56,13 @@ void write_random_teacher(const std::string& folder, const RandomTeacherDims& d,
     else if (p.value().dim() == 1) p.value().zero_();
     else p.value().normal_(0.0, 0.02);
   }
+  return lm;
+}
+
+void write_random_teacher(const std::string& folder, const RandomTeacherDims& d, torch::ScalarType dtype,
+                          uint64_t seed) {
+  const auto config = random_teacher_config(d, dtype, seed);
+  auto lm = make_random_teacher(config, seed);
   lm->to(dtype);
   fs::make_directories(folder);
   save_safetensors(fs::join(folder, "model.safetensors"), hf_state_dict(*lm), {{"format", "pt"}});

@@ -14,7 +14,6 @@
 #include "data/activation_source.h"
 #include "data/samples.h"
 #include "model/checkpoint.h"
-#include "model/safetensors.h"
 #include "test_util.h"
 #include "trainer/distill_checkpoint.h"
 #include "trainer/layer_distill.h"
@@ -66,13 +65,6 @@ struct DistillFixture {
   }
 };
 
-std::map<std::string, torch::Tensor> mixer_tensors(const std::string& file) {
-  model::SafetensorsFile f(file);
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& name : f.names())
-    if (name.rfind("mixer.", 0) == 0) out[name] = f.load(name);
-  return out;
-}
 
 double mean_loss(const std::map<int64_t, double>& losses) {
   double s = 0;
@@ -153,7 +145,7 @@ TEST(LayerDistill, MimicSeedingBeatsRandomAndTheLossFalls) {
   auto b = trainer::run_layer_distill(random, world());
   ASSERT_EQ(a.first_loss.size(), 3u);
   EXPECT_EQ(a.end_step, 4 * epoch);
-  EXPECT_GT(a.tokens, 0);
+  EXPECT_GT(a.steps.totals().tokens, 0);
   // Step 1's loss is measured before the first update: the seeding alone.
   EXPECT_LT(mean_loss(a.first_loss), mean_loss(b.first_loss));
   const auto la = logged_losses(mimic.run_dir), lb = logged_losses(random.run_dir);
@@ -216,8 +208,9 @@ TEST(LayerDistill, StageTwoStartsFromStageOneAndTrainsQkv) {
   two.steps = 4;
   auto report = trainer::run_layer_distill(two, world());
   EXPECT_EQ(report.end_step, 4);
-  auto s1 = mixer_tensors(fs::join(trainer::checkpoint_dir(one.run_dir, 4), trainer::layer_file_name(2)));
-  auto s2 = mixer_tensors(fs::join(trainer::checkpoint_dir(two.run_dir, 4), trainer::layer_file_name(2)));
+  const auto layer2 = trainer::layer_file_name(2);
+  auto s1 = test::safetensors_map(fs::join(trainer::checkpoint_dir(one.run_dir, 4), layer2), "mixer.");
+  auto s2 = test::safetensors_map(fs::join(trainer::checkpoint_dir(two.run_dir, 4), layer2), "mixer.");
   // Stage 1 froze q_proj, stage 2 trains it; o_proj stays frozen in both.
   EXPECT_FALSE(torch::equal(s1.at("mixer.q_proj.weight"), s2.at("mixer.q_proj.weight")));
   EXPECT_TRUE(torch::equal(s1.at("mixer.o_proj.weight"), s2.at("mixer.o_proj.weight")));
@@ -253,8 +246,8 @@ TEST(LayerDistillMpi, FourRanksEqualOneRank) {
   model::CheckpointReader teacher(f.teacher);
   for (int64_t layer : {0, 1, 2}) {
     const auto name = trainer::layer_file_name(layer);
-    auto a = mixer_tensors(fs::join(trainer::checkpoint_dir(single.run_dir, single.steps), name));
-    auto b = mixer_tensors(fs::join(trainer::checkpoint_dir(grid.run_dir, single.steps), name));
+    auto a = test::safetensors_map(fs::join(trainer::checkpoint_dir(single.run_dir, single.steps), name), "mixer.");
+    auto b = test::safetensors_map(fs::join(trainer::checkpoint_dir(grid.run_dir, single.steps), name), "mixer.");
     ASSERT_EQ(a.size(), b.size());
     for (const auto& [key, ta] : a) {
       EXPECT_LT(test::relative_norm_error(b.at(key), ta), 2e-5) << name << " " << key;

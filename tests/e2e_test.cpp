@@ -12,7 +12,6 @@
 #include "data/synth_vqa.h"
 #include "model/checkpoint.h"
 #include "model/hf_weights.h"
-#include "model/safetensors.h"
 #include "model/student_checkpoint.h"
 #include "test_util.h"
 #include "trainer/distill_checkpoint.h"
@@ -66,6 +65,11 @@ struct E2eFixture {
     o.batch_tokens = 512;
     trainer::precompute_cache(o);
   }
+  static model::CausalLM teacher() {
+    model::CheckpointReader reader(example_teacher());
+    return model::load_causal_lm(reader);
+  }
+  model::CausalLM seeded_student() const { return model::load_student(student).model; }
   static E2eFixture& get() {
     static E2eFixture f;
     return f;
@@ -88,12 +92,6 @@ struct E2eFixture {
   }
 };
 
-std::map<std::string, torch::Tensor> file_tensors(const std::string& path) {
-  model::SafetensorsFile f(path);
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& name : f.names()) out[name] = f.load(name);
-  return out;
-}
 
 // KL(p || q) per row in float64, straight from the definition.
 torch::Tensor reference_kl(const torch::Tensor& t, const torch::Tensor& s, double temperature) {
@@ -165,9 +163,8 @@ TEST(SynthVqa, DeterministicSplitsWithAnswersMasked) {
 
 TEST(Evaluate, ExactMatchIsGreedyGeneration) {
   auto& f = E2eFixture::get();
-  model::CheckpointReader reader(example_teacher());
-  auto teacher = model::load_causal_lm(reader);
-  auto student = model::load_student(f.student).model;
+  auto teacher = E2eFixture::teacher();
+  auto student = f.seeded_student();
   trainer::EvalOptions eo;
   eo.samples_path = f.eval_samples;
   eo.batch_tokens = 512;
@@ -204,9 +201,8 @@ TEST(Evaluate, ExactMatchIsGreedyGeneration) {
 
 TEST(E2eDistill, CachedTopkKlAgreesWithOnlineTeacher) {
   auto& f = E2eFixture::get();
-  model::CheckpointReader reader(example_teacher());
-  auto teacher = model::load_causal_lm(reader);
-  auto student = model::load_student(f.student).model;
+  auto teacher = E2eFixture::teacher();
+  auto student = f.seeded_student();
   data::ActivationSourceOptions so;
   so.cache_dir = f.cache;
   so.samples_path = f.samples;
@@ -269,8 +265,8 @@ TEST(E2eDistill, LossFallsAndStopResumeIsBitIdentical) {
   EXPECT_EQ(second.start_step, 3);
   EXPECT_EQ(second.end_step, 6);
   for (auto file : {"student.safetensors", "adam_00000.safetensors"}) {
-    auto a = file_tensors(fs::join(trainer::checkpoint_dir(whole.run_dir, 6), file));
-    auto b = file_tensors(fs::join(trainer::checkpoint_dir(part.run_dir, 6), file));
+    auto a = test::safetensors_map(fs::join(trainer::checkpoint_dir(whole.run_dir, 6), file));
+    auto b = test::safetensors_map(fs::join(trainer::checkpoint_dir(part.run_dir, 6), file));
     ASSERT_EQ(a.size(), b.size());
     for (auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << file << ": " << name;
   }
@@ -278,7 +274,7 @@ TEST(E2eDistill, LossFallsAndStopResumeIsBitIdentical) {
   const auto out = fs::join(f.dir, "exported");
   trainer::export_e2e_student(whole, out, /*full=*/false);
   auto exported = model::load_student(out).model;
-  auto params = file_tensors(fs::join(trainer::checkpoint_dir(whole.run_dir, 6), "student.safetensors"));
+  auto params = test::safetensors_map(fs::join(trainer::checkpoint_dir(whole.run_dir, 6), "student.safetensors"));
   for (auto& item : exported->named_parameters())
     if (params.count("param." + item.key())) {
       EXPECT_TRUE(torch::equal(item.value(), params.at("param." + item.key()))) << item.key();
@@ -336,8 +332,8 @@ TEST(E2eDistillMpi, TwoRanksWithZero1EqualOneRank) {
     single.grad_accum = 2;
     single.steps = 4;
     trainer::run_e2e_distill(single, *one_comm);
-    auto a = file_tensors(fs::join(trainer::checkpoint_dir(many.run_dir, 4), "student.safetensors"));
-    auto b = file_tensors(fs::join(trainer::checkpoint_dir(single.run_dir, 4), "student.safetensors"));
+    auto a = test::safetensors_map(fs::join(trainer::checkpoint_dir(many.run_dir, 4), "student.safetensors"));
+    auto b = test::safetensors_map(fs::join(trainer::checkpoint_dir(single.run_dir, 4), "student.safetensors"));
     for (auto& [name, t] : a) EXPECT_LT(test::relative_error(t, b.at(name)), 1e-4) << name;
   }
   w.barrier();

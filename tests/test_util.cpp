@@ -8,6 +8,7 @@
 #include "base/fs.h"
 #include "comm/mpi_session.h"
 #include "data/samples.h"
+#include "model/safetensors.h"
 
 namespace carve::test {
 
@@ -81,6 +82,14 @@ comm::MpiCommunicator& world_communicator() {
 std::string shared_scratch_dir(const std::string& name) {
   ensure_mpi();
   return comm::broadcast_text(comm::world_rank() == 0 ? scratch_dir(name) : std::string());
+}
+
+std::map<std::string, torch::Tensor> safetensors_map(const std::string& path, const std::string& prefix) {
+  model::SafetensorsFile file(path);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& name : file.names())
+    if (name.rfind(prefix, 0) == 0) out[name] = file.load(name);
+  return out;
 }
 
 }  // namespace carve::test

@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <string>
 
 #include "base/error.h"
@@ -31,6 +32,9 @@ data::SampleSet random_samples(int n, uint64_t seed, bool images, int64_t hidden
 
 // Initialises MPI once for this test process (a singleton world of one), for code that is collective over it.
 void ensure_mpi();
+
+// The tensors of a safetensors file whose names start with `prefix`, by name.
+std::map<std::string, torch::Tensor> safetensors_map(const std::string& path, const std::string& prefix = "");
 
 // The message of the carve::Error that f throws, or "" when it throws none.
 template <typename F>

@@ -8,7 +8,6 @@
 #include "base/fs.h"
 #include "base/json.h"
 #include "base/log.h"
-#include "base/progress.h"
 #include "comm/grad_reducer.h"
 #include "comm/nccl_communicator.h"
 #include "data/activation_source.h"
@@ -239,11 +238,11 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
     so.start = data::position_from_json(resume_state.at("position"), resume_dir + "/state.json");
     restore_cpu_rng_state(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json");
   }
-  data::SampleFile sample_info(samples_path);
-  const int64_t image_token_id = sample_info.image_token_id();
-  CARVE_CHECK(sample_info.vocab_size() <= config.vocab_size, samples_path, ": vocabulary of ", sample_info.vocab_size(),
-              ", the teacher's is ", config.vocab_size);
   data::ActivationSource source(so);
+  const auto& sample_file = *source.samples();
+  const int64_t image_token_id = sample_file.image_token_id();
+  CARVE_CHECK(sample_file.vocab_size() <= config.vocab_size, samples_path, ": vocabulary of ", sample_file.vocab_size(),
+              ", the teacher's is ", config.vocab_size);
   const int64_t epoch_steps = std::max<int64_t>(1, source.steps_in_epoch(0) / o.grad_accum);
   const int64_t total = o.steps > 0 ? o.steps : epoch_steps;
   check_resume_total(resume, total);
@@ -269,15 +268,10 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
     fs::make_directories(o.run_dir);
     metrics = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
   }
-  const int64_t slots_per_step = o.batch_tokens * o.grad_accum * replicas;
-  ProgressMeter progress("distill", "tokens", (total - step) * slots_per_step, lead ? o.progress_seconds : 1e30);
+  StepLedger ledger(o, step, total, o.batch_tokens * o.grad_accum * replicas, lead, start_time);
   StopSignals signals;
   auto scalar = [&] { return torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(o.device)); };
   Losses since_log{scalar(), scalar(), scalar()};
-  int64_t steps_since_log = 0, tokens_since_log = 0;
-  double wait_since_log = 0, comm_since_log = 0;
-  auto log_time = Clock::now();
-  bool first_logged = false;
 
   auto save_checkpoint = [&](int64_t done) {
     const auto dir = checkpoint_dir(o.run_dir, done);
@@ -313,8 +307,6 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
     world.barrier();
   };
 
-  int64_t done_here = 0;
-  const auto loop_start = Clock::now();
   for (; step < total; ++step) {
     const auto step_start = Clock::now();
     std::vector<data::ActivationBatch> micro;
@@ -350,6 +342,12 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
       AutocastGuard autocast(o.device, o.autocast);
       model::ForwardOptions fo;
       fo.seq_idx = seq_idx;
+      // The student's embeddings are the teacher's own, frozen and in the same dtype: one lookup serves both.
+      torch::Tensor embeds;
+      {
+        torch::NoGradGuard no_grad;
+        embeds = embed_with_images(*student, tokens, image_token_id, batch.image_rows);
+      }
       // Teacher signals first, without gradients.
       torch::Tensor teacher_logits;
       std::vector<torch::Tensor> layer_in, layer_out;
@@ -357,7 +355,7 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
         torch::NoGradGuard no_grad;
         auto tfo = fo;
         tfo.want_layer_inputs = one_stage;
-        auto r = teacher->forward_embeds(embed_with_images(*teacher, tokens, image_token_id, batch.image_rows), tfo);
+        auto r = teacher->forward_embeds(embeds, tfo);
         teacher_logits = r.logits[0];
         for (auto layer : one_stage ? mamba : std::vector<int64_t>{}) {
           layer_in.push_back(r.layer_inputs[static_cast<size_t>(layer)]);
@@ -375,11 +373,6 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
         for (auto* list : {&layer_in, &layer_out})
           for (auto& x : *list) x = x.to(torch::kFloat32);
 
-      torch::Tensor embeds;
-      {
-        torch::NoGradGuard no_grad;  // the embeddings are frozen
-        embeds = embed_with_images(*student, tokens, image_token_id, batch.image_rows);
-      }
       auto student_logits = student->forward_embeds(embeds, fo).logits[0];
       auto loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(o.device));
       if (o.kl_weight > 0) {
@@ -432,77 +425,50 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
     if (sync) torch::cuda::synchronize();
     const double comm_wait = seconds_since(comm_start);
 
-    ++done_here;
-    ++steps_since_log;
-    report.tokens += global_tokens;
-    report.step_seconds.push_back(seconds_since(step_start));
-    report.step_data_wait.push_back(data_wait);
-    report.step_comm_wait.push_back(comm_wait);
-    report.step_tokens.push_back(global_tokens);
-    wait_since_log += data_wait;
-    comm_since_log += comm_wait;
-    tokens_since_log += global_tokens;
     const int64_t done = step + 1;
-    progress.advance(slots_per_step, "step " + std::to_string(done) + "/" + std::to_string(total));
+    ledger.record(done, seconds_since(step_start), data_wait, comm_wait, global_tokens);
 
-    const bool stop = agree_to_stop(world, signals, done_here, o.stop_after);
+    const bool stop = agree_to_stop(world, signals, ledger.steps_done_here(), o.stop_after);
 
-    const bool log_now = done % std::max<int64_t>(1, o.log_every) == 0 || done == total || stop || done_here == 1;
-    if (log_now) {
+    if (ledger.log_due(done, stop)) {
+      const auto interval = ledger.close_interval();
       auto sums = torch::stack({since_log.kl, since_log.ce, since_log.layer}).cpu();
       world.all_reduce(sums, comm::ReduceOp::Sum);
-      sums = sums / static_cast<double>(steps_since_log);  // mean per step
+      sums = sums / static_cast<double>(interval.steps);  // mean per step
       const double kl = sums[0].item<double>(), ce = sums[1].item<double>(), layer = sums[2].item<double>();
       const double total_loss = kl + ce + layer;
-      if (!first_logged) report.first_loss = total_loss;
-      first_logged = true;
+      if (report.logged_loss.empty()) report.first_loss = total_loss;
       report.last_loss = total_loss;
       report.logged_loss.emplace_back(done, total_loss);
-      const double interval = seconds_since(log_time);
       const double grad_norm = norm.defined() ? norm.item<double>() : 0.0;
       if (lead) {
         log::info("distill", "step ", done, "/", total, " loss ", total_loss, " (kl ", kl, o.ce_weight > 0 ? ", ce " : "",
                   o.ce_weight > 0 ? std::to_string(ce) : "", one_stage ? ", layers " : "",
                   one_stage ? std::to_string(layer) : "", ") lr ", lr, " |g| ", grad_norm, " ",
-                  static_cast<int64_t>(tokens_since_log / std::max(interval, 1e-9)), " tok/s, ETA ",
-                  format_duration(progress.rate() > 0 ? (total - done) * slots_per_step / progress.rate() : 0));
-        if (metrics)
-          metrics->write({{"step", done},
-                          {"total_steps", total},
-                          {"loss", total_loss},
-                          {"kl", kl},
-                          {"ce", ce},
-                          {"layer_l2", layer},
-                          {"lr", lr},
-                          {"grad_norm", grad_norm},
-                          {"tokens", tokens_since_log},
-                          {"tokens_per_s", tokens_since_log / std::max(interval, 1e-9)},
-                          {"data_wait_s", wait_since_log},
-                          {"comm_wait_s", comm_since_log},
-                          {"elapsed_s", seconds_since(start_time)}});
+                  static_cast<int64_t>(interval.tokens_per_s), " tok/s, ETA ", ledger.eta(done));
+        if (metrics) {
+          auto record = ledger.metrics_record(done, interval);
+          record["loss"] = total_loss;
+          record["kl"] = kl;
+          record["ce"] = ce;
+          record["layer_l2"] = layer;
+          record["lr"] = lr;
+          record["grad_norm"] = grad_norm;
+          metrics->write(record);
+        }
       }
       for (auto* t : {&since_log.kl, &since_log.ce, &since_log.layer}) t->zero_();
-      steps_since_log = 0;
-      tokens_since_log = 0;
-      wait_since_log = 0;
-      comm_since_log = 0;
-      log_time = Clock::now();
     }
 
-    const bool checkpoint_now = done == total || stop || (o.checkpoint_every > 0 && done % o.checkpoint_every == 0);
-    if (checkpoint_now && o.save_checkpoints) save_checkpoint(done);
-    die_if_fault_injected(done);
-    if (stop && done < total) {
-      if (lead)
-        log::info("distill", "stopped at step ", done, " of ", total,
-                  signals.received() ? " on a signal" : " (--stop-after)", "; rerun the same command to resume");
+    if (ledger.end_step(done, stop, signals.received() != 0, save_checkpoint)) {
       report.stopped = true;
       ++step;
       break;
     }
   }
   report.end_step = step;
-  report.seconds = seconds_since(loop_start);
+  report.seconds = ledger.loop_seconds();
+  report.steps = ledger.timings();
   return report;
 }
 

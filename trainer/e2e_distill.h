@@ -53,13 +53,11 @@ struct E2eDistillOptions : TrainRunOptions {
 struct E2eDistillReport {
   int64_t start_step = 0, end_step = 0, total_steps = 0;
   bool stopped = false;
-  int64_t tokens = 0;  // real tokens of the global batches trained in this invocation
-  double seconds = 0;
+  double seconds = 0;  // of the training loop
   double first_loss = 0, last_loss = 0;  // of the first and last logged interval
   std::vector<std::pair<int64_t, double>> logged_loss;  // (step, mean loss per step since the previous log line)
   int64_t trainable_parameters = 0, student_parameters = 0, teacher_parameters = 0;
-  std::vector<double> step_seconds, step_data_wait, step_comm_wait;
-  std::vector<int64_t> step_tokens;
+  StepTimings steps;  // per step of this invocation (trainer/run_control)
 };
 
 // Collective over `world` (every member calls it with the same options).

@@ -16,7 +16,7 @@ namespace {
 
 struct Sums {
   double nll = 0, kl = 0, agree = 0;
-  int64_t targets = 0, answered = 0, exact = 0;
+  int64_t exact = 0;
 };
 
 torch::Tensor batch_logits(model::CausalLMImpl& lm, const data::SampleBatch& b, int64_t image_token_id,
@@ -44,6 +44,7 @@ std::vector<ModelScore> evaluate_models(model::CausalLMImpl& teacher, const std:
   for (auto& m : models) all.push_back(m.second);
   for (auto* m : all) m->eval();
   std::vector<Sums> sums(all.size());
+  int64_t target_tokens = 0, answered_samples = 0;  // the same for every model
   for (const auto& ids : batches) {
     auto b = data::read_sample_batch(file, ids, o.batch_tokens);
     auto t = data::next_token_targets(b.token_ids, b.seq_idx, b.valid, b.loss_mask);
@@ -52,7 +53,9 @@ std::vector<ModelScore> evaluate_models(model::CausalLMImpl& teacher, const std:
     auto targets = t.targets.index_select(0, where).to(o.device);
     auto segment = b.seq_idx[0].to(torch::kInt64).index_select(0, where);  // sample of each target position
     const int64_t segments = static_cast<int64_t>(ids.size());
-    auto answered = torch::zeros({segments}, torch::kInt64).index_add_(0, segment, torch::ones_like(segment));
+    auto answered = torch::zeros({segments}, torch::kInt64).index_add_(0, segment, torch::ones_like(segment)) > 0;
+    target_tokens += where.numel();
+    answered_samples += answered.sum().item<int64_t>();
     torch::Tensor teacher_logits, teacher_top;
     for (size_t i = 0; i < all.size(); ++i) {
       auto logits = batch_logits(*all[i], b, file.image_token_id(), o.device).index_select(0, where.to(o.device));
@@ -65,11 +68,9 @@ std::vector<ModelScore> evaluate_models(model::CausalLMImpl& teacher, const std:
       s.nll += token_nll(logits, targets).sum().item<double>();
       s.kl += i == 0 ? 0.0 : kl_full(teacher_logits, logits, 1.0).sum().item<double>();
       s.agree += (top == teacher_top).sum().item<double>();
-      s.targets += where.numel();
       auto wrong = (top != targets).to(torch::kInt64).cpu();
       auto wrong_per_sample = torch::zeros({segments}, torch::kInt64).index_add_(0, segment, wrong);
-      s.answered += (answered > 0).sum().item<int64_t>();
-      s.exact += ((answered > 0) & (wrong_per_sample == 0)).sum().item<int64_t>();
+      s.exact += (answered & (wrong_per_sample == 0)).sum().item<int64_t>();
     }
   }
   std::vector<ModelScore> out;
@@ -77,15 +78,16 @@ std::vector<ModelScore> evaluate_models(model::CausalLMImpl& teacher, const std:
     const auto& s = sums[i];
     ModelScore r;
     r.name = i == 0 ? teacher_name : models[i - 1].first;
-    r.target_tokens = s.targets;
-    r.answered_samples = s.answered;
+    r.target_tokens = target_tokens;
+    r.answered_samples = answered_samples;
     r.exact_samples = s.exact;
-    const double t = static_cast<double>(std::max<int64_t>(1, s.targets));
+    const double t = static_cast<double>(std::max<int64_t>(1, target_tokens));
     r.nll = s.nll / t;
     r.perplexity = std::exp(r.nll);
     r.kl = s.kl / t;
     r.top1_agreement = s.agree / t;
-    r.exact_match = s.answered > 0 ? static_cast<double>(s.exact) / static_cast<double>(s.answered) : 0.0;
+    r.exact_match = answered_samples > 0 ? static_cast<double>(s.exact) / static_cast<double>(answered_samples) : 0.0;
+    r.exact_match_vs_teacher = out.empty() ? 1.0 : (out[0].exact_match > 0 ? r.exact_match / out[0].exact_match : 0.0);
     out.push_back(r);
   }
   return out;
@@ -103,8 +105,7 @@ nlohmann::json scores_to_json(const std::vector<ModelScore>& scores) {
                     {"kl_to_teacher", s.kl},
                     {"top1_agreement", s.top1_agreement},
                     {"exact_match", s.exact_match},
-                    {"exact_match_vs_teacher",
-                     scores.empty() || scores[0].exact_match == 0 ? 0.0 : s.exact_match / scores[0].exact_match}});
+                    {"exact_match_vs_teacher", s.exact_match_vs_teacher}});
   return rows;
 }
 
@@ -115,9 +116,8 @@ std::string scores_table(const std::vector<ModelScore>& scores) {
                 "vs teacher");
   out << line;
   for (const auto& s : scores) {
-    const double share = scores[0].exact_match > 0 ? s.exact_match / scores[0].exact_match : 0.0;
     std::snprintf(line, sizeof line, "%-24s %10.4f %10.4f %7.1f%% %7.1f%% %11.1f%%\n", s.name.c_str(), s.perplexity,
-                  s.kl, 100 * s.top1_agreement, 100 * s.exact_match, 100 * share);
+                  s.kl, 100 * s.top1_agreement, 100 * s.exact_match, 100 * s.exact_match_vs_teacher);
     out << line;
   }
   return out.str();

@@ -33,6 +33,7 @@ struct ModelScore {
   std::string name;
   int64_t target_tokens = 0, answered_samples = 0, exact_samples = 0;
   double nll = 0, perplexity = 0, kl = 0, top1_agreement = 0, exact_match = 0;
+  double exact_match_vs_teacher = 0;  // exact_match / the teacher's (0 when the teacher answers none)
 };
 
 // Scores `models` (name, model) with `teacher` as the reference for KL and agreement; the teacher's own row comes
@@ -42,7 +43,7 @@ std::vector<ModelScore> evaluate_models(model::CausalLMImpl& teacher, const std:
                                         const EvalOptions& options);
 
 nlohmann::json scores_to_json(const std::vector<ModelScore>& scores);
-// A printed table; with a teacher row first, each student's exact match is also given as a share of the teacher's.
+// A printed table, the teacher's row first.
 std::string scores_table(const std::vector<ModelScore>& scores);
 
 }  // namespace carve::trainer

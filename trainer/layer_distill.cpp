@@ -9,7 +9,6 @@
 #include "base/fs.h"
 #include "base/json.h"
 #include "base/log.h"
-#include "base/progress.h"
 #include "base/text.h"
 #include "comm/grad_reducer.h"
 #include "comm/nccl_communicator.h"
@@ -244,12 +243,8 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     metrics = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
   }
   const int64_t n_layers = static_cast<int64_t>(layers.size());
-  const int64_t tokens_per_step_slots = o.batch_tokens * o.grad_accum * grid.replicas;
-  ProgressMeter progress("distill", "tokens", (total - step) * tokens_per_step_slots, lead ? o.progress_seconds : 1e30);
+  StepLedger ledger(o, step, total, o.batch_tokens * o.grad_accum * grid.replicas, lead, start_time);
   StopSignals signals;
-  int64_t tokens_since_log = 0;
-  double wait_since_log = 0, comm_since_log = 0;
-  auto log_time = Clock::now();
 
   auto save_checkpoint = [&](int64_t done) {
     const auto dir = checkpoint_dir(o.run_dir, done);
@@ -283,8 +278,6 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     world.barrier();
   };
 
-  int64_t done_here = 0;
-  const auto loop_start = Clock::now();
   for (; step < total; ++step) {
     const auto step_start = Clock::now();
     std::vector<data::ActivationBatch> micro;
@@ -357,23 +350,14 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     const double lr = o.lr.at(step, total);
     for (auto& u : units) u.optimizer->step(lr);
 
-    ++done_here;
-    report.tokens += global_tokens;
-    report.step_seconds.push_back(seconds_since(step_start));
-    report.step_data_wait.push_back(data_wait);
-    report.step_comm_wait.push_back(comm_wait);
-    report.step_tokens.push_back(global_tokens);
-    wait_since_log += data_wait;
-    comm_since_log += comm_wait;
-    tokens_since_log += global_tokens;
     const int64_t done = step + 1;
-    progress.advance(tokens_per_step_slots, "step " + std::to_string(done) + "/" + std::to_string(total));
+    ledger.record(done, seconds_since(step_start), data_wait, comm_wait, global_tokens);
 
     // Agree on stopping: a signal on any rank stops every rank at the same step.
-    const bool stop = agree_to_stop(world, signals, done_here, o.stop_after);
+    const bool stop = agree_to_stop(world, signals, ledger.steps_done_here(), o.stop_after);
 
-    const bool log_now = done % std::max<int64_t>(1, o.log_every) == 0 || done == total || stop || done_here == 1;
-    if (log_now) {
+    if (ledger.log_due(done, stop)) {
+      const auto interval = ledger.close_interval();
       // Per-layer losses of the whole world: each group fills its layers, replicas add their shares.
       auto sums = torch::zeros({static_cast<int64_t>(layers.size())}, torch::kFloat64);
       for (auto& u : units) {
@@ -386,53 +370,38 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
       double mean = 0;
       std::ostringstream per_layer;
       for (size_t i = 0; i < layers.size(); ++i) {
-        const double l = 1000.0 * sums[static_cast<int64_t>(i)].item<double>() / std::max<int64_t>(1, tokens_since_log);
+        const double l = 1000.0 * sums[static_cast<int64_t>(i)].item<double>() / std::max<int64_t>(1, interval.tokens);
         layer_loss[std::to_string(layers[i])] = l;
         mean += l / static_cast<double>(layers.size());
         per_layer << " L" << layers[i] << " " << l;
         if (report.first_loss.count(layers[i]) == 0) report.first_loss[layers[i]] = l;
         report.last_loss[layers[i]] = l;
       }
-      const double interval = seconds_since(log_time);
       const double grad_norm = norm.defined() ? norm.item<double>() : 0.0;
       if (lead) {
         log::info("distill", "step ", done, "/", total, " loss ", mean, " (", per_layer.str().substr(1), ") lr ", lr,
-                  " |g| ", grad_norm, " ", static_cast<int64_t>(tokens_since_log / std::max(interval, 1e-9)),
-                  " tok/s, ETA ", format_duration(progress.rate() > 0 ? (total - done) * tokens_per_step_slots / progress.rate() : 0));
-        if (metrics)
-          metrics->write({{"step", done},
-                          {"total_steps", total},
-                          {"loss", mean},
-                          {"layer_loss", layer_loss},
-                          {"lr", lr},
-                          {"grad_norm", grad_norm},
-                          {"tokens", tokens_since_log},
-                          {"tokens_per_s", tokens_since_log / std::max(interval, 1e-9)},
-                          {"data_wait_s", wait_since_log},
-                          {"comm_wait_s", comm_since_log},
-                          {"elapsed_s", seconds_since(start_time)}});
+                  " |g| ", grad_norm, " ", static_cast<int64_t>(interval.tokens_per_s), " tok/s, ETA ",
+                  ledger.eta(done));
+        if (metrics) {
+          auto record = ledger.metrics_record(done, interval);
+          record["loss"] = mean;
+          record["layer_loss"] = layer_loss;
+          record["lr"] = lr;
+          record["grad_norm"] = grad_norm;
+          metrics->write(record);
+        }
       }
-      tokens_since_log = 0;
-      wait_since_log = 0;
-      comm_since_log = 0;
-      log_time = Clock::now();
     }
 
-    const bool checkpoint_now =
-        done == total || stop || (o.checkpoint_every > 0 && done % o.checkpoint_every == 0);
-    if (checkpoint_now && o.save_checkpoints) save_checkpoint(done);
-    die_if_fault_injected(done);
-    if (stop && done < total) {
-      if (lead)
-        log::info("distill", "stopped at step ", done, " of ", total,
-                  signals.received() ? " on a signal" : " (--stop-after)", "; rerun the same command to resume");
+    if (ledger.end_step(done, stop, signals.received() != 0, save_checkpoint)) {
       report.stopped = true;
       ++step;
       break;
     }
   }
   report.end_step = step;
-  report.seconds = seconds_since(loop_start);
+  report.seconds = ledger.loop_seconds();
+  report.steps = ledger.timings();
   return report;
 }
 

@@ -34,13 +34,11 @@ struct LayerDistillOptions : TrainRunOptions {
 struct LayerDistillReport {
   int64_t start_step = 0, end_step = 0, total_steps = 0;
   bool stopped = false;  // ended early (a signal or stop_after) with a checkpoint to resume from
-  int64_t tokens = 0;    // real tokens of the global batches trained in this invocation
-  double seconds = 0;
+  double seconds = 0;    // of the training loop
   std::map<int64_t, double> first_loss, last_loss;  // per layer (x1000 MSE): first and last logged step
   // Per step of this invocation: wall time, time blocked on the data source, time in gradient and norm reduction
-  // (with profile_sync, the communication time the step could not hide).
-  std::vector<double> step_seconds, step_data_wait, step_comm_wait;
-  std::vector<int64_t> step_tokens;  // real tokens of the step's global batch
+  // (with profile_sync, the communication time the step could not hide), real tokens of the global batch.
+  StepTimings steps;
 };
 
 // Collective over `world` (every member calls it with the same options).

@@ -2,13 +2,11 @@
 
 #include "base/error.h"
 #include "base/fs.h"
-#include "base/json.h"
 #include "base/log.h"
 #include "base/progress.h"
 #include "data/activation_source.h"
 #include "data/sample_batch.h"
 #include "data/samples.h"
-#include "model/checkpoint.h"
 #include "model/hf_weights.h"
 #include "model/safetensors.h"
 #include "trainer/evaluate.h"
@@ -24,16 +22,9 @@ PretrainReport pretrain_teacher(const PretrainOptions& o) {
               ", the model's (--dims) has ", o.dims.vocab);
   CARVE_CHECK(!file.has_images() || file.image_hidden() == o.dims.hidden, o.samples_path, ": image features of width ",
               file.image_hidden(), ", the model's hidden size (--dims) is ", o.dims.hidden);
-  // The initial weights and config.json come from the random-teacher writer; training replaces the weights.
-  const auto init_dir = fs::temporary_path(o.out_dir);
-  model::write_random_teacher(init_dir, o.dims, torch::kFloat32, o.seed);
-  auto config_json = read_json_file(fs::join(init_dir, "config.json"));
-  model::CausalLM lm{nullptr};
-  {
-    model::CheckpointReader reader(init_dir);
-    lm = model::load_causal_lm(reader);
-  }
-  fs::remove_tree(init_dir);
+  // The initial weights and config.json are a random teacher's; training replaces the weights.
+  auto config_json = model::random_teacher_config(o.dims, torch::kFloat32, o.seed);
+  auto lm = model::make_random_teacher(config_json, o.seed);
   lm->train();
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (auto& item : lm->named_parameters()) params.emplace_back(item.key(), item.value());
@@ -94,7 +85,6 @@ PretrainReport pretrain_teacher(const PretrainOptions& o) {
                                    {"seed", o.seed},
                                    {"final_train_loss", report.final_loss},
                                    {"eval_exact_match", report.eval_exact_match}};
-  config_json["torch_dtype"] = "float32";
   fs::make_directories(o.out_dir);
   torch::NoGradGuard no_grad;
   model::save_safetensors(fs::join(o.out_dir, "model.safetensors"), model::hf_state_dict(*lm), {{"format", "pt"}});

@@ -7,6 +7,7 @@
 #include "base/error.h"
 #include "base/fs.h"
 #include "base/json.h"
+#include "base/log.h"
 #include "trainer/distill_checkpoint.h"
 
 namespace carve::trainer {
@@ -14,6 +15,14 @@ namespace {
 
 std::atomic<int> stop_signal{0};
 extern "C" void on_stop_signal(int sig) { stop_signal.store(sig); }
+
+void die_if_fault_injected(int64_t steps_done) {
+  static const int64_t limit = [] {
+    const char* v = std::getenv("CARVE_FAULT_KILL_AFTER_STEPS");
+    return v ? std::atoll(v) : int64_t{0};
+  }();
+  if (limit > 0 && steps_done >= limit) std::raise(SIGKILL);
+}
 
 }  // namespace
 
@@ -29,14 +38,6 @@ StopSignals::~StopSignals() {
 }
 
 int StopSignals::received() const { return stop_signal.load(); }
-
-void die_if_fault_injected(int64_t steps_done) {
-  static const int64_t limit = [] {
-    const char* v = std::getenv("CARVE_FAULT_KILL_AFTER_STEPS");
-    return v ? std::atoll(v) : int64_t{0};
-  }();
-  if (limit > 0 && steps_done >= limit) std::raise(SIGKILL);
-}
 
 std::string cpu_rng_state_hex() {
   auto b = at::detail::getDefaultCPUGenerator().get_state().contiguous();
@@ -98,6 +99,81 @@ bool agree_to_stop(comm::MpiCommunicator& world, const StopSignals& signals, int
                    int64_t stop_after) {
   int64_t stop = signals.received() != 0 || (stop_after > 0 && steps_done_here >= stop_after) ? 1 : 0;
   return world.all_reduce_value(stop, comm::ReduceOp::Max) != 0;
+}
+
+StepTimings::Totals StepTimings::totals(size_t first_step) const {
+  Totals t;
+  for (size_t s = first_step; s < seconds.size(); ++s) {
+    t.seconds += seconds[s];
+    t.data_wait += data_wait[s];
+    t.comm_wait += comm_wait[s];
+    t.tokens += tokens[s];
+  }
+  return t;
+}
+
+StepLedger::StepLedger(const TrainRunOptions& o, int64_t start_step, int64_t total, int64_t slots_per_step, bool lead,
+                       Clock::time_point run_start)
+    : o_(o),
+      total_(total),
+      slots_per_step_(slots_per_step),
+      lead_(lead),
+      run_start_(run_start),
+      loop_start_(Clock::now()),
+      interval_start_(loop_start_),
+      progress_("distill", "tokens", (total - start_step) * slots_per_step, lead ? o.progress_seconds : 1e30) {}
+
+void StepLedger::record(int64_t done, double seconds, double data_wait, double comm_wait, int64_t tokens) {
+  timings_.seconds.push_back(seconds);
+  timings_.data_wait.push_back(data_wait);
+  timings_.comm_wait.push_back(comm_wait);
+  timings_.tokens.push_back(tokens);
+  open_.steps += 1;
+  open_.tokens += tokens;
+  open_.data_wait += data_wait;
+  open_.comm_wait += comm_wait;
+  progress_.advance(slots_per_step_, "step " + std::to_string(done) + "/" + std::to_string(total_));
+}
+
+bool StepLedger::log_due(int64_t done, bool stop) const {
+  return done % std::max<int64_t>(1, o_.log_every) == 0 || done == total_ || stop || steps_done_here() == 1;
+}
+
+bool StepLedger::checkpoint_due(int64_t done, bool stop) const {
+  return done == total_ || stop || (o_.checkpoint_every > 0 && done % o_.checkpoint_every == 0);
+}
+
+bool StepLedger::end_step(int64_t done, bool stop, bool by_signal, const std::function<void(int64_t)>& save) {
+  if (checkpoint_due(done, stop) && o_.save_checkpoints) save(done);
+  die_if_fault_injected(done);
+  if (!stop || done >= total_) return false;
+  if (lead_)
+    log::info("distill", "stopped at step ", done, " of ", total_, by_signal ? " on a signal" : " (--stop-after)",
+              "; rerun the same command to resume");
+  return true;
+}
+
+StepLedger::Interval StepLedger::close_interval() {
+  auto closed = open_;
+  closed.tokens_per_s = static_cast<double>(closed.tokens) / std::max(seconds_since(interval_start_), 1e-9);
+  open_ = Interval{};
+  interval_start_ = Clock::now();
+  return closed;
+}
+
+std::string StepLedger::eta(int64_t done) const {
+  return format_duration(progress_.rate() > 0 ? static_cast<double>((total_ - done) * slots_per_step_) / progress_.rate()
+                                              : 0);
+}
+
+nlohmann::json StepLedger::metrics_record(int64_t done, const Interval& i) const {
+  return {{"step", done},
+          {"total_steps", total_},
+          {"tokens", i.tokens},
+          {"tokens_per_s", i.tokens_per_s},
+          {"data_wait_s", i.data_wait},
+          {"comm_wait_s", i.comm_wait},
+          {"elapsed_s", seconds_since(run_start_)}};
 }
 
 }  // namespace carve::trainer

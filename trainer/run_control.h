@@ -9,9 +9,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "base/progress.h"
 #include "model/student.h"
 #include "trainer/optimizer.h"
 
@@ -67,10 +70,6 @@ class StopSignals {
   void (*previous_usr1_)(int);
 };
 
-// For tests of crashed runs: CARVE_FAULT_KILL_AFTER_STEPS=N kills this process (SIGKILL, no cleanup) once step N is
-// done (after its checkpoint, if one falls there), as a node failure would.
-void die_if_fault_injected(int64_t steps_done);
-
 // The CPU generator's state as hex text (stored in state.json) and back.
 std::string cpu_rng_state_hex();
 void restore_cpu_rng_state(const std::string& hex, const std::string& where);
@@ -93,5 +92,54 @@ void check_resume_total(const ResumePoint& resume, int64_t total);
 // steps (0: never). Collective over `world`, so all ranks stop at the same step.
 bool agree_to_stop(comm::MpiCommunicator& world, const StopSignals& signals, int64_t steps_done_here,
                    int64_t stop_after);
+
+// Per-step timings of one trainer invocation (what the benchmarks read).
+struct StepTimings {
+  std::vector<double> seconds, data_wait, comm_wait;  // wall time; blocked on data; in reduction (see profile_sync)
+  std::vector<int64_t> tokens;                        // real tokens of the step's global batch
+  struct Totals {
+    double seconds = 0, data_wait = 0, comm_wait = 0;
+    int64_t tokens = 0;
+  };
+  Totals totals(size_t first_step = 0) const;  // summed over steps [first_step, end)
+};
+
+// The bookkeeping of a training loop that is the same in every stage: step timings, progress with ETA, when to log
+// and checkpoint, and each log interval's throughput and waits.
+class StepLedger {
+ public:
+  // `lead`: this rank prints progress. `slots_per_step`: token slots of one global step (for the ETA).
+  StepLedger(const TrainRunOptions& options, int64_t start_step, int64_t total, int64_t slots_per_step, bool lead,
+             Clock::time_point run_start);
+  void record(int64_t done, double seconds, double data_wait, double comm_wait, int64_t tokens);
+  int64_t steps_done_here() const { return static_cast<int64_t>(timings_.seconds.size()); }
+  bool log_due(int64_t done, bool stop) const;
+  bool checkpoint_due(int64_t done, bool stop) const;
+  // The end of step `done` after logging: `save(done)` when a checkpoint is due (and the run saves them), then the
+  // crash tests' hook (CARVE_FAULT_KILL_AFTER_STEPS=N: SIGKILL once step N is done, as a node failure would), and on
+  // an agreed stop before the last step a message. True when the loop stops here.
+  bool end_step(int64_t done, bool stop, bool by_signal, const std::function<void(int64_t)>& save);
+
+  // What happened since the previous call (the log interval); starts the next one.
+  struct Interval {
+    int64_t steps = 0, tokens = 0;
+    double tokens_per_s = 0, data_wait = 0, comm_wait = 0;
+  };
+  Interval close_interval();
+  std::string eta(int64_t done) const;
+  // The fields every metrics.jsonl record has: step, total_steps, tokens, tokens_per_s, waits, elapsed_s.
+  nlohmann::json metrics_record(int64_t done, const Interval& interval) const;
+  const StepTimings& timings() const { return timings_; }
+  double loop_seconds() const { return seconds_since(loop_start_); }
+
+ private:
+  const TrainRunOptions& o_;
+  int64_t total_, slots_per_step_;
+  bool lead_;
+  Clock::time_point run_start_, loop_start_, interval_start_;
+  ProgressMeter progress_;
+  StepTimings timings_;
+  Interval open_;
+};
 
 }  // namespace carve::trainer
