@@ -63,7 +63,7 @@ Flops forward_flops(const model::ModelConfig& c, const std::string& layout, int6
 }  // namespace
 
 int bench_e2e(const std::vector<std::string>& args) {
-  std::string random_teacher = "hovle", work = "bench-e2e", device_text, json_path, layout, stage = "3";
+  std::string random_teacher = "hovle", work = "bench-e2e", device_text, json_path, layout, stage = "3", kernels;
   int threads = 0;
   int64_t layers = 32, sample_tokens = 8192, batch_tokens = 8192, steps = 6, warmup_steps = 2;
   double peak_tflops = 989.0;
@@ -85,11 +85,13 @@ int bench_e2e(const std::vector<std::string>& args) {
       "device", po::value<std::string>(&device_text)->default_value(torch::cuda::is_available() ? "cuda" : "cpu"),
       "cpu | cuda (one GPU per local rank)")("json", po::value<std::string>(&json_path)->default_value(""),
                                              "write results as JSON");
+  desc.add(kernel_options(kernels));
   auto parsed = parse_options("bench distill", desc, args);
   if (parsed.help) {
     std::cout << "usage: [mpirun -np P] carve bench distill --stage 3 [options]\n" << desc << "\n";
     return 0;
   }
+  apply_kernels(kernels);
   if (stage != "3") throw UsageError("--stage: this benchmark runs stage 3");
   comm::MpiSession mpi;
   comm::default_cpu_threads(threads);

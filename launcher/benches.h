@@ -22,7 +22,7 @@ RandomBenchInputs write_random_bench_inputs(comm::MpiCommunicator& world, const 
                                             const model::RandomTeacherDims& dims, int64_t tokens,
                                             int64_t sample_tokens);
 
-int bench_ssd(const std::vector<std::string>& args);
+int bench_kernels(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);
 int bench_distill(const std::vector<std::string>& args);
 // `bench distill --stage 3` (bench_e2e.cpp); bench_distill hands it over.

@@ -21,7 +21,7 @@ namespace carve::launcher {
 int distill_main(const std::vector<std::string>& args) {
   ModelOptions teacher;
   StudentOptions student;
-  std::string stage = "1", cache, out, init, schedule = "wsd", locking, samples, teacher_logits = "online", trainable;
+  std::string stage = "1", cache, out, init, schedule = "wsd", locking, samples, teacher_logits = "online", trainable, kernels;
   int layer_groups = 1;
   int64_t steps = 0, batch_tokens = 2048, grad_accum = 1, data_seed = 0, checkpoint_every = 0, keep = 2,
           log_every = 10, stop_after = 0, bucket_mb = 25;
@@ -87,7 +87,8 @@ int distill_main(const std::vector<std::string>& args) {
       .add(run)
       .add(optim)
       .add(e2e)
-      .add(hdf5_options(locking));
+      .add(hdf5_options(locking))
+      .add(kernel_options(kernels));
   // A recipe file holds every stage: its [stage1], [stage2], [stage3] or [one-stage] section applies to that stage.
   auto parsed = parse_options("distill", desc, args, nullptr,
                               {"stage", "1", [](const std::string& v) { return model::stage_name(model::parse_stage(v, "--stage")); }});
@@ -97,6 +98,7 @@ int distill_main(const std::vector<std::string>& args) {
               << desc << "\n";
     return 0;
   }
+  apply_kernels(kernels);
   comm::MpiSession mpi;
   apply_hdf5_locking(locking);
   comm::default_cpu_threads(threads);

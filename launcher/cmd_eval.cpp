@@ -28,7 +28,7 @@ std::pair<std::string, std::string> split_named(const std::string& text, const s
 int eval_main(const std::vector<std::string>& args) {
   ModelOptions teacher;
   std::vector<std::string> students, required_shares, worse;
-  std::string samples, out;
+  std::string samples, out, kernels;
   int64_t batch_tokens = 4096, max_samples = 0;
   int threads = 0;
   po::options_description run("Evaluation");
@@ -44,13 +44,14 @@ int eval_main(const std::vector<std::string>& args) {
       "A=B: exit 1 unless student A's exact match is below student B's (a baseline that must lose)")(
       "threads", po::value<int>(&threads)->default_value(threads), "CPU threads (0: all cores)");
   po::options_description desc("carve eval");
-  desc.add(model_options(teacher, "teacher", "teacher checkpoint folder (the reference)")).add(run);
+  desc.add(model_options(teacher, "teacher", "teacher checkpoint folder (the reference)")).add(run).add(kernel_options(kernels));
   auto parsed = parse_options("eval", desc, args);
   if (parsed.help) {
     std::cout << "usage: carve eval --teacher DIR --student NAME=DIR [--student ...] --samples eval.h5 [options]\n"
               << desc << "\n";
     return 0;
   }
+  apply_kernels(kernels);
   comm::default_cpu_threads(threads);
   const auto dtype = parse_dtype(teacher.dtype, "dtype");
   const auto device = parse_device(teacher.device, "device");

@@ -54,7 +54,7 @@ torch::Tensor parse_token_rows(const std::string& text, int64_t vocab) {
 int generate_main(const std::vector<std::string>& args) {
   ModelOptions model_opts;
   trainer::GenerateOptions gen;
-  std::string tokens, out_dir;
+  std::string tokens, out_dir, kernels;
   int64_t seed = 0;
   po::options_description run("Generation");
   run.add_options()("tokens", po::value<std::string>(&tokens)->required(),
@@ -67,12 +67,13 @@ int generate_main(const std::vector<std::string>& args) {
       "seed", po::value<int64_t>(&seed)->default_value(0), "sampling seed")(
       "out", po::value<std::string>(&out_dir)->default_value(""), "run folder for config.ini (optional)");
   po::options_description desc("carve generate");
-  desc.add(model_options(model_opts, "model", "checkpoint folder of a teacher or student")).add(run);
+  desc.add(model_options(model_opts, "model", "checkpoint folder of a teacher or student")).add(run).add(kernel_options(kernels));
   auto parsed = parse_options("generate", desc, args);
   if (parsed.help) {
     std::cout << "usage: carve generate --model DIR --tokens 1,2,3 [options]\n" << desc << "\n";
     return 0;
   }
+  apply_kernels(kernels);
   if (gen.max_new_tokens <= 0) throw UsageError("--max-new-tokens must be positive");
   gen.seed = static_cast<uint64_t>(seed);
   const auto dtype = parse_dtype(model_opts.dtype, "dtype");

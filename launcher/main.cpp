@@ -27,7 +27,7 @@ const std::vector<Subcommand>& subcommands() {
       {"distill", "distillation: layer-wise stages 1-2, end-to-end stage 3, MaTVLM's one stage (mpirun)",
        distill_main},
       {"eval", "teacher and students side by side: perplexity, KL, top-1 agreement, exact-match answers", eval_main},
-      {"bench", "benchmarks: ssd (the LibTorch SSD reference), cache (precompute and streaming), distill (stage 1)",
+      {"bench", "benchmarks: kernels (CUDA vs reference vs Triton), cache (precompute, streaming), distill (stages)",
        bench_main},
   };
   return table;

@@ -9,6 +9,7 @@
 #include "base/error.h"
 #include "base/fs.h"
 #include "base/log.h"
+#include "model/kernel_ops.h"
 #include "data/hdf5_file.h"
 
 namespace carve::launcher {
@@ -200,6 +201,22 @@ void record_config(const std::string& sub, const po::options_description& desc, 
   if (!run_dir.empty()) {
     fs::make_directories(run_dir);
     fs::write_file_atomic(fs::join(run_dir, "config.ini"), "# carve " + sub + "\n" + ini);
+  }
+}
+
+po::options_description kernel_options(std::string& kernels) {
+  po::options_description d("Kernels");
+  d.add_options()("kernels", po::value<std::string>(&kernels)->default_value(model::kernel_mode_name(model::kernel_mode())),
+                  "fused: carve's CUDA kernels for the SSD scan, conv and gated norm on CUDA tensors; reference: the "
+                  "LibTorch ops everywhere (for comparisons)");
+  return d;
+}
+
+void apply_kernels(const std::string& kernels) {
+  try {
+    model::set_kernel_mode(model::parse_kernel_mode(kernels, "--kernels"));
+  } catch (const Error& e) {
+    throw UsageError(e.what());
   }
 }
 

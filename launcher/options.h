@@ -48,6 +48,11 @@ std::string closest_option(const po::options_description& desc, const std::strin
 // The effective configuration as INI text: every option with its value (defaults included), grouped by section.
 std::string render_ini(const po::options_description& desc, const po::variables_map& values);
 
+// --kernels (fused | reference): carve's CUDA kernels or the LibTorch reference for the Mamba-2 numerics on CUDA
+// tensors (default: the environment variable CARVE_KERNELS, else fused); apply_kernels sets it process-wide.
+po::options_description kernel_options(std::string& kernels);
+void apply_kernels(const std::string& kernels);
+
 // --hdf5-locking (default | on | off) for subcommands that open HDF5 files; apply_hdf5_locking sets it process-wide.
 po::options_description hdf5_options(std::string& locking);
 void apply_hdf5_locking(const std::string& locking);

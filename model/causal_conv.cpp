@@ -36,9 +36,8 @@ Tensor apply_bias_and_silu(Tensor y, const Tensor& bias, bool silu) {  // y [...
 
 }  // namespace
 
-CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                                bool silu, const torch::Tensor& seq_idx, const torch::Tensor& initial_state) {
-  const char* fn = "causal_conv1d";
+int64_t validate_causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& seq_idx, const torch::Tensor& initial_state, const char* fn) {
   const int64_t k = check_x_and_weight(fn, x, 3, "[b, l, c]", weight, bias);
   const int64_t b = x.size(0), l = x.size(1), c = x.size(2);
   CARVE_CHECK(l > 0, fn, ": x must hold at least one token (l > 0); got ", describe_tensor(x));
@@ -50,6 +49,13 @@ CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& wei
                 fn, ": seq_idx must be an integer tensor [b, l] = [", b, ", ", l, "] on ", x.device(), "; got ",
                 describe_tensor(seq_idx));
   }
+  return k;
+}
+
+CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                bool silu, const torch::Tensor& seq_idx, const torch::Tensor& initial_state) {
+  const int64_t k = validate_causal_conv1d(x, weight, bias, seq_idx, initial_state, "causal_conv1d");
+  const int64_t b = x.size(0), l = x.size(1), c = x.size(2);
   const torch::ScalarType ct = accumulate_dtype(x);
   Tensor history = initial_state.defined() ? initial_state.to(ct).transpose(1, 2)  // [b, k - 1, c]
                                            : torch::zeros({b, k - 1, c}, x.options().dtype(ct));
@@ -79,11 +85,16 @@ CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& wei
   return out;
 }
 
-torch::Tensor causal_conv1d_step(const torch::Tensor& x, torch::Tensor& state, const torch::Tensor& weight,
-                                 const torch::Tensor& bias, bool silu) {
-  const char* fn = "causal_conv1d_step";
+int64_t validate_causal_conv1d_step(const torch::Tensor& x, const torch::Tensor& state, const torch::Tensor& weight,
+                                    const torch::Tensor& bias, const char* fn) {
   const int64_t k = check_x_and_weight(fn, x, 2, "[b, c]", weight, bias);
   expect_tensor(fn, "state", state, {x.size(0), x.size(1), k - 1}, "[b, c, k - 1]", x.device());
+  return k;
+}
+
+torch::Tensor causal_conv1d_step(const torch::Tensor& x, torch::Tensor& state, const torch::Tensor& weight,
+                                 const torch::Tensor& bias, bool silu) {
+  const int64_t k = validate_causal_conv1d_step(x, state, weight, bias, "causal_conv1d_step");
   const torch::ScalarType ct = accumulate_dtype(x);
   Tensor window = torch::cat({state.to(ct), x.to(ct).unsqueeze(-1)}, -1);  // [b, c, k]
   Tensor y = (window * weight.to(ct)).sum(-1);                            // [b, c]

@@ -27,6 +27,12 @@ CausalConvOutputs causal_conv1d(const torch::Tensor& x, const torch::Tensor& wei
                                 bool silu = false, const torch::Tensor& seq_idx = {},
                                 const torch::Tensor& initial_state = {});
 
+// The argument checks of the two functions above, for other implementations (the CUDA kernels); return k.
+int64_t validate_causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& seq_idx, const torch::Tensor& initial_state, const char* fn);
+int64_t validate_causal_conv1d_step(const torch::Tensor& x, const torch::Tensor& state, const torch::Tensor& weight,
+                                    const torch::Tensor& bias, const char* fn);
+
 // One decode step. x [b, c]; state [b, c, k - 1] is shifted in place (oldest input dropped, x appended) without
 // autograd and keeps its dtype. Returns y [b, c] in x's dtype.
 torch::Tensor causal_conv1d_step(const torch::Tensor& x, torch::Tensor& state, const torch::Tensor& weight,

@@ -11,12 +11,9 @@
 #include <vector>
 
 namespace carve::model {
-namespace {
 
-// Validates the arguments and returns the effective group size.
-int64_t check_args(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight, int64_t group_size,
-                   double eps) {
-  const char* fn = "gated_rmsnorm";
+int64_t validate_gated_rmsnorm(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight,
+                               int64_t group_size, double eps, const char* fn) {
   CARVE_CHECK(y.defined() && y.dim() >= 1 && at::isFloatingType(y.scalar_type()), fn,
               ": y must be a floating-point tensor [..., d]; got ", describe_tensor(y));
   const int64_t d = y.size(-1);
@@ -35,11 +32,9 @@ int64_t check_args(const torch::Tensor& y, const torch::Tensor& z, const torch::
   return gs;
 }
 
-}  // namespace
-
 torch::Tensor gated_rmsnorm(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight,
                             int64_t group_size, double eps, bool norm_before_gate) {
-  const int64_t gs = check_args(y, z, weight, group_size, eps);
+  const int64_t gs = validate_gated_rmsnorm(y, z, weight, group_size, eps, "gated_rmsnorm");
   const torch::ScalarType ct = accumulate_dtype(y);
   const int64_t d = y.size(-1);
   std::vector<int64_t> grouped = y.sizes().vec();  // [..., d / gs, gs]

@@ -19,4 +19,8 @@ namespace carve::model {
 torch::Tensor gated_rmsnorm(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight,
                             int64_t group_size, double eps, bool norm_before_gate);
 
+// The argument checks of gated_rmsnorm, for other implementations (the CUDA kernels); returns the group size.
+int64_t validate_gated_rmsnorm(const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& weight,
+                               int64_t group_size, double eps, const char* fn);
+
 }  // namespace carve::model

@@ -1,7 +1,7 @@
 #include "model/mamba2_mixer.h"
 
 #include "base/error.h"
-#include "model/gated_norm.h"
+#include "model/kernel_ops.h"
 #include "model/layers.h"
 
 namespace carve::model {
@@ -38,7 +38,7 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, const MixerContex
   in.D = D;
   in.chunk_size = config.chunk_size;
   auto y = ssd_with_state(in, ctx).reshape({b, l, d_inner()});
-  y = gated_rmsnorm(y, proj[0], norm_weight, p, config.norm_eps, /*norm_before_gate=*/false);
+  y = gated_norm(y, proj[0], norm_weight, p, config.norm_eps, /*norm_before_gate=*/false);
   if (ctx.pre_output) *ctx.pre_output = y;
   if (ctx.skip_output_projection) return torch::Tensor();
   return out_proj(y);

@@ -1,7 +1,7 @@
 #include "model/seeded_mixer.h"
 
 #include "base/error.h"
-#include "model/gated_norm.h"
+#include "model/kernel_ops.h"
 #include "model/layers.h"
 
 namespace carve::model {
@@ -37,7 +37,7 @@ torch::Tensor SeededMixerImpl::forward(const torch::Tensor& u, const MixerContex
   in.A = decay_rates(A_log);
   in.chunk_size = config.chunk_size;
   auto y = ssd_with_state(in, ctx).reshape({b, l, h * p});
-  y = gated_rmsnorm(y, gate_proj(u), norm_weight, p, config.norm_eps, /*norm_before_gate=*/true);
+  y = gated_norm(y, gate_proj(u), norm_weight, p, config.norm_eps, /*norm_before_gate=*/true);
   if (ctx.pre_output) *ctx.pre_output = y;
   if (ctx.skip_output_projection) return torch::Tensor();
   return o_proj(y);

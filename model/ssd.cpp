@@ -71,6 +71,27 @@ Dims check_inputs(const SsdInputs& in, const char* fn) {
   return d;
 }
 
+Dims check_step_inputs(const SsdStepInputs& in, const torch::Tensor& state, const char* fn) {
+  expect_rank(fn, "x", in.x, 3, "[b, h, p]");
+  const torch::Device dev = in.x.device();
+  Dims d;
+  d.b = in.x.size(0), d.h = in.x.size(1), d.p = in.x.size(2);
+  expect_rank(fn, "B", in.B, 3, "[b, g, n]");
+  d.g = in.B.size(1), d.n = in.B.size(2);
+  expect_tensor(fn, "B", in.B, {d.b, d.g, d.n}, "[b, g, n] (b from x)", dev, true);
+  expect_tensor(fn, "C", in.C, {d.b, d.g, d.n}, "[b, g, n] (like B)", dev, true);
+  expect_groups(fn, d);
+  expect_tensor(fn, "dt", in.dt, {d.b, d.h}, "[b, h]", dev, true);
+  expect_tensor(fn, "A", in.A, {d.h}, "[h]", dev, true);
+  expect_skip(fn, in.D, d, dev);
+  if (in.z.defined()) expect_tensor(fn, "z", in.z, {d.b, d.h, d.p}, "[b, h, p] (like x)", dev, true);
+  if (in.dt_bias.defined()) expect_tensor(fn, "dt_bias", in.dt_bias, {d.h}, "[h]", dev, true);
+  expect_tensor(fn, "state", state, {d.b, d.h, d.p, d.n}, "[b, h, p, n]", dev, true);
+  CARVE_CHECK(state.scalar_type() == torch::kFloat || state.scalar_type() == torch::kDouble, fn,
+              ": state must be float32 (or float64); got ", describe_tensor(state));
+  return d;
+}
+
 // bf16/fp16/fp32 inputs accumulate in float32; float64 stays float64 so the oracle tests can be exact.
 Tensor effective_dt(const Tensor& dt, const Tensor& dt_bias, bool softplus, torch::ScalarType ct) {
   Tensor out = dt.to(ct);  // [..., h]
@@ -231,6 +252,12 @@ Tensor inter_chunk_output(const Chunked& ch, const Tensor& entering) {  // enter
 
 }  // namespace
 
+void validate_ssd_inputs(const SsdInputs& in, const char* fn) { check_inputs(in, fn); }
+
+void validate_ssd_step_inputs(const SsdStepInputs& in, const torch::Tensor& state, const char* fn) {
+  check_step_inputs(in, state, fn);
+}
+
 SsdOutputs ssd_chunked(const SsdInputs& in, bool want_final_state) {
   const Dims d = check_inputs(in, "ssd_chunked");
   const Prepared pr = prepare(in);
@@ -276,26 +303,8 @@ SsdOutputs ssd_sequential(const SsdInputs& in, bool want_final_state) {
 }
 
 torch::Tensor ssd_step(const SsdStepInputs& in, torch::Tensor& state) {
-  const char* fn = "ssd_step";
-  expect_rank(fn, "x", in.x, 3, "[b, h, p]");
-  const torch::Device dev = in.x.device();
-  Dims d;
-  d.b = in.x.size(0), d.h = in.x.size(1), d.p = in.x.size(2);
-  expect_rank(fn, "B", in.B, 3, "[b, g, n]");
-  d.g = in.B.size(1), d.n = in.B.size(2);
-  expect_tensor(fn, "B", in.B, {d.b, d.g, d.n}, "[b, g, n] (b from x)", dev, true);
-  expect_tensor(fn, "C", in.C, {d.b, d.g, d.n}, "[b, g, n] (like B)", dev, true);
-  expect_groups(fn, d);
-  expect_tensor(fn, "dt", in.dt, {d.b, d.h}, "[b, h]", dev, true);
-  expect_tensor(fn, "A", in.A, {d.h}, "[h]", dev, true);
-  expect_skip(fn, in.D, d, dev);
-  if (in.z.defined()) expect_tensor(fn, "z", in.z, {d.b, d.h, d.p}, "[b, h, p] (like x)", dev, true);
-  if (in.dt_bias.defined()) expect_tensor(fn, "dt_bias", in.dt_bias, {d.h}, "[h]", dev, true);
-  expect_tensor(fn, "state", state, {d.b, d.h, d.p, d.n}, "[b, h, p, n]", dev, true);
+  const Dims d = check_step_inputs(in, state, "ssd_step");
   const torch::ScalarType ct = state.scalar_type();
-  CARVE_CHECK(ct == torch::kFloat || ct == torch::kDouble, fn, ": state must be float32 (or float64); got ",
-              describe_tensor(state));
-
   torch::NoGradGuard no_grad;
   const int64_t r = d.h / d.g;
   Tensor dt = effective_dt(in.dt, in.dt_bias, in.dt_softplus, ct);  // [b, h]

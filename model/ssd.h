@@ -61,6 +61,11 @@ struct SsdStepInputs {
   bool dt_softplus = false;
 };
 
+// The argument checks of ssd_chunked / ssd_sequential and of ssd_step, for other implementations of the same
+// operation (the CUDA kernels); errors start with `fn`.
+void validate_ssd_inputs(const SsdInputs& in, const char* fn);
+void validate_ssd_step_inputs(const SsdStepInputs& in, const torch::Tensor& state, const char* fn);
+
 // One recurrence step. `state` [b, h, p, n] (float32, or float64) is advanced in place without autograd; the math
 // runs in state's dtype. Returns y [b, h, p] in x's dtype.
 torch::Tensor ssd_step(const SsdStepInputs& in, torch::Tensor& state);

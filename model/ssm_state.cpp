@@ -1,7 +1,7 @@
 #include "model/ssm_state.h"
 
 #include "base/error.h"
-#include "model/causal_conv.h"
+#include "model/kernel_ops.h"
 #include "model/tensor_util.h"
 
 namespace carve::model {
@@ -20,11 +20,11 @@ SsmState* ssm_state_of(const MixerContext& ctx) {
 torch::Tensor conv_with_state(const torch::Tensor& xbc, const torch::Tensor& weight, const torch::Tensor& bias,
                               const MixerContext& ctx) {
   auto* s = ssm_state_of(ctx);
-  if (!s) return causal_conv1d(xbc, weight, bias, /*silu=*/true, ctx.seq_idx).y;
+  if (!s) return causal_conv(xbc, weight, bias, /*silu=*/true, ctx.seq_idx).y;
   if (s->conv.defined() && xbc.size(1) == 1) {
-    return causal_conv1d_step(xbc.select(1, 0), s->conv, weight, bias, /*silu=*/true).unsqueeze(1);
+    return causal_conv_decode_step(xbc.select(1, 0), s->conv, weight, bias, /*silu=*/true).unsqueeze(1);
   }
-  auto out = causal_conv1d(xbc, weight, bias, /*silu=*/true, {}, s->conv);
+  auto out = causal_conv(xbc, weight, bias, /*silu=*/true, {}, s->conv);
   s->conv = out.final_state.detach();
   return out.y;
 }
@@ -32,7 +32,7 @@ torch::Tensor conv_with_state(const torch::Tensor& xbc, const torch::Tensor& wei
 torch::Tensor ssd_with_state(SsdInputs in, const MixerContext& ctx) {
   auto* s = ssm_state_of(ctx);
   in.seq_idx = ctx.seq_idx;
-  if (!s) return ssd_chunked(in, /*want_final_state=*/false).y;
+  if (!s) return ssd_scan(in, /*want_final_state=*/false).y;
   if (s->ssm.defined() && in.x.size(1) == 1) {
     SsdStepInputs step;
     step.x = in.x.select(1, 0);
@@ -44,10 +44,10 @@ torch::Tensor ssd_with_state(SsdInputs in, const MixerContext& ctx) {
     step.z = in.z.defined() ? in.z.select(1, 0) : in.z;
     step.dt_bias = in.dt_bias;
     step.dt_softplus = in.dt_softplus;
-    return ssd_step(step, s->ssm).unsqueeze(1);
+    return ssd_decode_step(step, s->ssm).unsqueeze(1);
   }
   in.initial_state = s->ssm;
-  auto out = ssd_chunked(in, /*want_final_state=*/true);
+  auto out = ssd_scan(in, /*want_final_state=*/true);
   s->ssm = out.final_state.detach();
   return out.y;
 }

@@ -66,14 +66,15 @@ carve(1 "--out: .*student already holds a checkpoint.*--overwrite" convert --tea
       --out ${WORK}/student)
 carve(0 "layout MMA" convert --teacher ${TEACHER} --layout MMA --out ${WORK}/student --overwrite)
 
-# bench ssd prints a table and writes JSON for a named shape.
-carve(0 "tiny +1 +512" bench ssd --shapes tiny --warmup 0 --repeat 1 --json ${WORK}/bench.json)
-carve(2 "--shapes: 'huge' is neither a preset" bench ssd --shapes huge)
+# bench kernels prints a table and writes JSON for a named shape (on CPU: the reference only).
+carve(0 "tiny +0.[0-9]+ / " bench kernels --shapes tiny --warmup 0 --repeat 1 --json ${WORK}/bench.json)
+carve(2 "--shapes: 'huge' is neither a preset" bench kernels --shapes huge)
+carve(2 "--kernels: expected 'fused'" eval --teacher x --samples y --kernels triton)
 file(READ ${WORK}/bench.json bench_json)
-if(NOT bench_json MATCHES "\"forward_ms\": [0-9.]+")
-  message(FATAL_ERROR "bench.json lacks forward_ms:\n${bench_json}")
+if(NOT bench_json MATCHES "\"reference_forward_ms\": [0-9.]+")
+  message(FATAL_ERROR "bench.json lacks reference_forward_ms:\n${bench_json}")
 endif()
 
 # Subcommands with actions list them and name the closest to a typo.
 carve(2 "unknown action 'verfy' \\(did you mean 'verify'\\?\\); available: verify" cache verfy ${WORK}/cache)
-carve(2 "actions:.*ssd.*cache" bench)
+carve(2 "actions:.*kernels.*cache" bench)

@@ -1,0 +1,55 @@
+// Device-side conversions between the activation element types and float32, and the dispatch from ElementType to
+// a template instantiation.
+#pragma once
+
+#include <algorithm>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda_check.h"
+#include "kernels/element.h"
+
+namespace carve::kernels {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
+__device__ __forceinline__ float siluf(float v) { return v * sigmoidf(v); }
+// d silu(v) / dv
+__device__ __forceinline__ float silu_grad(float v) {
+  const float s = sigmoidf(v);
+  return s * (1.f + v * (1.f - s));
+}
+
+// Calls f(T{}) with T the C++ type of `type`.
+template <typename F>
+void dispatch_element(ElementType type, F&& f) {
+  switch (type) {
+    case ElementType::f32: f(float{}); return;
+    case ElementType::f16: f(__half{}); return;
+    case ElementType::bf16: f(__nv_bfloat16{}); return;
+  }
+  CARVE_KERNEL_REQUIRE(false, "unknown element type");
+}
+
+inline unsigned ceil_div(long a, long b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+// Warp-wide sum (every lane gets it).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+}  // namespace carve::kernels

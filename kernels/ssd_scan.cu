@@ -1,0 +1,686 @@
+/*
+ * SSD chunked scan in CUDA. The math (per head h, chunk of q tokens, L = cumsum of dt' * A inside the chunk):
+ *   local state  S_loc = sum_s exp(L_end - L_s) dt'_s x_s B_s^T                    (tile GEMM, k = tokens)
+ *   entering     S_{c+1} = exp(L_end) S_c + S_loc                                  (sequential over chunks)
+ *   output       y_l = sum_{s<=l} (C_l . B_s) exp(L_l - L_s) dt'_s x_s + exp(L_l) S_c C_l + D x_l, then * silu(z_l)
+ * The backward follows the same pieces in reverse; the derivation of the decay gradient (why dL needs only
+ * dy . y_ssm, dt' * (x . U) and one inner product per chunk end) is in docs/kernels.md.
+ *
+ * Kernels (forward): dt_prepare, chunk_state (GEMM), state_pass, chunk_cb (GEMM), chunk_output (GEMM with the
+ * inter-chunk term concatenated along k, D and gate in the epilogue).
+ * Backward: gate_backward, chunk_state (GEMM, gradient of the entering states), state_pass_backward, chunk_dx
+ * (GEMM: dx and the dt gradient through dt * x), chunk_dcb (segmented GEMM over the heads of a group), chunk_dc and
+ * chunk_db (GEMMs), dt_backward (reverse cumsum, softplus, dA, dt_bias).
+ */
+#include "kernels/ssd_scan.h"
+
+#include "kernels/tile_gemm.cuh"
+
+namespace carve::kernels {
+namespace {
+
+struct ScanDims {
+  int b, l, h, p, g, n, q, c, r;
+};
+
+ScanDims dims_of(const SsdScanShape& s) {
+  return {s.b, s.l, s.h, s.p, s.g, s.n, s.q, s.chunks(), s.h / s.g};
+}
+
+// What one block of a chunk-level problem works on: batch row bi, chunk ci, head or group hi.
+struct Chunk {
+  ScanDims d;
+  const int* seg;  // [b, l] or null
+  int bi, ci, hi;
+  int seg_end, seg_prev;  // segment of this chunk's last token / of the previous chunk's last token (0 for chunk 0)
+
+  __device__ void select(int idx, int heads) {
+    hi = idx % heads;
+    const int rest = idx / heads;
+    ci = rest % d.c;
+    bi = rest / d.c;
+    seg_end = seg_at(ci * d.q + d.q - 1);
+    seg_prev = ci == 0 ? 0 : seg_at(ci * d.q - 1);
+  }
+  // Padding after the last token continues the last sample.
+  __device__ int seg_at(int t) const { return seg ? seg[(long)bi * d.l + min(t, d.l - 1)] : 0; }
+  __device__ int seg_of(int i) const { return seg_at(ci * d.q + i); }
+  __device__ bool valid(int i) const { return ci * d.q + i < d.l; }
+  // Offset of token i of this chunk in a [b, l, heads, width] tensor at head `head`.
+  __device__ long token(int i, int heads, int head, int width) const {
+    return (((long)bi * d.l + ci * d.q + i) * heads + head) * width;
+  }
+  // Index into the per-token workspaces [b, h, c, q].
+  __device__ long scan(int head, int i) const { return (((long)bi * d.h + head) * d.c + ci) * d.q + i; }
+  // Offset of a [p, n] state of this chunk and head in [b, c, h, p, n].
+  __device__ long state(int head) const { return (((long)bi * d.c + ci) * d.h + head) * (long)d.p * d.n; }
+  // Offset of a [q, q] block of this chunk and group in [b, c, g, q, q].
+  __device__ long cb(int group) const { return (((long)bi * d.c + ci) * d.g + group) * (long)d.q * d.q; }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// dt' = softplus?(dt + dt_bias) and L = cumsum(dt' * A) inside each chunk. One block per (b, h, chunk).
+
+// Inclusive prefix sum over the block's threads (blockDim.x <= 1024, a multiple of 32).
+template <typename V>
+__device__ V block_inclusive_scan(V v, V* warp_totals) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int o = 1; o < 32; o <<= 1) {
+    const V up = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += up;
+  }
+  if (lane == 31) warp_totals[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    V t = lane < warps ? warp_totals[lane] : V(0);
+    for (int o = 1; o < 32; o <<= 1) {
+      const V up = __shfl_up_sync(0xffffffffu, t, o);
+      if (lane >= o) t += up;
+    }
+    if (lane < warps) warp_totals[lane] = t;
+  }
+  __syncthreads();
+  if (warp > 0) v += warp_totals[warp - 1];
+  __syncthreads();
+  return v;
+}
+
+// Sum over the block, returned to every thread.
+__device__ float block_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? scratch[lane] : 0.f;
+  t = warp_sum(t);
+  __syncthreads();
+  return t;
+}
+
+__device__ __forceinline__ float softplusf(float v) { return v > 20.f ? v : log1pf(expf(v)); }
+
+template <typename T>
+__global__ void dt_prepare_kernel(ScanDims d, const T* dt, const float* A, const float* dt_bias, bool softplus,
+                                  float* dtp, double* cum) {
+  __shared__ double totals[32];
+  const int ci = blockIdx.x % d.c, hi = (blockIdx.x / d.c) % d.h, bi = blockIdx.x / (d.c * d.h);
+  const int i = threadIdx.x, t = ci * d.q + i;
+  float v = 0.f;
+  if (i < d.q && t < d.l) {
+    v = to_float(dt[((long)bi * d.l + t) * d.h + hi]);
+    if (dt_bias) v += dt_bias[hi];
+    if (softplus) v = softplusf(v);
+  }
+  const double L = block_inclusive_scan(static_cast<double>(v) * A[hi], totals);
+  if (i < d.q) {
+    const long o = (((long)bi * d.h + hi) * d.c + ci) * d.q + i;
+    dtp[o] = v;
+    cum[o] = L;
+  }
+}
+
+unsigned scan_threads(int q) { return static_cast<unsigned>((q + 31) / 32 * 32); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// State products over a chunk's tokens, [p, n] per head:
+//   Local:       sum_s exp(L_end - L_s) dt'_s x_s B_s^T     (tokens of the chunk's last sample only)
+//   EnteringGrad: sum_l exp(L_l) dy_l C_l^T                 (tokens of the previous chunk's sample only)
+enum class StateProduct { Local, EnteringGrad };
+
+template <typename TL, typename TR, StateProduct kind>
+struct ChunkStateProblem {
+  static constexpr bool kAKFast = false, kBNFast = true, kSegmented = false, kRowReduce = false;
+  Chunk cx;
+  const TL* left;    // x or dy [b, l, h, p]
+  const TR* right;   // B or C [b, l, g, n]
+  const float* dtp;
+  const double* cum;
+  float* out;        // [b, c, h, p, n]
+  int M, N, K;
+  double L_end;
+  int seg_keep;
+
+  __device__ void select(int idx) {
+    cx.select(idx, cx.d.h);
+    L_end = cum[cx.scan(cx.hi, cx.d.q - 1)];
+    seg_keep = kind == StateProduct::Local ? cx.seg_end : cx.seg_prev;
+  }
+  __device__ bool skip_k_tile(int, int, int) const { return false; }
+  __device__ float a(int m, int k) const {
+    if (!cx.valid(k) || cx.seg_of(k) != seg_keep) return 0.f;
+    const long si = cx.scan(cx.hi, k);
+    const float w = kind == StateProduct::Local ? dtp[si] * expf(static_cast<float>(L_end - cum[si])) : expf(static_cast<float>(cum[si]));
+    return w * to_float(left[cx.token(k, cx.d.h, cx.hi, cx.d.p) + m]);
+  }
+  __device__ float b(int k, int n) const {
+    return cx.valid(k) ? to_float(right[cx.token(k, cx.d.g, cx.hi / cx.d.r, cx.d.n) + n]) : 0.f;
+  }
+  __device__ float store(int m, int n, float acc) const {
+    out[cx.state(cx.hi) + (long)m * cx.d.n + n] = acc;
+    return 0.f;
+  }
+};
+
+// Decay of the state across chunk ci: exp(L_end), or 0 where a new sample starts inside the chunk.
+__device__ float chunk_decay(const ScanDims& d, const int* seg, const double* cum, int bi, int hi, int ci) {
+  const float L = static_cast<float>(cum[(((long)bi * d.h + hi) * d.c + ci) * d.q + d.q - 1]);
+  if (seg) {
+    const long row = (long)bi * d.l;
+    const int end = seg[row + min(ci * d.q + d.q - 1, d.l - 1)];
+    const int prev = ci == 0 ? 0 : seg[row + ci * d.q - 1];
+    if (end != prev) return 0.f;
+  }
+  return expf(L);
+}
+
+// In place over `states`: local states in, entering states out; one thread per state element of one (b, h).
+__global__ void state_pass_kernel(ScanDims d, const int* seg, const double* cum, const float* initial, float* states,
+                                  float* final_state) {
+  const long pn = (long)d.p * d.n;
+  const long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  const int hi = blockIdx.y % d.h, bi = blockIdx.y / d.h;
+  if (e >= pn) return;
+  float s = initial ? initial[((long)bi * d.h + hi) * pn + e] : 0.f;
+  for (int ci = 0; ci < d.c; ++ci) {
+    const long o = (((long)bi * d.c + ci) * d.h + hi) * pn + e;
+    const float local = states[o];
+    states[o] = s;
+    s = chunk_decay(d, seg, cum, bi, hi, ci) * s + local;
+  }
+  final_state[((long)bi * d.h + hi) * pn + e] = s;
+}
+
+// C_l . B_s for every pair of a chunk, per group: [q, q] (only s <= l blocks are used).
+template <typename T>
+struct ChunkCbProblem {
+  static constexpr bool kAKFast = true, kBNFast = false, kSegmented = false, kRowReduce = false;
+  Chunk cx;
+  const T* C;
+  const T* B;
+  float* cb;
+  int M, N, K;
+  __device__ void select(int idx) { cx.select(idx, cx.d.g); }
+  __device__ bool skip_k_tile(int m0, int n0, int) const { return n0 > m0 + kTile - 1; }
+  __device__ float a(int m, int k) const { return cx.valid(m) ? to_float(C[cx.token(m, cx.d.g, cx.hi, cx.d.n) + k]) : 0.f; }
+  __device__ float b(int k, int n) const { return cx.valid(n) ? to_float(B[cx.token(n, cx.d.g, cx.hi, cx.d.n) + k]) : 0.f; }
+  __device__ float store(int m, int n, float acc) const {
+    cb[cx.cb(cx.hi) + (long)m * cx.d.q + n] = acc;
+    return 0.f;
+  }
+};
+
+// The intra-chunk weight of source s for target l: (C_l . B_s) exp(L_l - L_s) on the causal, same-sample part.
+__device__ __forceinline__ float intra_weight(const Chunk& cx, const float* cb, const double* cum, int head, int l,
+                                              int s) {
+  if (s > l || !cx.valid(l) || cx.seg_of(l) != cx.seg_of(s)) return 0.f;
+  return cb[cx.cb(head / cx.d.r) + (long)l * cx.d.q + s] *
+         expf(static_cast<float>(cum[cx.scan(head, l)] - cum[cx.scan(head, s)]));
+}
+
+// y[l, p] = sum_s w(l, s) dt'_s x[s, p]  (k < q)  +  exp(L_l) sum_n C[l, n] S[p, n]  (k = q + n), then D and gate.
+template <typename T>
+struct ChunkOutputProblem {
+  static constexpr bool kAKFast = true, kBNFast = true, kSegmented = false, kRowReduce = false;
+  Chunk cx;
+  const T* x;
+  const T* C;
+  const T* z;
+  const float* D;
+  bool D_per_channel;
+  const float* dtp;
+  const double* cum;
+  const float* cb;
+  const float* states;
+  T* out;
+  float* y_ssm;
+  int M, N, K;
+
+  __device__ void select(int idx) { cx.select(idx, cx.d.h); }
+  __device__ bool skip_k_tile(int m0, int, int k0) const { return k0 < cx.d.q && k0 > m0 + kTile - 1; }
+  __device__ float a(int m, int k) const {
+    if (k < cx.d.q) return intra_weight(cx, cb, cum, cx.hi, m, k) * dtp[cx.scan(cx.hi, k)];
+    if (!cx.valid(m) || cx.seg_of(m) != cx.seg_prev) return 0.f;
+    return expf(static_cast<float>(cum[cx.scan(cx.hi, m)])) *
+           to_float(C[cx.token(m, cx.d.g, cx.hi / cx.d.r, cx.d.n) + k - cx.d.q]);
+  }
+  __device__ float b(int k, int n) const {
+    if (k < cx.d.q) return cx.valid(k) ? to_float(x[cx.token(k, cx.d.h, cx.hi, cx.d.p) + n]) : 0.f;
+    return states[cx.state(cx.hi) + (long)n * cx.d.n + (k - cx.d.q)];
+  }
+  __device__ float store(int m, int n, float acc) const {
+    if (!cx.valid(m)) return 0.f;
+    const long o = cx.token(m, cx.d.h, cx.hi, cx.d.p) + n;
+    if (y_ssm) y_ssm[o] = acc;
+    if (D) acc += D[D_per_channel ? cx.hi * cx.d.p + n : cx.hi] * to_float(x[o]);
+    out[o] = from_float<T>(z ? acc * siluf(to_float(z[o])) : acc);
+    return 0.f;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward.
+
+// dy = dout * silu(z), dz, dD, and dyy = dy . y_ssm per token. One warp per (token, head); blockIdx.x is the head
+// so the warp's dD partial sums stay in registers over many tokens.
+template <typename T>
+__global__ void gate_backward_kernel(ScanDims d, const T* dout, const T* z, const float* y_ssm, const T* x,
+                                     const float* D, bool D_per_channel, float* dy, T* dz, float* dD, float* dyy) {
+  constexpr int kMaxPerLane = 8;  // p <= 256
+  const int hi = blockIdx.x, lane = threadIdx.x % 32;
+  const int warps = blockDim.x / 32;
+  const long tokens = (long)d.b * d.l;
+  float dD_part[kMaxPerLane] = {};
+  for (long row = (long)blockIdx.y * warps + threadIdx.x / 32; row < tokens; row += (long)gridDim.y * warps) {
+    const long o = (row * d.h + hi) * d.p;
+    float dot = 0.f;
+    for (int j = 0; j < kMaxPerLane; ++j) {
+      const int pi = lane + 32 * j;
+      if (pi >= d.p) break;
+      const float go = to_float(dout[o + pi]), ys = y_ssm[o + pi], xv = to_float(x[o + pi]);
+      const float Dv = D ? D[D_per_channel ? hi * d.p + pi : hi] : 0.f;
+      float g = go;
+      if (z) {
+        const float zv = to_float(z[o + pi]);
+        g = go * siluf(zv);
+        dz[o + pi] = from_float<T>(go * (ys + Dv * xv) * silu_grad(zv));
+      }
+      dy[o + pi] = g;
+      dot += g * ys;
+      dD_part[j] += g * xv;
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) {
+      const int bi = static_cast<int>(row / d.l), t = static_cast<int>(row % d.l);
+      dyy[(((long)bi * d.h + hi) * d.c + t / d.q) * d.q + t % d.q] = dot;
+    }
+  }
+  if (!D) return;
+  if (D_per_channel) {
+    for (int j = 0; j < kMaxPerLane && lane + 32 * j < d.p; ++j) atomicAdd(&dD[hi * d.p + lane + 32 * j], dD_part[j]);
+  } else {
+    float s = 0.f;
+    for (int j = 0; j < kMaxPerLane; ++j) s += dD_part[j];
+    s = warp_sum(s);
+    if (lane == 0) atomicAdd(&dD[hi], s);
+  }
+}
+
+// Reverse pass over chunks. In: dstates = gradient of each chunk's entering state through its outputs; out: the
+// gradient of each chunk's local state, the initial state's gradient, and per chunk end <G_{c+1}, S_{c+1}> (the
+// gradient of L_end through the decay and the local state together, see docs/kernels.md).
+__global__ void state_pass_backward_kernel(ScanDims d, const int* seg, const double* cum, const float* states,
+                                           const float* final_state, const float* dfinal, float* dstates,
+                                           float* dinitial, float* end_term) {
+  const long pn = (long)d.p * d.n;
+  const long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  const int hi = blockIdx.y % d.h, bi = blockIdx.y / d.h;
+  const bool live = e < pn;
+  const long bh = ((long)bi * d.h + hi) * pn + e;
+  float g = live && dfinal ? dfinal[bh] : 0.f;
+  float next = live ? final_state[bh] : 0.f;
+  for (int ci = d.c - 1; ci >= 0; --ci) {
+    const long o = (((long)bi * d.c + ci) * d.h + hi) * pn + e;
+    float contrib = 0.f, enter = 0.f, direct = 0.f;
+    if (live) {
+      enter = states[o];
+      direct = dstates[o];
+      dstates[o] = g;
+      contrib = g * next;
+    }
+    contrib = warp_sum(contrib);
+    if (threadIdx.x % 32 == 0) atomicAdd(&end_term[((long)bi * d.h + hi) * d.c + ci], contrib);
+    g = direct + chunk_decay(d, seg, cum, bi, hi, ci) * g;
+    next = enter;
+  }
+  if (live && dinitial) dinitial[bh] = g;
+}
+
+// U[s, p] = sum_l w(l, s) dy[l, p]  (k < q)  +  exp(L_end - L_s) sum_n B[s, n] G[p, n]  (k = q + n): the gradient
+// of dt'_s x_s. Epilogue: dx = dt' U + D dy; the row sum x . U is the dt' gradient through dt' x.
+template <typename T>
+struct ChunkDxProblem {
+  static constexpr bool kAKFast = false, kBNFast = true, kSegmented = false, kRowReduce = true;
+  Chunk cx;
+  const T* x;
+  const T* B;
+  const float* D;
+  bool D_per_channel;
+  const float* dtp;
+  const double* cum;
+  const float* cb;
+  const float* dy;
+  const float* dlocal;
+  T* dx;
+  float* ddt_u;
+  int M, N, K;
+  double L_end;
+
+  __device__ void select(int idx) {
+    cx.select(idx, cx.d.h);
+    L_end = cum[cx.scan(cx.hi, cx.d.q - 1)];
+  }
+  __device__ bool skip_k_tile(int m0, int, int k0) const { return k0 < cx.d.q && k0 + kTileK - 1 < m0; }
+  __device__ float a(int m, int k) const {
+    if (k < cx.d.q) return intra_weight(cx, cb, cum, cx.hi, k, m);
+    if (!cx.valid(m) || cx.seg_of(m) != cx.seg_end) return 0.f;
+    return expf(static_cast<float>(L_end - cum[cx.scan(cx.hi, m)])) *
+           to_float(B[cx.token(m, cx.d.g, cx.hi / cx.d.r, cx.d.n) + k - cx.d.q]);
+  }
+  __device__ float b(int k, int n) const {
+    if (k < cx.d.q) return cx.valid(k) ? dy[cx.token(k, cx.d.h, cx.hi, cx.d.p) + n] : 0.f;
+    return dlocal[cx.state(cx.hi) + (long)n * cx.d.n + (k - cx.d.q)];
+  }
+  __device__ float store(int m, int n, float acc) const {
+    if (!cx.valid(m)) return 0.f;
+    const long o = cx.token(m, cx.d.h, cx.hi, cx.d.p) + n;
+    float g = dtp[cx.scan(cx.hi, m)] * acc;
+    if (D) g += D[D_per_channel ? cx.hi * cx.d.p + n : cx.hi] * dy[o];
+    dx[o] = from_float<T>(g);
+    return to_float(x[o]) * acc;
+  }
+  __device__ void row_reduce(int m, float v) const {
+    if (cx.valid(m)) atomicAdd(&ddt_u[cx.scan(cx.hi, m)], v);
+  }
+};
+
+// dCB[l, s] = sum over the group's heads j of (dy_j[l] . x_j[s]) exp(L_j,l - L_j,s) dt'_j,s on the causal,
+// same-sample part: k runs over (head, p), one segment per head.
+template <typename T>
+struct ChunkDcbProblem {
+  static constexpr bool kAKFast = true, kBNFast = false, kSegmented = true, kRowReduce = false;
+  Chunk cx;
+  const T* x;
+  const float* dy;
+  const float* dtp;
+  const double* cum;
+  float* dcb;
+  int M, N, K;
+  __device__ void select(int idx) { cx.select(idx, cx.d.g); }
+  __device__ int segment_length() const { return cx.d.p; }
+  __device__ bool skip_k_tile(int, int, int) const { return false; }
+  __device__ float a(int m, int k) const {
+    const int head = cx.hi * cx.d.r + k / cx.d.p;
+    return cx.valid(m) ? dy[cx.token(m, cx.d.h, head, cx.d.p) + k % cx.d.p] : 0.f;
+  }
+  __device__ float b(int k, int n) const {
+    const int head = cx.hi * cx.d.r + k / cx.d.p;
+    return cx.valid(n) ? to_float(x[cx.token(n, cx.d.h, head, cx.d.p) + k % cx.d.p]) : 0.f;
+  }
+  __device__ float segment_scale(int j, int m, int n) const {
+    if (n > m || !cx.valid(m) || cx.seg_of(m) != cx.seg_of(n)) return 0.f;
+    const int head = cx.hi * cx.d.r + j;
+    return expf(static_cast<float>(cum[cx.scan(head, m)] - cum[cx.scan(head, n)])) * dtp[cx.scan(head, n)];
+  }
+  __device__ float store(int m, int n, float acc) const {
+    dcb[cx.cb(cx.hi) + (long)m * cx.d.q + n] = acc;
+    return 0.f;
+  }
+};
+
+// dC[l, n] = sum_s dCB[l, s] B[s, n]  (k < q)  +  sum_(j, p) exp(L_j,l) dy_j[l, p] S_j[p, n]  (k = q + (j, p)).
+// dB[s, n] = sum_l dCB[l, s] C[l, n]  (k < q)  +  sum_(j, p) exp(L_j,end - L_j,s) dt'_j,s x_j[s, p] G_j[p, n].
+enum class Projection { C, B };
+
+template <typename T, Projection which>
+struct ChunkDprojProblem {
+  static constexpr bool kAKFast = which == Projection::C, kBNFast = true, kSegmented = false, kRowReduce = false;
+  Chunk cx;
+  const T* other;        // B for dC, C for dB
+  const float* dcb;
+  const T* x;            // dB only
+  const float* dy;       // dC only
+  const float* dtp;
+  const double* cum;
+  const float* state;    // entering states (dC) or local-state gradients (dB), [b, c, h, p, n]
+  T* out;
+  int M, N, K;
+
+  __device__ void select(int idx) { cx.select(idx, cx.d.g); }
+  __device__ bool skip_k_tile(int m0, int, int k0) const {
+    if (k0 >= cx.d.q) return false;
+    return which == Projection::C ? k0 > m0 + kTile - 1 : k0 + kTileK - 1 < m0;
+  }
+  __device__ float a(int m, int k) const {
+    if (k < cx.d.q) {
+      // dcb is zero off the causal same-sample part, but only s <= l blocks were written: guard the rest.
+      const int l = which == Projection::C ? m : k, s = which == Projection::C ? k : m;
+      return s <= l ? dcb[cx.cb(cx.hi) + (long)l * cx.d.q + s] : 0.f;
+    }
+    const int kk = k - cx.d.q, head = cx.hi * cx.d.r + kk / cx.d.p, pi = kk % cx.d.p;
+    if (!cx.valid(m)) return 0.f;
+    const long si = cx.scan(head, m);
+    if (which == Projection::C) {
+      if (cx.seg_of(m) != cx.seg_prev) return 0.f;
+      return expf(static_cast<float>(cum[si])) * dy[cx.token(m, cx.d.h, head, cx.d.p) + pi];
+    }
+    if (cx.seg_of(m) != cx.seg_end) return 0.f;
+    return expf(static_cast<float>(cum[cx.scan(head, cx.d.q - 1)] - cum[si])) * dtp[si] *
+           to_float(x[cx.token(m, cx.d.h, head, cx.d.p) + pi]);
+  }
+  __device__ float b(int k, int n) const {
+    if (k < cx.d.q) return cx.valid(k) ? to_float(other[cx.token(k, cx.d.g, cx.hi, cx.d.n) + n]) : 0.f;
+    const int kk = k - cx.d.q, head = cx.hi * cx.d.r + kk / cx.d.p, pi = kk % cx.d.p;
+    return state[cx.state(head) + (long)pi * cx.d.n + n];
+  }
+  __device__ float store(int m, int n, float acc) const {
+    if (cx.valid(m)) out[cx.token(m, cx.d.g, cx.hi, cx.d.n) + n] = from_float<T>(acc);
+    return 0.f;
+  }
+};
+
+// dL_i = dyy_i - dt'_i ddt_u_i (+ end term at the chunk's last position); dA-cumsum gradient da = reverse cumsum of
+// dL; dt' gradient = ddt_u + da A; then softplus and the bias. One block per (b, h, chunk).
+template <typename T>
+__global__ void dt_backward_kernel(ScanDims d, const T* dt, const float* A, const float* dt_bias, bool softplus,
+                                   const float* dtp, const float* dyy, const float* ddt_u, const float* end_term,
+                                   T* ddt, float* dA, float* ddt_bias) {
+  __shared__ float scratch[32];
+  __shared__ double totals[32];
+  const int ci = blockIdx.x % d.c, hi = (blockIdx.x / d.c) % d.h, bi = blockIdx.x / (d.c * d.h);
+  // Thread i handles position q-1-i so that an inclusive scan over threads is a reverse cumsum over positions.
+  const int i = d.q - 1 - static_cast<int>(threadIdx.x);
+  const long base = (((long)bi * d.h + hi) * d.c + ci) * d.q;
+  float dL = 0.f, dtp_i = 0.f, du = 0.f;
+  if (i >= 0) {
+    dtp_i = dtp[base + i];
+    du = ddt_u[base + i];
+    dL = dyy[base + i] - dtp_i * du;
+    if (i == d.q - 1) dL += end_term[((long)bi * d.h + hi) * d.c + ci];
+  }
+  const float da = static_cast<float>(block_inclusive_scan(static_cast<double>(dL), totals));
+  const int t = ci * d.q + i;
+  const bool real = i >= 0 && t < d.l;
+  float g = real ? du + da * A[hi] : 0.f;
+  const float dA_part = block_sum(real ? da * dtp_i : 0.f, scratch);
+  if (real && softplus) {
+    float v = to_float(dt[((long)bi * d.l + t) * d.h + hi]);
+    if (dt_bias) v += dt_bias[hi];
+    if (v <= 20.f) g *= sigmoidf(v);
+  }
+  if (real) ddt[((long)bi * d.l + t) * d.h + hi] = from_float<T>(g);
+  const float dbias_part = dt_bias ? block_sum(g, scratch) : 0.f;
+  if (threadIdx.x == 0) {
+    atomicAdd(&dA[hi], dA_part);
+    if (dt_bias) atomicAdd(&ddt_bias[hi], dbias_part);
+  }
+}
+
+void check_shape(const SsdScanShape& s) {
+  CARVE_KERNEL_REQUIRE(s.b > 0 && s.l > 0 && s.h > 0 && s.p > 0 && s.g > 0 && s.n > 0,
+                       "ssd_scan: every size must be positive");
+  CARVE_KERNEL_REQUIRE(s.h % s.g == 0, "ssd_scan: h must be a multiple of g");
+  CARVE_KERNEL_REQUIRE(s.q >= 1 && s.q <= 1024 && s.q <= s.l, "ssd_scan: chunk length must be in [1, min(l, 1024)]");
+  CARVE_KERNEL_REQUIRE(s.p <= 256, "ssd_scan: head dim above 256 is not supported");
+}
+
+template <typename P>
+P with_chunk(P p, const ScanDims& d, const int* seg) {
+  p.cx.d = d;
+  p.cx.seg = seg;
+  return p;
+}
+
+template <typename T>
+void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
+  const ScanDims d = dims_of(f.shape);
+  const T* x = static_cast<const T*>(f.x);
+  const T* B = static_cast<const T*>(f.B);
+  const T* C = static_cast<const T*>(f.C);
+  const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
+
+  dt_prepare_kernel<T><<<(unsigned)((long)d.b * d.h * d.c), scan_threads(d.q), 0, stream>>>(
+      d, static_cast<const T*>(f.dt), f.A, f.dt_bias, f.dt_softplus, f.dtp, f.cum);
+  CARVE_CUDA_CHECK_LAUNCH();
+
+  ChunkStateProblem<T, T, StateProduct::Local> local{};
+  local.left = x, local.right = B, local.dtp = f.dtp, local.cum = f.cum, local.out = f.states;
+  local.M = d.p, local.N = d.n, local.K = d.q;
+  launch_tile_gemm(with_chunk(local, d, f.seg), heads, stream);
+
+  const long pn = (long)d.p * d.n;
+  state_pass_kernel<<<dim3(ceil_div(pn, 256), d.b * d.h), 256, 0, stream>>>(d, f.seg, f.cum, f.initial_state,
+                                                                              f.states, f.final_state);
+  CARVE_CUDA_CHECK_LAUNCH();
+
+  ChunkCbProblem<T> cb{};
+  cb.C = C, cb.B = B, cb.cb = f.cb, cb.M = d.q, cb.N = d.q, cb.K = d.n;
+  launch_tile_gemm(with_chunk(cb, d, f.seg), groups, stream);
+
+  ChunkOutputProblem<T> out{};
+  out.x = x, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D, out.D_per_channel = f.D_per_channel;
+  out.dtp = f.dtp, out.cum = f.cum, out.cb = f.cb, out.states = f.states;
+  out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
+  out.M = d.q, out.N = d.p, out.K = d.q + d.n;
+  launch_tile_gemm(with_chunk(out, d, f.seg), heads, stream);
+}
+
+template <typename T>
+void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
+  const SsdScanForward& f = *bw.fwd;
+  const ScanDims d = dims_of(f.shape);
+  const T* x = static_cast<const T*>(f.x);
+  const T* B = static_cast<const T*>(f.B);
+  const T* C = static_cast<const T*>(f.C);
+  const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
+  const SsdScanWorkspace ws = ssd_scan_workspace(f.shape);
+
+  CARVE_CUDA_CHECK(cudaMemsetAsync(bw.ddt_u, 0, ws.per_token * sizeof(float), stream));
+  CARVE_CUDA_CHECK(cudaMemsetAsync(bw.end_term, 0, sizeof(float) * d.b * d.h * d.c, stream));
+  CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dA, 0, sizeof(float) * d.h, stream));
+  if (f.D) CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dD, 0, sizeof(float) * d.h * (f.D_per_channel ? d.p : 1), stream));
+  if (f.dt_bias) CARVE_CUDA_CHECK(cudaMemsetAsync(bw.ddt_bias, 0, sizeof(float) * d.h, stream));
+
+  // Padded positions of the last chunk have no token: dyy stays 0 there.
+  CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dyy, 0, ws.per_token * sizeof(float), stream));
+  const unsigned slices = std::min<unsigned>(ceil_div((long)d.b * d.l, 64), 1024);
+  gate_backward_kernel<T><<<dim3(d.h, slices), 256, 0, stream>>>(
+      d, static_cast<const T*>(bw.dout), static_cast<const T*>(f.z), f.y_ssm, x, f.D,
+      f.D_per_channel, bw.dy, static_cast<T*>(bw.dz), bw.dD, bw.dyy);
+  CARVE_CUDA_CHECK_LAUNCH();
+
+  ChunkStateProblem<float, T, StateProduct::EnteringGrad> enter{};
+  enter.left = bw.dy, enter.right = C, enter.dtp = f.dtp, enter.cum = f.cum, enter.out = bw.dstates;
+  enter.M = d.p, enter.N = d.n, enter.K = d.q;
+  launch_tile_gemm(with_chunk(enter, d, f.seg), heads, stream);
+
+  const long pn = (long)d.p * d.n;
+  state_pass_backward_kernel<<<dim3(ceil_div(pn, 256), d.b * d.h), 256, 0, stream>>>(
+      d, f.seg, f.cum, f.states, f.final_state, bw.dfinal_state, bw.dstates, bw.dinitial_state, bw.end_term);
+  CARVE_CUDA_CHECK_LAUNCH();
+
+  ChunkDxProblem<T> dx{};
+  dx.x = x, dx.B = B, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb = f.cb;
+  dx.dy = bw.dy, dx.dlocal = bw.dstates, dx.dx = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
+  dx.M = d.q, dx.N = d.p, dx.K = d.q + d.n;
+  launch_tile_gemm(with_chunk(dx, d, f.seg), heads, stream);
+
+  ChunkDcbProblem<T> dcb{};
+  dcb.x = x, dcb.dy = bw.dy, dcb.dtp = f.dtp, dcb.cum = f.cum, dcb.dcb = bw.dcb;
+  dcb.M = d.q, dcb.N = d.q, dcb.K = d.r * d.p;
+  launch_tile_gemm(with_chunk(dcb, d, f.seg), groups, stream);
+
+  ChunkDprojProblem<T, Projection::C> dC{};
+  dC.other = B, dC.dcb = bw.dcb, dC.dy = bw.dy, dC.dtp = f.dtp, dC.cum = f.cum, dC.state = f.states;
+  dC.out = static_cast<T*>(bw.dC), dC.M = d.q, dC.N = d.n, dC.K = d.q + d.r * d.p;
+  launch_tile_gemm(with_chunk(dC, d, f.seg), groups, stream);
+
+  ChunkDprojProblem<T, Projection::B> dB{};
+  dB.other = C, dB.dcb = bw.dcb, dB.x = x, dB.dtp = f.dtp, dB.cum = f.cum, dB.state = bw.dstates;
+  dB.out = static_cast<T*>(bw.dB), dB.M = d.q, dB.N = d.n, dB.K = d.q + d.r * d.p;
+  launch_tile_gemm(with_chunk(dB, d, f.seg), groups, stream);
+
+  dt_backward_kernel<T><<<(unsigned)((long)d.b * d.h * d.c), scan_threads(d.q), 0, stream>>>(
+      d, static_cast<const T*>(f.dt), f.A, f.dt_bias, f.dt_softplus, f.dtp, bw.dyy, bw.ddt_u, bw.end_term,
+      static_cast<T*>(bw.ddt), bw.dA, bw.ddt_bias);
+  CARVE_CUDA_CHECK_LAUNCH();
+}
+
+// One decode step; one block per (b, h), one warp per row of the state.
+template <typename T>
+__global__ void ssd_step_kernel(SsdStep s) {
+  const int bi = blockIdx.x / s.h, hi = blockIdx.x % s.h, r = s.h / s.g, gi = hi / r;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const T* x = static_cast<const T*>(s.x);
+  const T* Bp = static_cast<const T*>(s.B) + ((long)bi * s.g + gi) * s.n;
+  const T* Cp = static_cast<const T*>(s.C) + ((long)bi * s.g + gi) * s.n;
+  float dtv = to_float(static_cast<const T*>(s.dt)[(long)bi * s.h + hi]);
+  if (s.dt_bias) dtv += s.dt_bias[hi];
+  if (s.dt_softplus) dtv = softplusf(dtv);
+  const float decay = expf(dtv * s.A[hi]);
+  for (int pi = warp; pi < s.p; pi += warps) {
+    const long o = ((long)bi * s.h + hi) * s.p + pi;
+    const float xv = to_float(x[o]);
+    float* row = s.state + o * s.n;
+    float y = 0.f;
+    for (int ni = lane; ni < s.n; ni += 32) {
+      const float v = decay * row[ni] + dtv * xv * to_float(Bp[ni]);
+      row[ni] = v;
+      y += v * to_float(Cp[ni]);
+    }
+    y = warp_sum(y);
+    if (lane == 0) {
+      if (s.D) y += s.D[s.D_per_channel ? hi * s.p + pi : hi] * xv;
+      if (s.z) y *= siluf(to_float(static_cast<const T*>(s.z)[o]));
+      static_cast<T*>(s.y)[o] = from_float<T>(y);
+    }
+  }
+}
+
+}  // namespace
+
+SsdScanWorkspace ssd_scan_workspace(const SsdScanShape& s) {
+  const size_t b = s.b, h = s.h, c = s.chunks(), q = s.q;
+  return {b * h * c * q, b * c * h * static_cast<size_t>(s.p) * s.n, b * c * s.g * q * q};
+}
+
+void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream) {
+  check_shape(f.shape);
+  CARVE_KERNEL_REQUIRE(f.x && f.dt && f.A && f.B && f.C && f.out && f.final_state && f.dtp && f.cum && f.states &&
+                           f.cb,
+                       "ssd_scan_forward: a required pointer is null");
+  dispatch_element(f.dtype, [&](auto t) { forward_typed<decltype(t)>(f, stream); });
+}
+
+void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream) {
+  CARVE_KERNEL_REQUIRE(b.fwd && b.fwd->y_ssm, "ssd_scan_backward: the forward must have kept y_ssm");
+  check_shape(b.fwd->shape);
+  CARVE_KERNEL_REQUIRE(b.dout && b.dx && b.ddt && b.dB && b.dC && b.dA && b.dy && b.dyy && b.ddt_u && b.end_term &&
+                           b.dstates && b.dcb,
+                       "ssd_scan_backward: a required pointer is null");
+  CARVE_KERNEL_REQUIRE(!b.fwd->z || b.dz, "ssd_scan_backward: dz is required with z");
+  CARVE_KERNEL_REQUIRE(!b.fwd->D || b.dD, "ssd_scan_backward: dD is required with D");
+  CARVE_KERNEL_REQUIRE(!b.fwd->dt_bias || b.ddt_bias, "ssd_scan_backward: ddt_bias is required with dt_bias");
+  dispatch_element(b.fwd->dtype, [&](auto t) { backward_typed<decltype(t)>(b, stream); });
+}
+
+void ssd_step(const SsdStep& s, cudaStream_t stream) {
+  CARVE_KERNEL_REQUIRE(s.b > 0 && s.h > 0 && s.p > 0 && s.g > 0 && s.n > 0 && s.h % s.g == 0,
+                       "ssd_step: sizes must be positive with h a multiple of g");
+  CARVE_KERNEL_REQUIRE(s.x && s.dt && s.A && s.B && s.C && s.state && s.y, "ssd_step: a required pointer is null");
+  dispatch_element(s.dtype, [&](auto t) {
+    ssd_step_kernel<decltype(t)><<<(unsigned)((long)s.b * s.h), 128, 0, stream>>>(s);
+    CARVE_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace carve::kernels

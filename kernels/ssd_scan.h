@@ -1,0 +1,108 @@
+/*
+ * The Mamba-2 SSD chunked scan, forward and backward, in CUDA (carve's own kernels; model/ssd.h is the LibTorch
+ * reference they are tested against and has the semantics). Host functions enqueue kernels on `stream` and never
+ * synchronize. The caller owns every buffer: inputs, outputs and the float32 workspaces sized below.
+ *
+ * Layouts (contiguous, row-major): x, z, out [b, l, h, p]; dt [b, l, h]; B, C [b, l, g, n] in `dtype`; A, D,
+ * dt_bias float32; seg [b, l] int32 segment ids (0 at each row start, +1 at each new packed sample) or null;
+ * states float32 [b, h, p, n]. c = ceil(l / q) chunks of q tokens (q = the chunk length actually used, <= l).
+ */
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "kernels/element.h"
+
+namespace carve::kernels {
+
+struct SsdScanShape {
+  int b = 0, l = 0, h = 0, p = 0, g = 0, n = 0;
+  int q = 0;  // chunk length; 1 <= q <= 1024
+  int chunks() const { return (l + q - 1) / q; }
+};
+
+// Workspace sizes in float32 elements.
+struct SsdScanWorkspace {
+  size_t per_token;  // dtp (float32), cum (float64): [b, h, c, q] each
+  size_t states;     // [b, c, h, p, n]
+  size_t cb;         // [b, c, g, q, q]
+};
+SsdScanWorkspace ssd_scan_workspace(const SsdScanShape& s);
+
+struct SsdScanForward {
+  SsdScanShape shape;
+  ElementType dtype = ElementType::bf16;
+  const void* x = nullptr;
+  const void* dt = nullptr;
+  const float* A = nullptr;  // [h]
+  const void* B = nullptr;
+  const void* C = nullptr;
+  const float* D = nullptr;  // null, [h] or [h, p]
+  bool D_per_channel = false;
+  const void* z = nullptr;           // null or [b, l, h, p]
+  const float* dt_bias = nullptr;    // null or [h]
+  bool dt_softplus = false;
+  const float* initial_state = nullptr;  // null or [b, h, p, n]
+  const int* seg = nullptr;
+  // Outputs.
+  void* out = nullptr;          // [b, l, h, p] in dtype
+  // Null, or [b, l, h, p] float32: the scan's output before D and the gate, kept for the backward (the decay
+  // gradient is a small sum of large terms of it, so it stays in float32).
+  float* y_ssm = nullptr;
+  float* final_state = nullptr; // [b, h, p, n]
+  // Workspace, all kept for the backward: dt after bias/softplus, its decay cumsum per chunk (float64: decays are
+  // exp(L_l - L_s) of nearby tokens, a small difference of two large sums), the state entering each chunk,
+  // C_l . B_s per chunk and group.
+  float* dtp = nullptr;
+  double* cum = nullptr;
+  float* states = nullptr;
+  float* cb = nullptr;
+};
+void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream);
+
+struct SsdScanBackward {
+  const SsdScanForward* fwd = nullptr;  // the forward's inputs and workspace (y_ssm must have been kept)
+  const void* dout = nullptr;           // [b, l, h, p] in dtype
+  const float* dfinal_state = nullptr;  // null or [b, h, p, n]
+  // Gradients (float32 ones are accumulated into after being zeroed here).
+  void* dx = nullptr;
+  void* ddt = nullptr;
+  void* dB = nullptr;
+  void* dC = nullptr;
+  void* dz = nullptr;             // when z is given
+  float* dA = nullptr;            // [h]
+  float* dD = nullptr;            // like D, when D is given
+  float* ddt_bias = nullptr;      // [h], when dt_bias is given
+  float* dinitial_state = nullptr;  // [b, h, p, n], when the initial state is given
+  // Workspace (float32).
+  float* dy = nullptr;        // [b, l, h, p] gradient at the output before the gate
+  float* dyy = nullptr;       // per_token: dy . (y - D x) per token and head
+  float* ddt_u = nullptr;     // per_token: dt gradient through dt * x
+  float* end_term = nullptr;  // [b, h, c]
+  float* dstates = nullptr;   // states: gradient of each chunk's own state
+  float* dcb = nullptr;       // cb
+};
+void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream);
+
+// One decode step: state [b, h, p, n] float32 advanced in place; x, z, y [b, h, p]; dt [b, h]; B, C [b, g, n].
+struct SsdStep {
+  int b = 0, h = 0, p = 0, g = 0, n = 0;
+  ElementType dtype = ElementType::bf16;
+  const void* x = nullptr;
+  const void* dt = nullptr;
+  const float* A = nullptr;
+  const void* B = nullptr;
+  const void* C = nullptr;
+  const float* D = nullptr;
+  bool D_per_channel = false;
+  const void* z = nullptr;
+  const float* dt_bias = nullptr;
+  bool dt_softplus = false;
+  float* state = nullptr;
+  void* y = nullptr;
+};
+void ssd_step(const SsdStep& s, cudaStream_t stream);
+
+}  // namespace carve::kernels

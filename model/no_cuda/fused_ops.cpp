@@ -1,0 +1,25 @@
+// A build without CUDA has no kernels: model/kernel_ops.cpp never calls these (fused::built() is false).
+#include "base/error.h"
+#include "model/kernel_ops.h"
+
+namespace carve::model::fused {
+namespace {
+[[noreturn]] void absent() { throw Error("carve was built without CUDA: its CUDA kernels are not available"); }
+}  // namespace
+
+bool built() { return false; }
+SsdOutputs ssd_scan(const SsdInputs&, bool) { absent(); }
+torch::Tensor ssd_decode_step(const SsdStepInputs&, torch::Tensor&) { absent(); }
+CausalConvOutputs causal_conv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, bool,
+                              const torch::Tensor&, const torch::Tensor&) {
+  absent();
+}
+torch::Tensor causal_conv_decode_step(const torch::Tensor&, torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                      bool) {
+  absent();
+}
+torch::Tensor gated_norm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t, double, bool) {
+  absent();
+}
+
+}  // namespace carve::model::fused
