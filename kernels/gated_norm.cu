@@ -12,30 +12,51 @@ namespace {
 
 constexpr int kWarps = 8;
 
+// One element of a (row, group) item: y, z, the gate silu(z), the weight, the value v whose RMS is taken, and the
+// factor applied after the normalization (w, times the gate when the norm comes first).
+struct NormElement {
+  float y, z, gate, v, after;
+  int wi;  // index into the weight
+};
+
+template <typename T>
+__device__ NormElement norm_element(const GatedNormForward& f, long base, int gi, int i) {
+  NormElement e;
+  e.y = to_float(static_cast<const T*>(f.y)[base + i]);
+  e.z = f.z ? to_float(static_cast<const T*>(f.z)[base + i]) : 0.f;
+  e.gate = f.z ? siluf(e.z) : 1.f;
+  e.wi = f.weight_shared ? i : gi * f.group + i;
+  e.v = f.norm_before_gate ? e.y : e.y * e.gate;
+  e.after = f.weight[e.wi] * (f.norm_before_gate ? e.gate : 1.f);
+  return e;
+}
+
+// The (row, group) items of one warp: item -> offset of its first element and its group index.
+struct NormItems {
+  long count;
+  int groups;
+  __device__ long first() const { return (long)blockIdx.x * kWarps + threadIdx.x / 32; }
+  __device__ long stride() const { return (long)gridDim.x * kWarps; }
+};
+
 template <typename T>
 __global__ void gated_norm_forward_kernel(GatedNormForward f) {
-  const T* y = static_cast<const T*>(f.y);
-  const T* z = static_cast<const T*>(f.z);
   T* out = static_cast<T*>(f.out);
-  const int groups = f.d / f.group, lane = threadIdx.x % 32;
-  const long items = f.rows * groups;
-  for (long item = (long)blockIdx.x * kWarps + threadIdx.x / 32; item < items; item += (long)gridDim.x * kWarps) {
-    const long row = item / groups;
-    const int gi = item % groups;
-    const long base = row * f.d + (long)gi * f.group;
+  const int lane = threadIdx.x % 32;
+  const NormItems items{f.rows * (f.d / f.group), f.d / f.group};
+  for (long item = items.first(); item < items.count; item += items.stride()) {
+    const int gi = item % items.groups;
+    const long base = (item / items.groups) * f.d + (long)gi * f.group;
     float ss = 0.f;
     for (int i = lane; i < f.group; i += 32) {
-      float v = to_float(y[base + i]);
-      if (z && !f.norm_before_gate) v *= siluf(to_float(z[base + i]));
+      const float v = norm_element<T>(f, base, gi, i).v;
       ss += v * v;
     }
     const float rstd = rsqrtf(warp_sum(ss) / f.group + f.eps);
     if (lane == 0) f.rstd[item] = rstd;
     for (int i = lane; i < f.group; i += 32) {
-      const float gate = z ? siluf(to_float(z[base + i])) : 1.f;
-      const float w = f.weight[f.weight_shared ? i : gi * f.group + i];
-      const float v = to_float(y[base + i]) * (f.norm_before_gate ? 1.f : gate);
-      out[base + i] = from_float<T>(v * rstd * w * (f.norm_before_gate ? gate : 1.f));
+      const NormElement e = norm_element<T>(f, base, gi, i);
+      out[base + i] = from_float<T>(e.v * rstd * e.after);
     }
   }
 }
@@ -46,45 +67,34 @@ __global__ void gated_norm_backward_kernel(GatedNormForward f, const void* dout_
   extern __shared__ float dw_block[];
   for (int i = threadIdx.x; i < weight_len; i += blockDim.x) dw_block[i] = 0.f;
   __syncthreads();
-  const T* y = static_cast<const T*>(f.y);
-  const T* z = static_cast<const T*>(f.z);
   const T* dout = static_cast<const T*>(dout_ptr);
   T* dy = static_cast<T*>(dy_ptr);
   T* dz = static_cast<T*>(dz_ptr);
-  const int groups = f.d / f.group, lane = threadIdx.x % 32;
-  const long items = f.rows * groups;
-  for (long item = (long)blockIdx.x * kWarps + threadIdx.x / 32; item < items; item += (long)gridDim.x * kWarps) {
-    const long row = item / groups;
-    const int gi = item % groups;
-    const long base = row * f.d + (long)gi * f.group;
+  const int lane = threadIdx.x % 32;
+  const NormItems items{f.rows * (f.d / f.group), f.d / f.group};
+  for (long item = items.first(); item < items.count; item += items.stride()) {
+    const int gi = item % items.groups;
+    const long base = (item / items.groups) * f.d + (long)gi * f.group;
     const float rstd = f.rstd[item];
-    // Pass 1: sum of dn * n over the group, where n = v * rstd and dn the gradient at n.
+    // Pass 1: mean of dn * n over the group, where n = v * rstd and dn = dout * after is the gradient at n.
     float dot = 0.f;
     for (int i = lane; i < f.group; i += 32) {
-      const float gate = z ? siluf(to_float(z[base + i])) : 1.f;
-      const float w = f.weight[f.weight_shared ? i : gi * f.group + i];
-      const float v = to_float(y[base + i]) * (f.norm_before_gate ? 1.f : gate);
-      const float dn = to_float(dout[base + i]) * w * (f.norm_before_gate ? gate : 1.f);
-      dot += dn * v * rstd;
+      const NormElement e = norm_element<T>(f, base, gi, i);
+      dot += to_float(dout[base + i]) * e.after * e.v * rstd;
     }
     dot = warp_sum(dot) / f.group;
     for (int i = lane; i < f.group; i += 32) {
-      const float zv = z ? to_float(z[base + i]) : 0.f;
-      const float gate = z ? siluf(zv) : 1.f;
-      const int wi = f.weight_shared ? i : gi * f.group + i;
-      const float w = f.weight[wi];
-      const float yv = to_float(y[base + i]);
-      const float v = yv * (f.norm_before_gate ? 1.f : gate);
-      const float n = v * rstd, go = to_float(dout[base + i]);
-      const float dn = go * w * (f.norm_before_gate ? gate : 1.f);
-      const float dv = rstd * (dn - n * dot);
-      atomicAdd(&dw_block[wi], go * n * (f.norm_before_gate ? gate : 1.f));
+      const NormElement e = norm_element<T>(f, base, gi, i);
+      const float go = to_float(dout[base + i]), n = e.v * rstd;
+      const float dv = rstd * (go * e.after - n * dot);
+      const float w = f.weight[e.wi];
+      atomicAdd(&dw_block[e.wi], go * n * (f.norm_before_gate ? e.gate : 1.f));
       if (f.norm_before_gate) {
         dy[base + i] = from_float<T>(dv);
-        if (z) dz[base + i] = from_float<T>(go * n * w * silu_grad(zv));
+        if (f.z) dz[base + i] = from_float<T>(go * n * w * silu_grad(e.z));
       } else {
-        dy[base + i] = from_float<T>(dv * gate);
-        if (z) dz[base + i] = from_float<T>(dv * yv * silu_grad(zv));
+        dy[base + i] = from_float<T>(dv * e.gate);
+        if (f.z) dz[base + i] = from_float<T>(dv * e.y * silu_grad(e.z));
       }
     }
   }

@@ -34,11 +34,15 @@ bool have_kernels() { return torch::cuda::is_available() && model::fused_kernels
 
 // Poisoned outputs and the fused mode for one test, restored afterwards.
 struct KernelScope {
+  model::KernelMode saved = model::kernel_mode();
   KernelScope() {
     model::set_poison_kernel_outputs(true);
     model::set_kernel_mode(model::KernelMode::fused);
   }
-  ~KernelScope() { model::set_poison_kernel_outputs(false); }
+  ~KernelScope() {
+    model::set_poison_kernel_outputs(false);
+    model::set_kernel_mode(saved);
+  }
 };
 
 double tolerance(torch::ScalarType t) { return t == torch::kFloat ? 1e-4 : 1e-2; }

@@ -160,7 +160,6 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
   const auto identity = run_identity(o, replicas);
   const auto resume = find_resume_point(world, o.run_dir, identity);
   const std::string& resume_dir = resume.dir;
-  const nlohmann::json& resume_state = resume.state;
   if (!resume_dir.empty()) {
     load_student_params(*student, model::SafetensorsFile(fs::join(resume_dir, kStudentFile)));
   }
@@ -218,7 +217,7 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
   if (replicas > 1) reducer = std::make_unique<comm::GradReducer>(params, *dp, o.bucket_bytes);
 
   // Data.
-  data::ActivationSourceOptions so;
+  data::ActivationSourceOptions so = source_options(o, world.rank(), replicas, cuda, resume);
   so.cache_dir = cached ? o.cache_dir : "";
   so.samples_path = samples_path;
   so.logits = cached;
@@ -226,18 +225,7 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
     for (auto layer : mamba) so.layers.push_back(layer);
     for (auto layer : mamba) so.layers.push_back(layer + 1);
   }
-  so.batch_tokens = o.batch_tokens;
-  so.rank = world.rank();
-  so.world = replicas;
-  so.seed = o.data_seed;
-  so.shuffle = o.shuffle;
-  so.pin_memory = cuda;
-  int64_t step = 0;
-  if (!resume_dir.empty()) {
-    step = resume_state.at("step").get<int64_t>();
-    so.start = data::position_from_json(resume_state.at("position"), resume_dir + "/state.json");
-    restore_cpu_rng_state(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json");
-  }
+  int64_t step = resume.step();
   data::ActivationSource source(so);
   const auto& sample_file = *source.samples();
   const int64_t image_token_id = sample_file.image_token_id();
@@ -263,11 +251,6 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
     return report;
   }
 
-  std::unique_ptr<JsonlWriter> metrics;
-  if (lead && o.write_metrics) {
-    fs::make_directories(o.run_dir);
-    metrics = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
-  }
   StepLedger ledger(o, step, total, o.batch_tokens * o.grad_accum * replicas, lead, start_time);
   StopSignals signals;
   auto scalar = [&] { return torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(o.device)); };
@@ -446,16 +429,8 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
                   o.ce_weight > 0 ? std::to_string(ce) : "", one_stage ? ", layers " : "",
                   one_stage ? std::to_string(layer) : "", ") lr ", lr, " |g| ", grad_norm, " ",
                   static_cast<int64_t>(interval.tokens_per_s), " tok/s, ETA ", ledger.eta(done));
-        if (metrics) {
-          auto record = ledger.metrics_record(done, interval);
-          record["loss"] = total_loss;
-          record["kl"] = kl;
-          record["ce"] = ce;
-          record["layer_l2"] = layer;
-          record["lr"] = lr;
-          record["grad_norm"] = grad_norm;
-          metrics->write(record);
-        }
+        ledger.write_metrics(done, interval, {{"loss", total_loss}, {"kl", kl}, {"ce", ce}, {"layer_l2", layer},
+                                              {"lr", lr}, {"grad_norm", grad_norm}});
       }
       for (auto* t : {&since_log.kl, &since_log.ce, &since_log.layer}) t->zero_();
     }

@@ -133,7 +133,6 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   const auto identity = run_identity(o, grid);
   const auto resume = find_resume_point(world, o.run_dir, identity);
   const std::string& resume_dir = resume.dir;
-  const nlohmann::json& resume_state = resume.state;
   std::string init_dir;
   if (resume_dir.empty() && o.stage == model::Stage::Stage2) {
     CARVE_CHECK(!o.init_dir.empty(), "stage 2 starts from stage 1's result: give --init STAGE1_FOLDER");
@@ -205,21 +204,10 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
   if (dp->size() > 1) reducer = std::make_unique<comm::GradReducer>(params, *dp, o.bucket_bytes);
 
   // Data: this group's layer streams, this replica's share of the batches.
-  data::ActivationSourceOptions so;
+  data::ActivationSourceOptions so = source_options(o, grid.replica, grid.replicas, cuda, resume);
   so.cache_dir = o.cache_dir;
   so.layers = mine;
-  so.batch_tokens = o.batch_tokens;
-  so.rank = grid.replica;
-  so.world = grid.replicas;
-  so.seed = o.data_seed;
-  so.shuffle = o.shuffle;
-  so.pin_memory = cuda;
-  int64_t step = 0;
-  if (!resume_dir.empty()) {
-    step = resume_state.at("step").get<int64_t>();
-    so.start = data::position_from_json(resume_state.at("position"), resume_dir + "/state.json");
-    restore_cpu_rng_state(resume_state.at("rng").get<std::string>(), resume_dir + "/state.json");
-  }
+  int64_t step = resume.step();
   data::ActivationSource source(so);
   const int64_t epoch_steps = std::max<int64_t>(1, source.steps_in_epoch(0) / o.grad_accum);
   const int64_t total = o.steps > 0 ? o.steps : epoch_steps;
@@ -237,11 +225,6 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     return report;
   }
 
-  std::unique_ptr<JsonlWriter> metrics;
-  if (lead && o.write_metrics) {
-    fs::make_directories(o.run_dir);
-    metrics = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
-  }
   const int64_t n_layers = static_cast<int64_t>(layers.size());
   StepLedger ledger(o, step, total, o.batch_tokens * o.grad_accum * grid.replicas, lead, start_time);
   StopSignals signals;
@@ -382,14 +365,8 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
         log::info("distill", "step ", done, "/", total, " loss ", mean, " (", per_layer.str().substr(1), ") lr ", lr,
                   " |g| ", grad_norm, " ", static_cast<int64_t>(interval.tokens_per_s), " tok/s, ETA ",
                   ledger.eta(done));
-        if (metrics) {
-          auto record = ledger.metrics_record(done, interval);
-          record["loss"] = mean;
-          record["layer_loss"] = layer_loss;
-          record["lr"] = lr;
-          record["grad_norm"] = grad_norm;
-          metrics->write(record);
-        }
+        ledger.write_metrics(done, interval,
+                             {{"loss", mean}, {"layer_loss", layer_loss}, {"lr", lr}, {"grad_norm", grad_norm}});
       }
     }
 

@@ -88,6 +88,23 @@ ResumePoint find_resume_point(comm::MpiCommunicator& world, const std::string& r
   return r;
 }
 
+data::ActivationSourceOptions source_options(const TrainRunOptions& o, int64_t replica, int64_t replicas,
+                                             bool pin_memory, const ResumePoint& resume) {
+  data::ActivationSourceOptions so;
+  so.batch_tokens = o.batch_tokens;
+  so.rank = replica;
+  so.world = replicas;
+  so.seed = o.data_seed;
+  so.shuffle = o.shuffle;
+  so.pin_memory = pin_memory;
+  if (!resume.dir.empty()) {
+    const std::string state_path = resume.dir + "/state.json";
+    so.start = data::position_from_json(resume.state.at("position"), state_path);
+    restore_cpu_rng_state(resume.state.at("rng").get<std::string>(), state_path);
+  }
+  return so;
+}
+
 void check_resume_total(const ResumePoint& resume, int64_t total) {
   if (resume.dir.empty()) return;
   CARVE_CHECK(resume.state.at("total_steps").get<int64_t>() == total, "cannot resume from ", resume.dir,
@@ -121,7 +138,12 @@ StepLedger::StepLedger(const TrainRunOptions& o, int64_t start_step, int64_t tot
       run_start_(run_start),
       loop_start_(Clock::now()),
       interval_start_(loop_start_),
-      progress_("distill", "tokens", (total - start_step) * slots_per_step, lead ? o.progress_seconds : 1e30) {}
+      progress_("distill", "tokens", (total - start_step) * slots_per_step, lead ? o.progress_seconds : 1e30) {
+  if (lead && o.write_metrics) {
+    fs::make_directories(o.run_dir);
+    metrics_ = std::make_unique<JsonlWriter>(fs::join(o.run_dir, "metrics.jsonl"));
+  }
+}
 
 void StepLedger::record(int64_t done, double seconds, double data_wait, double comm_wait, int64_t tokens) {
   timings_.seconds.push_back(seconds);
@@ -166,14 +188,17 @@ std::string StepLedger::eta(int64_t done) const {
                                               : 0);
 }
 
-nlohmann::json StepLedger::metrics_record(int64_t done, const Interval& i) const {
-  return {{"step", done},
-          {"total_steps", total_},
-          {"tokens", i.tokens},
-          {"tokens_per_s", i.tokens_per_s},
-          {"data_wait_s", i.data_wait},
-          {"comm_wait_s", i.comm_wait},
-          {"elapsed_s", seconds_since(run_start_)}};
+void StepLedger::write_metrics(int64_t done, const Interval& i, const nlohmann::json& fields) {
+  if (!metrics_) return;
+  nlohmann::json record = {{"step", done},
+                           {"total_steps", total_},
+                           {"tokens", i.tokens},
+                           {"tokens_per_s", i.tokens_per_s},
+                           {"data_wait_s", i.data_wait},
+                           {"comm_wait_s", i.comm_wait},
+                           {"elapsed_s", seconds_since(run_start_)}};
+  record.update(fields);
+  metrics_->write(record);
 }
 
 }  // namespace carve::trainer

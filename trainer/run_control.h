@@ -10,10 +10,12 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "data/activation_source.h"
 #include "base/progress.h"
 #include "model/student.h"
 #include "trainer/optimizer.h"
@@ -85,6 +87,11 @@ struct ResumePoint {
   int64_t step() const { return dir.empty() ? 0 : state.at("step").get<int64_t>(); }
 };
 ResumePoint find_resume_point(comm::MpiCommunicator& world, const std::string& run_dir, const nlohmann::json& identity);
+// The data options every stage shares (batch budget, this replica's shard, seed, shuffle, pinned memory) and, when
+// resuming, the checkpoint's data position; restores the checkpoint's CPU RNG state as well.
+data::ActivationSourceOptions source_options(const TrainRunOptions& o, int64_t replica, int64_t replicas,
+                                             bool pin_memory, const ResumePoint& resume);
+
 // The schedule depends on the total: a checkpoint of a run of another length is refused.
 void check_resume_total(const ResumePoint& resume, int64_t total);
 
@@ -127,8 +134,10 @@ class StepLedger {
   };
   Interval close_interval();
   std::string eta(int64_t done) const;
-  // The fields every metrics.jsonl record has: step, total_steps, tokens, tokens_per_s, waits, elapsed_s.
-  nlohmann::json metrics_record(int64_t done, const Interval& interval) const;
+  // Appends one record to RUN_DIR/metrics.jsonl (opened by the constructor on the lead rank when the options ask
+  // for metrics; a no-op elsewhere): the fields every record has (step, total_steps, tokens, tokens_per_s, waits,
+  // elapsed_s) and the stage's own `fields`.
+  void write_metrics(int64_t done, const Interval& interval, const nlohmann::json& fields);
   const StepTimings& timings() const { return timings_; }
   double loop_seconds() const { return seconds_since(loop_start_); }
 
@@ -138,6 +147,7 @@ class StepLedger {
   bool lead_;
   Clock::time_point run_start_, loop_start_, interval_start_;
   ProgressMeter progress_;
+  std::unique_ptr<JsonlWriter> metrics_;
   StepTimings timings_;
   Interval open_;
 };
