@@ -14,49 +14,15 @@
  */
 #include "kernels/ssd_scan.h"
 
+#include <cstdlib>
+#include <string>
+
+#include "kernels/ssd_chunk.cuh"
+#include "kernels/ssd_scan_tc.cuh"
 #include "kernels/tile_gemm.cuh"
 
 namespace carve::kernels {
 namespace {
-
-struct ScanDims {
-  int b, l, h, p, g, n, q, c, r;
-};
-
-ScanDims dims_of(const SsdScanShape& s) {
-  return {s.b, s.l, s.h, s.p, s.g, s.n, s.q, s.chunks(), s.h / s.g};
-}
-
-// What one block of a chunk-level problem works on: batch row bi, chunk ci, head or group hi.
-struct Chunk {
-  ScanDims d;
-  const int* seg;  // [b, l] or null
-  int bi, ci, hi;
-  int seg_end, seg_prev;  // segment of this chunk's last token / of the previous chunk's last token (0 for chunk 0)
-
-  __device__ void select(int idx, int heads) {
-    hi = idx % heads;
-    const int rest = idx / heads;
-    ci = rest % d.c;
-    bi = rest / d.c;
-    seg_end = seg_at(ci * d.q + d.q - 1);
-    seg_prev = ci == 0 ? 0 : seg_at(ci * d.q - 1);
-  }
-  // Padding after the last token continues the last sample.
-  __device__ int seg_at(int t) const { return seg ? seg[(long)bi * d.l + min(t, d.l - 1)] : 0; }
-  __device__ int seg_of(int i) const { return seg_at(ci * d.q + i); }
-  __device__ bool valid(int i) const { return ci * d.q + i < d.l; }
-  // Offset of token i of this chunk in a [b, l, heads, width] tensor at head `head`.
-  __device__ long token(int i, int heads, int head, int width) const {
-    return (((long)bi * d.l + ci * d.q + i) * heads + head) * width;
-  }
-  // Index into the per-token workspaces [b, h, c, q].
-  __device__ long scan(int head, int i) const { return (((long)bi * d.h + head) * d.c + ci) * d.q + i; }
-  // Offset of a [p, n] state of this chunk and head in [b, c, h, p, n].
-  __device__ long state(int head) const { return (((long)bi * d.c + ci) * d.h + head) * (long)d.p * d.n; }
-  // Offset of a [q, q] block of this chunk and group in [b, c, g, q, q].
-  __device__ long cb(int group) const { return (((long)bi * d.c + ci) * d.g + group) * (long)d.q * d.q; }
-};
 
 // ---------------------------------------------------------------------------------------------------------------
 // dt' = softplus?(dt + dt_bias) and L = cumsum(dt' * A) inside each chunk. One block per (b, h, chunk).
@@ -119,6 +85,12 @@ __global__ void dt_prepare_kernel(ScanDims d, const T* dt, const float* A, const
   }
 }
 
+// CARVE_SSD_TENSOR_CORES=0 runs the 16-bit forward on the version 1 CUDA-core product (side-by-side benchmarks).
+bool ssd_tensor_cores_enabled() {
+  const char* v = std::getenv("CARVE_SSD_TENSOR_CORES");
+  return v == nullptr || std::string(v) != "0";
+}
+
 unsigned scan_threads(int q) { return static_cast<unsigned>((q + 31) / 32 * 32); }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -173,6 +145,11 @@ __device__ float chunk_decay(const ScanDims& d, const int* seg, const double* cu
   return expf(L);
 }
 
+// Chunks per batch of loads in the sequential passes over chunks: a thread issues the loads of 8 chunks before the
+// recursion consumes them, so their latencies overlap instead of adding up (one chunk at a time, the pass took
+// longer than the whole tensor-core forward).
+constexpr int kPassBatch = 8;
+
 // In place over `states`: local states in, entering states out; one thread per state element of one (b, h).
 __global__ void state_pass_kernel(ScanDims d, const int* seg, const double* cum, const float* initial, float* states,
                                   float* final_state) {
@@ -180,12 +157,22 @@ __global__ void state_pass_kernel(ScanDims d, const int* seg, const double* cum,
   const long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
   const int hi = blockIdx.y % d.h, bi = blockIdx.y / d.h;
   if (e >= pn) return;
+  auto at = [&](int ci) { return (((long)bi * d.c + ci) * d.h + hi) * pn + e; };
   float s = initial ? initial[((long)bi * d.h + hi) * pn + e] : 0.f;
-  for (int ci = 0; ci < d.c; ++ci) {
-    const long o = (((long)bi * d.c + ci) * d.h + hi) * pn + e;
-    const float local = states[o];
-    states[o] = s;
-    s = chunk_decay(d, seg, cum, bi, hi, ci) * s + local;
+  for (int c0 = 0; c0 < d.c; c0 += kPassBatch) {
+    float local[kPassBatch] = {}, decay[kPassBatch] = {};
+#pragma unroll
+    for (int k = 0; k < kPassBatch; ++k) {
+      if (c0 + k >= d.c) break;
+      local[k] = states[at(c0 + k)];
+      decay[k] = chunk_decay(d, seg, cum, bi, hi, c0 + k);
+    }
+#pragma unroll
+    for (int k = 0; k < kPassBatch; ++k) {
+      if (c0 + k >= d.c) break;
+      states[at(c0 + k)] = s;
+      s = decay[k] * s + local[k];
+    }
   }
   final_state[((long)bi * d.h + hi) * pn + e] = s;
 }
@@ -316,21 +303,31 @@ __global__ void state_pass_backward_kernel(ScanDims d, const int* seg, const dou
   const int hi = blockIdx.y % d.h, bi = blockIdx.y / d.h;
   const bool live = e < pn;
   const long bh = ((long)bi * d.h + hi) * pn + e;
+  auto at = [&](int ci) { return (((long)bi * d.c + ci) * d.h + hi) * pn + e; };
   float g = live && dfinal ? dfinal[bh] : 0.f;
   float next = live ? final_state[bh] : 0.f;
-  for (int ci = d.c - 1; ci >= 0; --ci) {
-    const long o = (((long)bi * d.c + ci) * d.h + hi) * pn + e;
-    float contrib = 0.f, enter = 0.f, direct = 0.f;
-    if (live) {
-      enter = states[o];
-      direct = dstates[o];
-      dstates[o] = g;
-      contrib = g * next;
+  for (int c0 = d.c - 1; c0 >= 0; c0 -= kPassBatch) {
+    float enter[kPassBatch] = {}, direct[kPassBatch] = {}, decay[kPassBatch] = {};
+#pragma unroll
+    for (int k = 0; k < kPassBatch; ++k) {
+      if (c0 - k < 0) break;
+      if (live) enter[k] = states[at(c0 - k)], direct[k] = dstates[at(c0 - k)];
+      decay[k] = chunk_decay(d, seg, cum, bi, hi, c0 - k);
     }
-    contrib = warp_sum(contrib);
-    if (threadIdx.x % 32 == 0) atomicAdd(&end_term[((long)bi * d.h + hi) * d.c + ci], contrib);
-    g = direct + chunk_decay(d, seg, cum, bi, hi, ci) * g;
-    next = enter;
+#pragma unroll
+    for (int k = 0; k < kPassBatch; ++k) {
+      const int ci = c0 - k;
+      if (ci < 0) break;
+      float contrib = 0.f;
+      if (live) {
+        dstates[at(ci)] = g;
+        contrib = g * next;
+      }
+      contrib = warp_sum(contrib);
+      if (threadIdx.x % 32 == 0) atomicAdd(&end_term[((long)bi * d.h + hi) * d.c + ci], contrib);
+      g = direct[k] + decay[k] * g;
+      next = enter[k];
+    }
   }
   if (live && dinitial) dinitial[bh] = g;
 }
@@ -532,20 +529,47 @@ void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
       d, static_cast<const T*>(f.dt), f.A, f.dt_bias, f.dt_softplus, f.dtp, f.cum);
   CARVE_CUDA_CHECK_LAUNCH();
 
-  ChunkStateProblem<T, T, StateProduct::Local> local{};
-  local.left = x, local.right = B, local.dtp = f.dtp, local.cum = f.cum, local.out = f.states;
-  local.M = d.p, local.N = d.n, local.K = d.q;
-  launch_tile_gemm(with_chunk(local, d, f.seg), heads, stream);
+  const bool tensor_cores = sizeof(T) == 2 && ssd_tensor_core_shape(f.shape) && ssd_tensor_cores_enabled();
+  if constexpr (sizeof(T) == 2) {
+    if (tensor_cores) {
+      ChunkStateTc<T> local{};
+      local.x = x, local.B = B, local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
+      local.vector = rows_vectorizable(x, d.p) && rows_vectorizable(B, d.n);
+      chunk_state_tc(with_chunk(local, d, f.seg), stream);
+    }
+  }
+  if (!tensor_cores) {
+    ChunkStateProblem<T, T, StateProduct::Local> local{};
+    local.left = x, local.right = B, local.dtp = f.dtp, local.cum = f.cum, local.out = f.states;
+    local.M = d.p, local.N = d.n, local.K = d.q;
+    launch_tile_gemm(with_chunk(local, d, f.seg), heads, stream);
+  }
 
   const long pn = (long)d.p * d.n;
   state_pass_kernel<<<dim3(ceil_div(pn, 256), d.b * d.h), 256, 0, stream>>>(d, f.seg, f.cum, f.initial_state,
                                                                               f.states, f.final_state);
   CARVE_CUDA_CHECK_LAUNCH();
 
-  ChunkCbProblem<T> cb{};
-  cb.C = C, cb.B = B, cb.cb = f.cb, cb.M = d.q, cb.N = d.q, cb.K = d.n;
-  launch_tile_gemm(with_chunk(cb, d, f.seg), groups, stream);
+  // With heads sharing a group, C.B is computed once per group here; the tensor-core output kernel computes it
+  // itself when each group has one head.
+  if (!tensor_cores || d.r > 1) {
+    ChunkCbProblem<T> cb{};
+    cb.C = C, cb.B = B, cb.cb = f.cb, cb.M = d.q, cb.N = d.q, cb.K = d.n;
+    launch_tile_gemm(with_chunk(cb, d, f.seg), groups, stream);
+  }
 
+  if constexpr (sizeof(T) == 2) {
+    if (tensor_cores) {
+      ChunkOutputTc<T> out{};
+      out.x = x, out.B = B, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D;
+      out.D_per_channel = f.D_per_channel, out.dtp = f.dtp, out.cum = f.cum, out.states = f.states, out.cb = f.cb;
+      out.cb_source = d.r > 1 ? CbSource::Load : CbSource::ComputeAndStore;
+      out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
+      out.vector = rows_vectorizable(x, d.p) && rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
+      chunk_output_tc(with_chunk(out, d, f.seg), stream);
+      return;
+    }
+  }
   ChunkOutputProblem<T> out{};
   out.x = x, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D, out.D_per_channel = f.D_per_channel;
   out.dtp = f.dtp, out.cum = f.cum, out.cb = f.cb, out.states = f.states;

@@ -1,0 +1,113 @@
+/*
+ * Warp-level tensor-core products (mma.sync m16n8k16, sm_80 and later) on 16-bit operands with float32
+ * accumulation, and the fragment layout the kernels rely on to build operands in registers.
+ *
+ * Per warp, lane = 4 * gid + tig (gid = lane / 4, tig = lane % 4), for D[16 x 8] += A[16 x 16] B[16 x 8]:
+ *   A (row-major) in 4 registers of two elements each, low half first:
+ *     a[0] = A[gid][2 tig, 2 tig + 1]      a[1] = A[gid + 8][2 tig, 2 tig + 1]
+ *     a[2] = A[gid][2 tig + 8, + 9]        a[3] = A[gid + 8][2 tig + 8, + 9]
+ *   B (k x n) in 2 registers: b0 = B[2 tig, 2 tig + 1][gid], b1 = B[2 tig + 8, 2 tig + 9][gid]
+ *   D in 4 floats: d[0], d[1] = D[gid][2 tig, 2 tig + 1], d[2], d[3] = D[gid + 8][2 tig, 2 tig + 1]
+ * So the accumulators of two neighbouring 16 x 8 tiles are, element for element, the A operand of a 16 x 16 k step:
+ * a product's result is weighted in registers and fed to the next product without going through memory.
+ * The PTX ISA ("Matrix Fragments for mma.m16n8k16") is the reference for this layout.
+ */
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace carve::kernels {
+
+template <typename T>
+struct TensorCore;
+
+template <>
+struct TensorCore<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    uint32_t r;
+    __builtin_memcpy(&r, &v, sizeof r);
+    return r;
+  }
+  static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct TensorCore<__half> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    uint32_t r;
+    __builtin_memcpy(&r, &v, sizeof r);
+    return r;
+  }
+  static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Two neighbouring 16-bit elements of shared memory as one register (the index must be even).
+template <typename T>
+__device__ __forceinline__ uint32_t pair_at(const T* base, int index) {
+  return *reinterpret_cast<const uint32_t*>(base + index);
+}
+
+// The A fragment of rows [row0, row0 + 16) and columns [col0, col0 + 16) of a row-major tile with leading
+// dimension ld (even).
+template <typename T>
+__device__ __forceinline__ void load_a_fragment(uint32_t a[4], const T* tile, int ld, int row0, int col0) {
+  const int lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const T* r0 = tile + (row0 + gid) * ld + col0 + 2 * tig;
+  const T* r1 = r0 + 8 * ld;
+  a[0] = pair_at(r0, 0);
+  a[1] = pair_at(r1, 0);
+  a[2] = pair_at(r0, 8);
+  a[3] = pair_at(r1, 8);
+}
+
+// The B fragment of k rows [k0, k0 + 16) and column n0 + gid of a tile stored transposed (n-major: element (k, n)
+// at n * ld + k).
+template <typename T>
+__device__ __forceinline__ void load_b_fragment(uint32_t& b0, uint32_t& b1, const T* tile_t, int ld, int k0, int n0) {
+  const int lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const T* c = tile_t + (n0 + gid) * ld + k0 + 2 * tig;
+  b0 = pair_at(c, 0);
+  b1 = pair_at(c, 8);
+}
+
+// Fragments of a tile stored the other way round, through ldmatrix.trans (16-byte aligned rows, ld a multiple of 8):
+// the A fragment of rows [m0, m0 + 16) and k columns [k0, k0 + 16) from a k-major tile (element (m, k) at
+// k * ld + m), and the B fragment of k rows [k0, k0 + 16) and column n0 + gid from a row-major k x n tile (element
+// (k, n) at k * ld + n). This is how token-major data (x, B) feeds products over tokens without a transposing copy.
+template <typename T>
+__device__ __forceinline__ void load_a_fragment_kmajor(uint32_t a[4], const T* tile, int ld, int m0, int k0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: (k0, m0) (k0, m0+8) (k0+8, m0) ..
+  const T* row = tile + (k0 + i + 8 * (which / 2)) * ld + m0 + 8 * (which % 2);
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(addr));
+}
+
+template <typename T>
+__device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b1, const T* tile, int ld, int k0,
+                                                       int n0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = (lane / 8) % 2;  // lanes 16-31 repeat 0-15's addresses
+  const T* row = tile + (k0 + i + 8 * which) * ld + n0;
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+}
+
+}  // namespace carve::kernels

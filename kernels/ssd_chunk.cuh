@@ -1,0 +1,48 @@
+// What the SSD scan's chunk-level kernels share: the scan's sizes and the indexing of one (batch row, chunk, head or
+// group) block into the inputs, the per-token workspaces, the chunk states and the C.B blocks.
+#pragma once
+
+#include "kernels/ssd_scan.h"
+
+namespace carve::kernels {
+
+struct ScanDims {
+  int b, l, h, p, g, n, q, c, r;
+};
+
+inline ScanDims dims_of(const SsdScanShape& s) {
+  return {s.b, s.l, s.h, s.p, s.g, s.n, s.q, s.chunks(), s.h / s.g};
+}
+
+// What one block of a chunk-level problem works on: batch row bi, chunk ci, head or group hi.
+struct Chunk {
+  ScanDims d;
+  const int* seg;  // [b, l] or null
+  int bi, ci, hi;
+  int seg_end, seg_prev;  // segment of this chunk's last token / of the previous chunk's last token (0 for chunk 0)
+
+  __device__ void select(int idx, int heads) {
+    hi = idx % heads;
+    const int rest = idx / heads;
+    ci = rest % d.c;
+    bi = rest / d.c;
+    seg_end = seg_at(ci * d.q + d.q - 1);
+    seg_prev = ci == 0 ? 0 : seg_at(ci * d.q - 1);
+  }
+  // Padding after the last token continues the last sample.
+  __device__ int seg_at(int t) const { return seg ? seg[(long)bi * d.l + min(t, d.l - 1)] : 0; }
+  __device__ int seg_of(int i) const { return seg_at(ci * d.q + i); }
+  __device__ bool valid(int i) const { return ci * d.q + i < d.l; }
+  // Offset of token i of this chunk in a [b, l, heads, width] tensor at head `head`.
+  __device__ long token(int i, int heads, int head, int width) const {
+    return (((long)bi * d.l + ci * d.q + i) * heads + head) * width;
+  }
+  // Index into the per-token workspaces [b, h, c, q].
+  __device__ long scan(int head, int i) const { return (((long)bi * d.h + head) * d.c + ci) * d.q + i; }
+  // Offset of a [p, n] state of this chunk and head in [b, c, h, p, n].
+  __device__ long state(int head) const { return (((long)bi * d.c + ci) * d.h + head) * (long)d.p * d.n; }
+  // Offset of a [q, q] block of this chunk and group in [b, c, g, q, q].
+  __device__ long cb(int group) const { return (((long)bi * d.c + ci) * d.g + group) * (long)d.q * d.q; }
+};
+
+}  // namespace carve::kernels
