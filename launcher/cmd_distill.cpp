@@ -21,7 +21,8 @@ namespace carve::launcher {
 int distill_main(const std::vector<std::string>& args) {
   ModelOptions teacher;
   StudentOptions student;
-  std::string stage = "1", cache, out, init, schedule = "wsd", locking, samples, teacher_logits = "online", trainable, kernels;
+  std::string stage = "1", cache, out, init, schedule = "wsd", locking, samples, teacher_logits = "online", trainable, kernels,
+              on_nonfinite = "stop";
   int layer_groups = 1;
   int64_t steps = 0, batch_tokens = 2048, grad_accum = 1, data_seed = 0, checkpoint_every = 0, keep = 2,
           log_every = 10, stop_after = 0, bucket_mb = 25;
@@ -53,6 +54,9 @@ int distill_main(const std::vector<std::string>& args) {
       "log-every", po::value<int64_t>(&log_every)->default_value(log_every), "steps between loss lines and metrics")(
       "stop-after", po::value<int64_t>(&stop_after)->default_value(stop_after),
       "stop with a checkpoint after this many steps of this invocation (0: run to the end); SIGTERM does the same")(
+      "on-nonfinite", po::value<std::string>(&on_nonfinite)->default_value(on_nonfinite),
+      "a step whose loss or gradient norm is NaN or infinite: stop (an error naming the step and the layer or loss "
+      "term; weights and checkpoints stay as they were) or skip (no update; logged, counted in metrics.jsonl)")(
       "threads", po::value<int>(&threads)->default_value(threads), "CPU threads per process (0: the node's cores / its processes)")(
       "comm-timeout", po::value<double>(&comm_timeout)->default_value(comm_timeout),
       "seconds a collective may take before the job is ended");
@@ -137,6 +141,7 @@ int distill_main(const std::vector<std::string>& args) {
     o.keep_checkpoints = keep;
     o.log_every = log_every;
     o.stop_after = stop_after;
+    o.on_nonfinite = trainer::parse_nonfinite_policy(on_nonfinite, "--on-nonfinite");
     o.device = rank_device(parse_device(teacher.device, "device"), teacher.device);
     o.teacher_dtype = parse_dtype(teacher.dtype, "dtype");
     o.autocast = autocast;

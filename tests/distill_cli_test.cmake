@@ -1,6 +1,7 @@
 # carve distill through the binary under mpirun: 4 processes as 2 layer groups x 2 replicas, a run killed (SIGKILL
 # on one rank) and resumed ends byte-identical to an uninterrupted one; stage 2 from stage 1; the student it exports
-# generates; grids that do not fit are refused before any work.
+# generates; a NaN loss stops every rank naming the step and layer, or is skipped; grids that do not fit are refused
+# before any work.
 # Run by ctest: cmake -DCARVE=... -DPYTHON=... -DMPIEXEC=... -DSOURCE=<repo> -DWORK=<scratch> -P distill_cli_test.cmake
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
@@ -47,6 +48,31 @@ endif()
 # A finished run is not redone.
 run(0 "already complete: step 6 of 6" ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/whole)
 
+# A NaN loss (injected into layer 1 at step 3): by default every rank stops with an error naming the step and the
+# layer, leaving step 2's checkpoint as the newest, from which a clean rerun ends identical to the uninterrupted run;
+# with --on-nonfinite skip the step is skipped, logged and counted, and the run completes with finite losses.
+run(fail "step 3: the loss is NaN or infinite \\(layer 1, gradient norm\\); stopped with the weights and checkpoints as they were"
+    ${CMAKE_COMMAND} -E env CARVE_FAULT_NAN_LOSS=3:1 ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/nan_stop)
+if(NOT IS_DIRECTORY ${WORK}/nan_stop/stage1/checkpoints/step_00000002
+   OR EXISTS ${WORK}/nan_stop/stage1/checkpoints/step_00000004)
+  message(FATAL_ERROR "after the NaN stop the newest checkpoint should be step 2")
+endif()
+run(0 "resuming from .*step_00000002 at step 2 of 6" ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/nan_stop)
+foreach(layer 000 001 002)
+  same_file(${WORK}/whole/stage1/checkpoints/step_00000006/layer_${layer}.safetensors
+            ${WORK}/nan_stop/stage1/checkpoints/step_00000006/layer_${layer}.safetensors)
+endforeach()
+run(0 "warning: step 3 skipped: the loss is NaN or infinite \\(layer 1, gradient norm\\).*step 6/6 loss [0-9.]+ \\(L0 [0-9.]+ L1 [0-9.]+"
+    ${CMAKE_COMMAND} -E env CARVE_FAULT_NAN_LOSS=3:1 ${MPI} -np 4 ${CARVE} distill ${ARGS} --out ${WORK}/nan_skip
+    --on-nonfinite skip)
+file(STRINGS ${WORK}/nan_skip/stage1/metrics.jsonl skip_lines)
+list(GET skip_lines -1 skip_last)
+if(NOT skip_last MATCHES "\"skipped_steps\":1" OR skip_last MATCHES "nan|null")
+  message(FATAL_ERROR "metrics.jsonl's last line should count one skipped step and finite losses: ${skip_last}")
+endif()
+run(fail "--on-nonfinite: 'maybe' is not a policy: expected stop or skip" ${CARVE} distill ${ARGS} --out ${WORK}/bad
+    --on-nonfinite maybe)
+
 # Stage 2 starts from stage 1's newest checkpoint; its student generates.
 run(0 "student written to .*stage2/student" ${MPI} -np 2 ${CARVE} distill ${ARGS} --stage 2 --out ${WORK}/whole)
 run(0 "" ${CARVE} generate --model ${WORK}/whole/stage2/student --tokens 1,2,3 --max-new-tokens 4)
@@ -63,6 +89,13 @@ foreach(file student.safetensors adam_00000.safetensors)
   same_file(${WORK}/s3whole/stage3/checkpoints/step_00000006/${file} ${WORK}/s3crash/stage3/checkpoints/step_00000006/${file})
 endforeach()
 run(0 "" ${CARVE} generate --model ${WORK}/s3whole/stage3/student --tokens 1,2,3 --max-new-tokens 4)
+# Stage 3's loss terms are checked the same way.
+run(fail "step 3: the loss is NaN or infinite \\(kl" ${CMAKE_COMMAND} -E env CARVE_FAULT_NAN_LOSS=3 ${MPI} -np 2
+    ${CARVE} distill ${S3} --out ${WORK}/s3nan)
+run(0 "warning: step 3 skipped: the loss is NaN or infinite \\(kl.*step 6/6 loss [0-9.]+ \\(kl [0-9.]+\\)"
+    ${CMAKE_COMMAND} -E env CARVE_FAULT_NAN_LOSS=3 ${MPI} -np 2 ${CARVE} distill ${S3} --out ${WORK}/s3nan_skip
+    --on-nonfinite skip)
+
 run(fail "--temperature 2 needs --teacher-logits online" ${CARVE} distill ${S3} --out ${WORK}/s3bad --teacher-logits cache
     --temperature 2)
 

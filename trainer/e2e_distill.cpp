@@ -255,6 +255,8 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
   StopSignals signals;
   auto scalar = [&] { return torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(o.device)); };
   Losses since_log{scalar(), scalar(), scalar()};
+  Losses this_step{scalar(), scalar(), scalar()};  // added to since_log once the step is known finite
+  NonFiniteCheck nonfinite(o.on_nonfinite, {"kl", "ce", "layer_l2", "gradient norm"});
 
   auto save_checkpoint = [&](int64_t done) {
     const auto dir = checkpoint_dir(o.run_dir, done);
@@ -363,14 +365,15 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
                                    student_logits)
                          : kl_full(teacher_logits, student_logits, o.temperature);
         auto term = (kl * valid).sum() * (o.kl_weight * token_norm);
-        since_log.kl.add_(term.detach().to(torch::kFloat64));
+        term = term * injected_loss_factor(step + 1, -1);
+        this_step.kl.add_(term.detach().to(torch::kFloat64));
         loss = loss + term;
       }
       if (o.ce_weight > 0) {
         const auto& tg = targets[m];
         auto nll = token_nll(student_logits, tg.targets.to(o.device, true));
         auto term = (nll * tg.weight.to(o.device, true)).sum() * (o.ce_weight * label_norm);
-        since_log.ce.add_(term.detach().to(torch::kFloat64));
+        this_step.ce.add_(term.detach().to(torch::kFloat64));
         loss = loss + term;
       }
       if (one_stage && o.layer_weight > 0) {
@@ -384,7 +387,7 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
           // The norm's gradient is diff / norm: a tiny floor keeps it finite if a layer matches exactly.
           auto norm = (diff.pow(2).sum() + 1e-12).sqrt();
           auto term = norm * (o.layer_weight * micro_norm);
-          since_log.layer.add_(term.detach().to(torch::kFloat64));
+          this_step.layer.add_(term.detach().to(torch::kFloat64));
           loss = loss + term;
         }
       }
@@ -399,8 +402,18 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
       norm = grad_square_sum(params).sqrt();  // every replica holds the same summed gradients
       clip_by_norm(params, norm, o.clip);
     }
+    // Every rank learns whether a loss term (or the gradient norm) went NaN or infinite before any update.
+    nonfinite.mark(0, this_step.kl);
+    nonfinite.mark(1, this_step.ce);
+    nonfinite.mark(2, this_step.layer);
+    if (norm.defined()) nonfinite.mark(3, norm);
+    const bool skip = nonfinite.agree(world, step + 1, lead);
+    if (!skip) {
+      since_log.kl.add_(this_step.kl), since_log.ce.add_(this_step.ce), since_log.layer.add_(this_step.layer);
+    }
+    for (auto* t : {&this_step.kl, &this_step.ce, &this_step.layer}) t->zero_();
     const double lr = o.lr.at(step, total);
-    optimizer.step(lr);
+    if (!skip) optimizer.step(lr);
     if (o.zero1) {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < params.size(); ++i) dp->broadcast(params[i].data(), owner[i]);
@@ -430,7 +443,7 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
                   one_stage ? std::to_string(layer) : "", ") lr ", lr, " |g| ", grad_norm, " ",
                   static_cast<int64_t>(interval.tokens_per_s), " tok/s, ETA ", ledger.eta(done));
         ledger.write_metrics(done, interval, {{"loss", total_loss}, {"kl", kl}, {"ce", ce}, {"layer_l2", layer},
-                                              {"lr", lr}, {"grad_norm", grad_norm}});
+                                              {"lr", lr}, {"grad_norm", grad_norm}, {"skipped_steps", nonfinite.skipped()}});
       }
       for (auto* t : {&since_log.kl, &since_log.ce, &since_log.layer}) t->zero_();
     }

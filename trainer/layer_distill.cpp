@@ -40,6 +40,7 @@ struct LayerUnit {
   std::unique_ptr<AdamW> optimizer;
   int64_t width = 0;            // heads x head dim: the pre-o_proj width the loss averages over
   torch::Tensor sse_since_log;  // sum of squared errors since the last log line, on the device
+  torch::Tensor sse_step;       // this step's, added to sse_since_log once the step is known finite
 };
 
 void load_mixer(model::Mixer& mixer, const model::SafetensorsFile& file) {
@@ -194,6 +195,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
         });
       }
       u.sse_since_log = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(o.device));
+      u.sse_step = torch::zeros_like(u.sse_since_log);
       units.push_back(std::move(u));
     }
   }  // the rest of the teacher is released here
@@ -227,6 +229,14 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
 
   const int64_t n_layers = static_cast<int64_t>(layers.size());
   StepLedger ledger(o, step, total, o.batch_tokens * o.grad_accum * grid.replicas, lead, start_time);
+  // The non-finite check's sources: every trained layer of the world, then the gradient norm.
+  std::vector<std::string> sources;
+  for (auto layer : layers) sources.push_back("layer " + std::to_string(layer));
+  sources.push_back("gradient norm");
+  NonFiniteCheck nonfinite(o.on_nonfinite, sources);
+  auto layer_source = [&](int64_t layer) {
+    return static_cast<size_t>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
+  };
   StopSignals signals;
 
   auto save_checkpoint = [&](int64_t done) {
@@ -306,8 +316,8 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
         ctx.pre_output = &pred;
         u.student->forward(u_in, ctx);
         auto diff = (pred.to(torch::kFloat32) - target.to(torch::kFloat32)) * valid;
-        auto sse = diff.pow(2).sum() / static_cast<double>(u.width);
-        u.sse_since_log.add_(sse.detach());
+        auto sse = diff.pow(2).sum() * (injected_loss_factor(step + 1, u.layer) / static_cast<double>(u.width));
+        u.sse_step.add_(sse.detach());
         loss = loss.defined() ? loss + sse * scale : sse * scale;
       }
       loss.backward();
@@ -330,8 +340,18 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
     }
     if (sync) torch::cuda::synchronize();
     const double comm_wait = seconds_since(comm_start);
+    // Every rank learns whether any layer's loss (or the gradient norm) went NaN or infinite before any update.
+    for (auto& u : units) nonfinite.mark(layer_source(u.layer), u.sse_step);
+    if (norm.defined()) nonfinite.mark(layers.size(), norm);
+    const bool skip = nonfinite.agree(world, step + 1, lead);
     const double lr = o.lr.at(step, total);
-    for (auto& u : units) u.optimizer->step(lr);
+    for (auto& u : units) {
+      if (!skip) {
+        u.optimizer->step(lr);
+        u.sse_since_log.add_(u.sse_step);
+      }
+      u.sse_step.zero_();
+    }
 
     const int64_t done = step + 1;
     ledger.record(done, seconds_since(step_start), data_wait, comm_wait, global_tokens);
@@ -366,7 +386,7 @@ LayerDistillReport run_layer_distill(const LayerDistillOptions& o, comm::MpiComm
                   " |g| ", grad_norm, " ", static_cast<int64_t>(interval.tokens_per_s), " tok/s, ETA ",
                   ledger.eta(done));
         ledger.write_metrics(done, interval,
-                             {{"loss", mean}, {"layer_loss", layer_loss}, {"lr", lr}, {"grad_norm", grad_norm}});
+                             {{"loss", mean}, {"layer_loss", layer_loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"skipped_steps", nonfinite.skipped()}});
       }
     }
 

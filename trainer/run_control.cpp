@@ -3,6 +3,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <limits>
 
 #include "base/error.h"
 #include "base/fs.h"
@@ -25,6 +26,52 @@ void die_if_fault_injected(int64_t steps_done) {
 }
 
 }  // namespace
+
+NonFinitePolicy parse_nonfinite_policy(const std::string& text, const std::string& flag) {
+  if (text == "stop") return NonFinitePolicy::Stop;
+  if (text == "skip") return NonFinitePolicy::Skip;
+  throw Error(flag + ": '" + text + "' is not a policy: expected stop or skip");
+}
+
+NonFiniteCheck::NonFiniteCheck(NonFinitePolicy policy, std::vector<std::string> sources)
+    : policy_(policy), sources_(std::move(sources)), marks_(sources_.size(), 0.f) {}
+
+void NonFiniteCheck::mark(size_t source, const torch::Tensor& value) {
+  CARVE_CHECK(source < marks_.size(), "non-finite check: source ", source, " of ", marks_.size());
+  if (!torch::isfinite(value.detach()).all().item<bool>()) marks_[source] = 1.f;
+}
+
+bool NonFiniteCheck::agree(comm::MpiCommunicator& world, int64_t step_done, bool lead) {
+  auto marks = torch::from_blob(marks_.data(), {static_cast<int64_t>(marks_.size())}, torch::kFloat32).clone();
+  std::fill(marks_.begin(), marks_.end(), 0.f);
+  if (world.size() > 1) world.all_reduce(marks, comm::ReduceOp::Sum);
+  std::string bad;
+  for (size_t i = 0; i < sources_.size(); ++i)
+    if (marks[static_cast<int64_t>(i)].item<float>() > 0) bad += (bad.empty() ? "" : ", ") + sources_[i];
+  if (bad.empty()) return false;
+  if (policy_ == NonFinitePolicy::Stop)
+    throw Error("step " + std::to_string(step_done) + ": the loss is NaN or infinite (" + bad +
+                "); stopped with the weights and checkpoints as they were before this step (--on-nonfinite skip "
+                "would skip such steps)");
+  ++skipped_;
+  if (lead)
+    log::info("distill", "warning: step ", step_done, " skipped: the loss is NaN or infinite (", bad, "); ", skipped_,
+              " step(s) skipped so far");
+  return true;
+}
+
+double injected_loss_factor(int64_t step_done, int64_t source) {
+  static const std::pair<int64_t, int64_t> fault = [] {
+    const char* v = std::getenv("CARVE_FAULT_NAN_LOSS");
+    if (!v) return std::pair<int64_t, int64_t>{0, -1};
+    const std::string text(v);
+    const auto colon = text.find(':');
+    return std::pair<int64_t, int64_t>{std::atoll(text.substr(0, colon).c_str()),
+                                       colon == std::string::npos ? -1 : std::atoll(text.c_str() + colon + 1)};
+  }();
+  const bool hit = fault.first > 0 && step_done == fault.first && (fault.second < 0 || fault.second == source);
+  return hit ? std::numeric_limits<double>::quiet_NaN() : 1.0;
+}
 
 StopSignals::StopSignals() {
   stop_signal.store(0);

@@ -22,6 +22,11 @@
 
 namespace carve::trainer {
 
+// What a step whose loss (or gradient norm) is NaN or infinite does: end the run with an error naming the step and
+// the layer or loss term (the weights and the last checkpoint are left as they were), or skip the update and go on.
+enum class NonFinitePolicy { Stop, Skip };
+NonFinitePolicy parse_nonfinite_policy(const std::string& text, const std::string& flag);
+
 // The training-loop options of any distillation stage.
 struct TrainRunOptions {
   std::string teacher_dir, weight_prefix;
@@ -45,6 +50,7 @@ struct TrainRunOptions {
   int64_t log_every = 10;
   double progress_seconds = 5.0;
   int64_t stop_after = 0;  // stop cleanly (with a checkpoint) after this many steps of this invocation; 0: never
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::Stop;  // a NaN or infinite loss or gradient norm
 
   torch::Device device = torch::kCPU;
   torch::ScalarType teacher_dtype = torch::kFloat32;  // frozen teacher weights on the device
@@ -99,6 +105,29 @@ void check_resume_total(const ResumePoint& resume, int64_t total);
 // steps (0: never). Collective over `world`, so all ranks stop at the same step.
 bool agree_to_stop(comm::MpiCommunicator& world, const StopSignals& signals, int64_t steps_done_here,
                    int64_t stop_after);
+
+// The non-finite check of one step, the same in every stage. Each rank marks which of the step's `sources` (layers
+// or loss terms, the same list on every rank) it saw non-finite; `agree` combines the marks of all ranks
+// (collective over `world`) and applies the policy: under Stop it throws naming the step and the sources, under Skip
+// it logs them (lead rank) and returns true: the caller leaves the weights and optimizer state untouched and leaves
+// the step's losses out of its logged averages.
+class NonFiniteCheck {
+ public:
+  NonFiniteCheck(NonFinitePolicy policy, std::vector<std::string> sources);
+  void mark(size_t source, const torch::Tensor& value);  // non-finite if any element of `value` is
+  bool agree(comm::MpiCommunicator& world, int64_t step_done, bool lead);
+  int64_t skipped() const { return skipped_; }
+
+ private:
+  NonFinitePolicy policy_;
+  std::vector<std::string> sources_;
+  std::vector<float> marks_;
+  int64_t skipped_ = 0;
+};
+
+// Fault injection for the tests: CARVE_FAULT_NAN_LOSS=STEP[:SOURCE] makes the loss of step STEP (1-based) NaN, for
+// the one source index SOURCE (a layer number in stages 1-2) or for all. Returns NaN or 1.
+double injected_loss_factor(int64_t step_done, int64_t source);
 
 // Per-step timings of one trainer invocation (what the benchmarks read).
 struct StepTimings {
