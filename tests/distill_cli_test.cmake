@@ -1,6 +1,6 @@
 # carve distill through the binary under mpirun: 4 processes as 2 layer groups x 2 replicas, a run killed (SIGKILL
 # on one rank) and resumed ends byte-identical to an uninterrupted one; stage 2 from stage 1; the student it exports
-# generates; a NaN loss stops every rank naming the step and layer, or is skipped; grids that do not fit are refused
+# generates; a checkpoint write killed midway is skipped on resume; a NaN loss stops every rank naming the step and layer, or is skipped; grids that do not fit are refused
 # before any work.
 # Run by ctest: cmake -DCARVE=... -DPYTHON=... -DMPIEXEC=... -DSOURCE=<repo> -DWORK=<scratch> -P distill_cli_test.cmake
 file(REMOVE_RECURSE ${WORK})
@@ -34,6 +34,19 @@ run(0 "resuming from .*step_00000002 at step 2 of 6" ${MPI} -np 4 ${CARVE} disti
 foreach(layer 000 001 002)
   same_file(${WORK}/whole/stage1/checkpoints/step_00000006/layer_${layer}.safetensors
             ${WORK}/crash/stage1/checkpoints/step_00000006/layer_${layer}.safetensors)
+endforeach()
+# Rank 0 dies while writing step 4's checkpoint (its layer files written, state.json not): the incomplete checkpoint
+# is skipped with the reason, the rerun resumes from step 2, and the result equals the uninterrupted run.
+run(fail "" ${CMAKE_COMMAND} -E env CARVE_FAULT_KILL_IN_CHECKPOINT=4 ${MPI} -np 4 ${CARVE} distill ${ARGS}
+    --out ${WORK}/torn)
+if(NOT IS_DIRECTORY ${WORK}/torn/stage1/checkpoints/step_00000004 OR EXISTS ${WORK}/torn/stage1/checkpoints/step_00000004/state.json)
+  message(FATAL_ERROR "the killed run should have left step 4's checkpoint without state.json")
+endif()
+run(0 "skipping .*step_00000004: no state.json.*resuming from .*step_00000002 at step 2 of 6" ${MPI} -np 4 ${CARVE}
+    distill ${ARGS} --out ${WORK}/torn)
+foreach(layer 000 001 002)
+  same_file(${WORK}/whole/stage1/checkpoints/step_00000006/layer_${layer}.safetensors
+            ${WORK}/torn/stage1/checkpoints/step_00000006/layer_${layer}.safetensors)
 endforeach()
 # Metrics: one JSON line per logged step, with every layer's loss.
 file(STRINGS ${WORK}/whole/stage1/metrics.jsonl lines)

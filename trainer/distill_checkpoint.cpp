@@ -1,5 +1,8 @@
 #include "trainer/distill_checkpoint.h"
 
+#include <csignal>
+#include <cstdlib>
+
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -69,6 +72,10 @@ std::string layer_file_name(int64_t layer) {
 }
 
 void complete_checkpoint(const std::string& dir, nlohmann::json state, const std::vector<std::string>& files) {
+  // Crash tests: CARVE_FAULT_KILL_IN_CHECKPOINT=N dies (SIGKILL, as a node failure would) once step N's layer files
+  // are written and before its state.json: a checkpoint write cut off midway.
+  if (const char* v = std::getenv("CARVE_FAULT_KILL_IN_CHECKPOINT"); v && state.value("step", int64_t{-1}) == std::atoll(v))
+    std::raise(SIGKILL);
   state["format"] = kDistillCheckpointFormat;
   state["files"] = nlohmann::json::array();
   for (const auto& name : files) {

@@ -18,7 +18,7 @@ inline constexpr const char* kDistillCheckpointFormat = "carve-distill-checkpoin
 std::string checkpoint_dir(const std::string& run_dir, int64_t step);
 std::string layer_file_name(int64_t layer);  // "layer_005.safetensors"
 
-// Completes the checkpoint in `dir`: adds the size and xxh64 of each of `files` (names inside dir) to `state` and
+// Completes the checkpoint in `dir` (`state` holds its "step"): adds the size and xxh64 of each of `files` (names inside dir) to `state` and
 // writes state.json atomically.
 void complete_checkpoint(const std::string& dir, nlohmann::json state, const std::vector<std::string>& files);
 
