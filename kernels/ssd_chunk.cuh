@@ -2,6 +2,7 @@
 // group) block into the inputs, the per-token workspaces, the chunk states and the C.B blocks.
 #pragma once
 
+#include "kernels/element.cuh"
 #include "kernels/ssd_scan.h"
 
 namespace carve::kernels {
@@ -44,5 +45,15 @@ struct Chunk {
   // Offset of a [q, q] block of this chunk and group in [b, c, g, q, q].
   __device__ long cb(int group) const { return (((long)bi * d.c + ci) * d.g + group) * (long)d.q * d.q; }
 };
+
+// The output's epilogue, the same in both versions of the forward: y before D kept for the backward (when y_ssm is
+// given), then D x and the gate. `o` indexes [b, l, h, p], `pc` is the channel within head `head`.
+template <typename T>
+__device__ __forceinline__ void store_output(long o, int head, int pc, int p, float y, const T* x, const T* z,
+                                             const float* D, bool D_per_channel, float* y_ssm, T* out) {
+  if (y_ssm) y_ssm[o] = y;
+  if (D) y += D[D_per_channel ? head * p + pc : head] * to_float(x[o]);
+  out[o] = from_float<T>(z ? y * siluf(to_float(z[o])) : y);
+}
 
 }  // namespace carve::kernels

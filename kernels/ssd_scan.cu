@@ -236,10 +236,7 @@ struct ChunkOutputProblem {
   }
   __device__ float store(int m, int n, float acc) const {
     if (!cx.valid(m)) return 0.f;
-    const long o = cx.token(m, cx.d.h, cx.hi, cx.d.p) + n;
-    if (y_ssm) y_ssm[o] = acc;
-    if (D) acc += D[D_per_channel ? cx.hi * cx.d.p + n : cx.hi] * to_float(x[o]);
-    out[o] = from_float<T>(z ? acc * siluf(to_float(z[o])) : acc);
+    store_output(cx.token(m, cx.d.h, cx.hi, cx.d.p) + n, cx.hi, n, cx.d.p, acc, x, z, D, D_per_channel, y_ssm, out);
     return 0.f;
   }
 };

@@ -394,12 +394,8 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
     for (int e = 0; e < 4; ++e) {
       const int r = e < 2 ? r0 : r1, pc = 8 * j + 2 * tig + (e & 1);
       if (!(e < 2 ? live0 : live1) || pc >= d.p) continue;
-      const long o = cx.token(r, d.h, cx.hi, d.p) + pc;
-      float v = acc[j][e];
-      if (a.y_ssm) a.y_ssm[o] = v;
-      if (a.D) v += a.D[a.D_per_channel ? cx.hi * d.p + pc : cx.hi] * to_float(a.x[o]);
-      if (a.z) v *= siluf(to_float(a.z[o]));
-      a.out[o] = from_float<T>(v);
+      store_output(cx.token(r, d.h, cx.hi, d.p) + pc, cx.hi, pc, d.p, acc[j][e], a.x, a.z, a.D, a.D_per_channel,
+                   a.y_ssm, a.out);
     }
   }
 }
