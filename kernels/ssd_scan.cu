@@ -547,9 +547,18 @@ void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
                                                                               f.states, f.final_state);
   CARVE_CUDA_CHECK_LAUNCH();
 
-  // With heads sharing a group, C.B is computed once per group here; the tensor-core output kernel computes it
-  // itself when each group has one head.
-  if (!tensor_cores || d.r > 1) {
+  // With heads sharing a group, C.B is computed once per group here (the tensor-core product only on or below the
+  // diagonal, which is all the output and the backward read); the tensor-core output kernel computes it itself when
+  // each group has one head.
+  if constexpr (sizeof(T) == 2) {
+    if (tensor_cores && d.r > 1) {
+      ChunkCbTc<T> cb{};
+      cb.B = B, cb.C = C, cb.cb = f.cb;
+      cb.vector = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
+      chunk_cb_tc(with_chunk(cb, d, f.seg), stream);
+    }
+  }
+  if (!tensor_cores) {
     ChunkCbProblem<T> cb{};
     cb.C = C, cb.B = B, cb.cb = f.cb, cb.M = d.q, cb.N = d.q, cb.K = d.n;
     launch_tile_gemm(with_chunk(cb, d, f.seg), groups, stream);

@@ -52,8 +52,10 @@ __device__ __forceinline__ void split_store(float v, T* hi, T* lo) {
 }
 
 // Copies token rows into a row-major shared tile of `rows` x `width` 16-bit elements (ld per row): row r from
-// src(r) (null: a row of zeros), `cols` real columns, zeros up to `width` (a multiple of 16). 16-byte copies when
-// every row start is 16-byte aligned (`vector`), element by element otherwise.
+// src(r) (null: a row of zeros), `cols` real columns, zeros up to `width` (a multiple of 16). When every row start
+// is 16-byte aligned (`vector`) the copies are cp.async: all of a block's copies are in flight at once instead of one
+// load per thread at a time (the output kernel spent most of its time waiting on these loads); element by element
+// otherwise. Call staged() before the __syncthreads that publishes the tile.
 template <typename T, typename Src>
 __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, int width, bool vector, Src src) {
   if (vector) {
@@ -61,10 +63,13 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
     for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
       const int r = e / per_row, c = 8 * (e % per_row);
       const T* row = src(r);
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (row && c < cols) v = *reinterpret_cast<const uint4*>(row + c);
-      *reinterpret_cast<uint4*>(tile + r * ld + c) = v;
+      const bool real = row && c < cols;
+      const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(tile + r * ld + c));
+      // src-size 0 fills the 16 bytes with zeros without reading; the address must still be valid.
+      const void* from = real ? static_cast<const void*>(row + c) : static_cast<const void*>(tile);
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(from), "r"(real ? 16 : 0));
     }
+    asm volatile("cp.async.commit_group;\n" ::);
     return;
   }
   const T zero = from_float<T>(0.f);
@@ -74,6 +79,9 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
     tile[r * ld + c] = row && c < cols ? row[c] : zero;
   }
 }
+
+// Waits for this thread's cp.async copies (see stage_rows).
+__device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
 
 // Shared memory of chunk_output_tc: per-token cum (float64), dt', segment ids, then 16-bit row-major tiles: C rows
 // [64, n], B rows of the source tile [64, n], x rows of the source tile [64, p].
@@ -153,15 +161,26 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
   for (int s0 = 0; s0 < d.q; s0 += kTcRows) {
     __syncthreads();  // w_s written; the previous tile's readers are done
     auto token_row = [&](int r) -> bool { return s0 + r < d.q && cx.valid(s0 + r); };
-    // w_s x_s, split into hi + lo, 8 elements at a time.
+    // B's copies fly while x is scaled and split below.
+    stage_rows(bs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
+      return token_row(r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
+    });
+    // w_s x_s, split into hi + lo, 8 elements at a time (unrolled: the loads of all iterations are in flight at once).
+#pragma unroll
     for (int e = tid; e < kTcRows * (kTcRows / 8); e += kTcThreads) {
       const int r = e / (kTcRows / 8), c = 8 * (e % (kTcRows / 8));
-      T hi[8], lo[8];
+      T in[8], hi[8], lo[8];
       const T* row = token_row(r) ? a.x + cx.token(s0 + r, d.h, cx.hi, d.p) + p0 : nullptr;
       const float w = row ? w_s[s0 + r] : 0.f;
+      if (row && a.vector && c + 8 <= p_cols) {
+        *reinterpret_cast<uint4*>(in) = *reinterpret_cast<const uint4*>(row + c);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) in[i] = from_float<T>(row && c + i < p_cols ? to_float(row[c + i]) : 0.f);
+      }
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
-        const float v = row && c + i < p_cols ? w * to_float(row[c + i]) : 0.f;
+        const float v = w * to_float(in[i]);
         float h, l;
         split<T>(v, h, l);
         hi[i] = from_float<T>(h), lo[i] = from_float<T>(l);
@@ -169,9 +188,7 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
       *reinterpret_cast<uint4*>(xw_hi + r * lay.ldx + c) = *reinterpret_cast<const uint4*>(hi);
       *reinterpret_cast<uint4*>(xw_lo + r * lay.ldx + c) = *reinterpret_cast<const uint4*>(lo);
     }
-    stage_rows(bs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
-      return token_row(r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
-    });
+    staged();
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTcRows / 16; ++kk) {
@@ -200,6 +217,77 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
       if (row < d.p && col < d.n) S[(long)row * d.n + col] = acc[j][e];
     }
   }
+}
+
+// C_l . B_s of one 64 x 64 tile: this warp's 16 rows of the C rows in `cs` against the 64 B rows in `bs` (both
+// row-major, n16 columns, ld per row), accumulated in float32 from the exact 16-bit inputs.
+template <typename T>
+__device__ __forceinline__ void cb_tile(float sc[kTcRows / 8][4], const T* cs, const T* bs, int ld, int n16) {
+  using TC = TensorCore<T>;
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int j = 0; j < kTcRows / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) sc[j][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
+    if (16 * kk >= n16) break;
+    uint32_t af[4];
+    load_a_fragment(af, cs, ld, 16 * warp, 16 * kk);
+#pragma unroll
+    for (int j = 0; j < kTcRows / 8; ++j) {
+      uint32_t b0, b1;
+      load_b_fragment(b0, b1, bs, ld, 16 * kk, 8 * j);
+      TC::mma(sc[j], af, b0, b1);
+    }
+  }
+}
+
+// Writes a cb_tile result to the [q, q] block `cb`: this thread's rows r0 and r0 + 8, columns from s0.
+__device__ __forceinline__ void store_cb_tile(const float sc[kTcRows / 8][4], float* cb, int q, int r0, int s0) {
+  const int tig = threadIdx.x % 4;
+#pragma unroll
+  for (int j = 0; j < kTcRows / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + (e < 2 ? 0 : 8), c = s0 + 8 * j + 2 * tig + (e & 1);
+      if (r < q && c < q) cb[(long)r * q + c] = sc[j][e];
+    }
+}
+
+// C_l . B_s per group for heads that share it (one block per chunk, group and 64 x 64 tile on or below the
+// diagonal); the output kernel then reads it instead of recomputing it once per head.
+template <typename T>
+struct ChunkCbTc {
+  Chunk cx;
+  const T* B;
+  const T* C;
+  float* cb;  // [b, c, g, q, q]
+  bool vector;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads) chunk_cb_tc_kernel(ChunkCbTc<T> a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  Chunk cx = a.cx;
+  cx.select(blockIdx.x, cx.d.g);
+  const ScanDims& d = cx.d;
+  const int tiles = (d.q + kTcRows - 1) / kTcRows;
+  const int m0 = kTcRows * (blockIdx.y / tiles), s0 = kTcRows * (blockIdx.y % tiles);
+  if (s0 > m0) return;  // above the diagonal: never read
+  const int n16 = round16(d.n), ld = n16 + 8;
+  T* cs = reinterpret_cast<T*>(smem);
+  T* bs = cs + kTcRows * ld;
+  auto row_of = [&](const T* base, int t) -> const T* {
+    return t < d.q && cx.valid(t) ? base + cx.token(t, d.g, cx.hi, d.n) : nullptr;
+  };
+  stage_rows(cs, ld, kTcRows, d.n, n16, a.vector, [&](int r) { return row_of(a.C, m0 + r); });
+  stage_rows(bs, ld, kTcRows, d.n, n16, a.vector, [&](int r) { return row_of(a.B, s0 + r); });
+  staged();
+  __syncthreads();
+  float sc[kTcRows / 8][4];
+  cb_tile<T>(sc, cs, bs, ld, n16);
+  store_cb_tile(sc, a.cb + cx.cb(cx.hi), d.q, m0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4, s0);
 }
 
 // Where the output kernel gets C_l . B_s: computed in the block (and stored for the backward), or read from the
@@ -253,6 +341,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
   stage_rows(cs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
     return token_row(m0 + r) ? a.C + cx.token(m0 + r, d.g, gi, d.n) : nullptr;
   });
+  staged();
   __syncthreads();
 
   // This thread's two output rows (tokens of the chunk) and whether they are real tokens.
@@ -317,6 +406,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
         return token_row(s0 + r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
       });
     }
+    staged();
     __syncthreads();
 
     // C_l . B_s for this warp's 16 rows and the tile's 64 sources.
@@ -330,29 +420,8 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
           sc[j][e] = r < d.q && c <= r ? cb[(long)r * d.q + c] : 0.f;
         }
     } else {
-#pragma unroll
-      for (int j = 0; j < kTcRows / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[j][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
-        if (16 * kk >= lay.n16) break;
-        uint32_t af[4];
-        load_a_fragment(af, cs, lay.ldn, 16 * warp, 16 * kk);
-#pragma unroll
-        for (int j = 0; j < kTcRows / 8; ++j) {
-          uint32_t b0, b1;
-          load_b_fragment(b0, b1, bs, lay.ldn, 16 * kk, 8 * j);
-          TC::mma(sc[j], af, b0, b1);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kTcRows / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
-          if (r < d.q && c < d.q) cb[(long)r * d.q + c] = sc[j][e];
-        }
+      cb_tile<T>(sc, cs, bs, lay.ldn, lay.n16);
+      store_cb_tile(sc, cb, d.q, r0, s0);
     }
 
     // Weights (C_l . B_s) exp(L_l - L_s) dt'_s on the causal same-sample part, split into hi + lo and packed as the
@@ -418,6 +487,15 @@ void chunk_state_tc(const ChunkStateTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.p, kTcRows));
   launch_with_smem(chunk_state_tc_kernel<T>, grid, tc_state_layout(d).bytes, stream, a);
+}
+
+template <typename T>
+void chunk_cb_tc(const ChunkCbTc<T>& a, cudaStream_t stream) {
+  const ScanDims& d = a.cx.d;
+  const unsigned tiles = ceil_div(d.q, kTcRows);
+  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.g), tiles * tiles);
+  const size_t bytes = 2 * static_cast<size_t>(kTcRows) * (round16(d.n) + 8) * 2;
+  launch_with_smem(chunk_cb_tc_kernel<T>, grid, bytes, stream, a);
 }
 
 template <typename T>
