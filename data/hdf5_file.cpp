@@ -244,6 +244,20 @@ std::string Dataset::stored_type_text() const {
   return "a non-numeric type";
 }
 
+void Dataset::check_stored() const {
+  Lock lock(hdf5_mutex());
+  Handle dcpl(H5Dget_create_plist(handle_.get()), H5Pclose);
+  CARVE_CHECK(dcpl.valid(), where_, ": cannot read its storage properties", hdf5_reason());
+  if (H5Pget_nfilters(dcpl.get()) != 0) return;  // compressed: the stored size says nothing about the data's
+  Handle type(H5Dget_type(handle_.get()), H5Tclose);
+  uint64_t declared = H5Tget_size(type.get());
+  bool overflow = false;
+  for (auto d : dims_) overflow |= __builtin_mul_overflow(declared, static_cast<uint64_t>(d), &declared);
+  const uint64_t stored = H5Dget_storage_size(handle_.get());
+  CARVE_CHECK(!overflow && stored >= declared, where_, ": declares ", rows(), " rows (", declared, " bytes) but the file stores ",
+              stored, " bytes of it (truncated or never written)");
+}
+
 namespace {
 
 // The file-space selection of rows [begin, begin + count) and the matching memory space.

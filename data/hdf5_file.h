@@ -73,6 +73,9 @@ class Dataset {
   bool stored_is_integer() const;
   bool stored_is(Elem e) const;
   std::string stored_type_text() const;
+  // Throws unless the file stores every byte of an unfiltered dataset: a tiny crafted or truncated file can
+  // declare a dataset of terabytes that was never written, and reading it whole would exhaust memory.
+  void check_stored() const;
   // Rows [begin, begin + count) of a 1-D or 2-D dataset into/out of contiguous memory of type `mem`.
   void read_rows(int64_t begin, int64_t count, Elem mem, void* out) const;
   void write_rows(int64_t begin, int64_t count, Elem mem, const void* in);

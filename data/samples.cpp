@@ -36,6 +36,7 @@ std::vector<int64_t> read_offsets(const File& file, const std::string& name) {
   auto ds = file.dataset(name);
   CARVE_CHECK(ds.dims().size() == 1, ds.where(), ": must be 1-D");
   CARVE_CHECK(ds.stored_is_integer(), ds.where(), ": must hold integers, found ", ds.stored_type_text());
+  ds.check_stored();
   std::vector<int64_t> out(static_cast<size_t>(ds.rows()));
   ds.read_rows(0, ds.rows(), Elem::I64, out.data());
   return out;
@@ -91,6 +92,7 @@ SampleFile::SampleFile(const std::string& path) : path_(path), file_(File::open_
   CARVE_CHECK(tokens.dims().size() == 1 && tokens.stored_is_integer(), tokens.where(),
               ": must be a 1-D integer array, found ", tokens.stored_type_text(), " with ", tokens.dims().size(),
               " dimensions");
+  tokens.check_stored();
   offsets_ = read_offsets(file_, "offsets");
   check_offsets(offsets_, tokens.rows(), path + ": dataset 'offsets'", "'tokens'");
   has_loss_mask_ = file_.has("loss_mask");
@@ -98,12 +100,14 @@ SampleFile::SampleFile(const std::string& path) : path_(path), file_(File::open_
     const auto& mask = loss_mask_.emplace(file_.dataset("loss_mask"));
     CARVE_CHECK(mask.dims().size() == 1 && mask.rows() == tokens.rows() && mask.stored_is_integer(), mask.where(),
                 ": must be 1-D integers with one entry per token (", tokens.rows(), ")");
+    mask.check_stored();
   }
   has_images_ = file_.has("image_embeds");
   if (has_images_) {
     auto& images = image_embeds_.emplace(file_.dataset("image_embeds"));
     CARVE_CHECK(images.dims().size() == 2 && images.stored_is(Elem::U16), images.where(),
                 ": must be [rows, hidden] uint16 (bfloat16 or float16 bits), found ", images.stored_type_text());
+    images.check_stored();
     image_hidden_ = images.dims()[1];
     image_dtype_ = half_dtype_from_name(images.attributes().read_string("dtype"), images.where());
     image_offsets_ = read_offsets(file_, "image_offsets");

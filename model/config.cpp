@@ -12,14 +12,17 @@ namespace {
 // Typed access to config.json fields with errors that name the file and the field.
 class Fields {
  public:
+  static constexpr int64_t kMaxSize = int64_t{1} << 40;
+
   Fields(const nlohmann::json& j, std::string source) : j_(j), source_(std::move(source)) {}
 
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
 
   int64_t positive_int(const char* key) const {
     CARVE_CHECK(has(key), source_, ": missing field '", key, "'");
-    CARVE_CHECK(j_[key].is_number_integer() && j_[key].get<int64_t>() > 0, source_, ": field '", key,
-                "' must be a positive integer, got ", j_[key].dump());
+    // Sizes beyond 2^40 are no real model's and would overflow the arithmetic done with them.
+    CARVE_CHECK(j_[key].is_number_integer() && j_[key].get<int64_t>() > 0 && j_[key].get<int64_t>() <= kMaxSize,
+                source_, ": field '", key, "' must be a positive integer up to 2^40, got ", j_[key].dump());
     return j_[key].get<int64_t>();
   }
   int64_t positive_int_or(const char* key, int64_t fallback) const { return has(key) ? positive_int(key) : fallback; }

@@ -54,6 +54,8 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& spec
     CARVE_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), where(),
                 ": shape entries must be non-negative integers");
     uint64_t v = d.get<uint64_t>();
+    CARVE_CHECK(v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), where(), ": shape entry ", v,
+                " is too large");
     CARVE_CHECK(v == 0 || numel <= std::numeric_limits<uint64_t>::max() / v, where(), ": shape overflows");
     numel *= v;
     e.shape.push_back(static_cast<int64_t>(v));
@@ -66,6 +68,9 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& spec
   CARVE_CHECK(e.begin <= e.end, where(), ": data_offsets begin ", e.begin, " is after end ", e.end);
   CARVE_CHECK(e.end <= data_size, where(), ": data_offsets end ", e.end, " is past the data buffer of ", data_size,
               " bytes (file truncated?)");
+  // The byte size must not wrap around either: [2^61] F64 would otherwise "fit" in 0 bytes.
+  CARVE_CHECK(numel <= std::numeric_limits<uint64_t>::max() / c10::elementSize(e.dtype), where(), ": shape of ",
+              numel, " elements of ", spec["dtype"].get<std::string>(), " overflows the byte size");
   const uint64_t expected = numel * c10::elementSize(e.dtype);
   CARVE_CHECK(e.end - e.begin == expected, where(), ": holds ", e.end - e.begin, " bytes but dtype ",
               spec["dtype"].get<std::string>(), " and shape need ", expected);
