@@ -1,5 +1,7 @@
 // carve precompute: run the teacher over a sample file once and write the activation cache (see trainer/precompute).
 #include <iostream>
+#include <tuple>
+#include <utility>
 
 #include "base/error.h"
 #include "base/log.h"
@@ -45,11 +47,26 @@ std::vector<int64_t> parse_layers(const std::string& text, int64_t num_layers) {
   return out;
 }
 
+// "I/N" with 0 <= I < N.
+std::pair<int64_t, int64_t> parse_part(const std::string& text) {
+  const auto slash = text.find('/');
+  try {
+    if (slash != std::string::npos) {
+      size_t used_i = 0, used_n = 0;
+      const int64_t i = std::stoll(text.substr(0, slash), &used_i);
+      const int64_t n = std::stoll(text.substr(slash + 1), &used_n);
+      if (used_i == slash && used_n == text.size() - slash - 1 && n >= 1 && i >= 0 && i < n) return {i, n};
+    }
+  } catch (const std::exception&) {
+  }
+  throw UsageError("--part: '" + text + "' is not I/N with 0 <= I < N (this job's share of the shards)");
+}
+
 }  // namespace
 
 int precompute_main(const std::vector<std::string>& args) {
   ModelOptions teacher;
-  std::string samples, out, layers = "all", storage = "bfloat16", locking;
+  std::string samples, out, layers = "all", storage = "bfloat16", locking, part = "0/1";
   int64_t top_k = 16, shard_tokens = 1 << 20, batch_tokens = 8192;
   bool final_hidden = true;
   int threads = 0;
@@ -65,6 +82,9 @@ int precompute_main(const std::vector<std::string>& args) {
       "shard-tokens", po::value<int64_t>(&shard_tokens)->default_value(shard_tokens), "tokens per shard file")(
       "batch-tokens", po::value<int64_t>(&batch_tokens)->default_value(batch_tokens),
       "tokens per teacher forward (whole samples packed)")(
+      "part", po::value<std::string>(&part)->default_value(part),
+      "I/N: compute only the shards whose index mod N is I (job I of N independent jobs, e.g. a SLURM job array); "
+      "the job that finds every shard finished writes the manifest")(
       "threads", po::value<int>(&threads)->default_value(threads), "CPU threads for LibTorch (0: its default)");
   po::options_description desc("carve precompute");
   desc.add(model_options(teacher, "teacher", "teacher checkpoint folder")).add(cache).add(hdf5_options(locking));
@@ -91,12 +111,13 @@ int precompute_main(const std::vector<std::string>& args) {
   o.final_hidden = final_hidden;
   o.shard_tokens = shard_tokens;
   o.batch_tokens = batch_tokens;
+  std::tie(o.part, o.parts) = parse_part(part);
   // Only the layer count is needed here: config.json, not the weights (precompute opens those).
   o.layers = parse_layers(layers, model::load_model_config(fs::join(teacher.path, "config.json")).num_layers);
   if (mpi.rank() == 0) record_config("precompute", desc, parsed.values, "");
   auto report = trainer::precompute_cache(o);
   if (!report.already_complete)
-    log::info("precompute", "rank done: ", report.shards_written, " shards written, ", report.shards_skipped,
+    log::info("precompute", "rank done", o.parts > 1 ? " (part " + part + ")" : std::string(), ": ", report.shards_written, " shards written, ", report.shards_skipped,
               " already present, ", report.tokens_written, " tokens in ", report.seconds, " s");
   return 0;
 }

@@ -22,6 +22,7 @@
 #   CARVE_LAYER_GROUPS    layer groups of stages 1-2 (must divide CARVE_NTASKS)
 #   CARVE_NTASKS          tasks (MPI ranks) of every job but synth (default 2)
 #   CARVE_SBATCH_ARGS     more sbatch options for every job, split on spaces (partition, account, time, nodes, ...)
+#   CARVE_PRECOMPUTE_ARRAY the precompute as a job array of this many jobs (default 1: one job)
 #   CARVE_PRECOMPUTE_ARGS more `carve precompute` options (the example: --batch-tokens 512 --shard-tokens 65536)
 #   CARVE_DISTILL_ARGS    more `carve distill` options for stages 1, 2 and 3
 #   CARVE_STAGE1_ARGS, CARVE_STAGE2_ARGS, CARVE_STAGE3_ARGS   more options for one stage (after the above)
@@ -113,7 +114,13 @@ if [ "$EXAMPLE" = 1 ] && [ ! -f "$SAMPLES" ]; then
 fi
 
 # The recipe (CARVE_CONFIG) is distill's: precompute has options of its own (CARVE_PRECOMPUTE_ARGS).
-CARVE_CONFIG="" CARVE_ARGS=$PRECOMPUTE_ARGS submit precompute "$LAST" --ntasks="$NTASKS" "$ROOT/slurm/precompute.sbatch"
+# CARVE_PRECOMPUTE_ARRAY=N > 1: the precompute as a job array of N jobs of CARVE_NTASKS tasks each.
+ARRAY=${CARVE_PRECOMPUTE_ARRAY:-1}
+[[ "$ARRAY" =~ ^[1-9][0-9]*$ ]] || die "CARVE_PRECOMPUTE_ARRAY=$ARRAY: expected a number of array tasks (1: no array)"
+array_args=()
+[ "$ARRAY" = 1 ] || array_args=(--array="0-$((ARRAY - 1))" --output="$LOGS/%x-%A_%a.out")
+CARVE_CONFIG="" CARVE_ARGS=$PRECOMPUTE_ARGS submit precompute "$LAST" --ntasks="$NTASKS" "${array_args[@]}" \
+  "$ROOT/slurm/precompute.sbatch"
 for stage in 1 2; do
   extra_var=CARVE_STAGE${stage}_ARGS
   CARVE_STAGE=$stage CARVE_ARGS="${CARVE_DISTILL_ARGS:-} ${!extra_var:-}" \

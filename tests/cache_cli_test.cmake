@@ -49,6 +49,13 @@ run(0 "wrote .*manifest.json" ${CARVE} precompute ${ARGS} --out ${WORK}/one)
 run(0 "wrote .*manifest.json" ${MPIEXEC} --allow-run-as-root --oversubscribe -np 2 ${CARVE} precompute ${ARGS}
     --out ${WORK}/two)
 same_shards(${WORK}/one ${WORK}/two)
+# Two independent jobs (a job array's tasks), each a part of the shards: the first leaves the manifest to the last,
+# which writes it; the shards equal the one-rank run's.
+run(0 "part 1/2 done; [0-9]+ shards of other parts are not finished yet" ${CARVE} precompute ${ARGS} --out ${WORK}/parts
+    --part 1/2)
+run(0 "wrote .*manifest.json" ${CARVE} precompute ${ARGS} --out ${WORK}/parts --part 0/2)
+same_shards(${WORK}/one ${WORK}/parts)
+run(fail "--part: '2/2' is not I/N with 0 <= I < N" ${CARVE} precompute ${ARGS} --out ${WORK}/bad --part 2/2)
 run(0 "verified [0-9]+ shards.*checksums match" ${CARVE} cache verify ${WORK}/two --teacher ${TEACHER}
     --samples ${WORK}/train.h5)
 run(1 "made from another teacher" ${CARVE} cache verify ${WORK}/two --teacher ${SOURCE}/tests/fixtures/teachers/qwen2)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SLURM scripts on a real SLURM (slurmctld + slurmd; scripts/slurm_localhost.sh starts a one-node one here):
-#  1. slurm/submit_all.sh submits the built-in example with tiny sizes as dependent jobs, synth -> precompute ->
-#     stage 1 (2 layer groups) -> stage 2 -> stage 3 (srun or mpirun, as slurm/common.sh picks); every job must end
+#  1. slurm/submit_all.sh submits the built-in example with tiny sizes as dependent jobs, synth -> precompute (a job
+#     array of 2) -> stage 1 (2 layer groups) -> stage 2 -> stage 3 (srun or mpirun, as slurm/common.sh picks); every job must end
 #     COMPLETED with its outputs, and every carve job must report an MPI world of SLURM_NTASKS ranks.
 #  2. Preemption: the same stage 3 again (same start, same settings; launched with mpirun this time) gets SLURM's
 #     warning signal mid-stage (scancel --signal=USR1 --batch, as --signal=B:USR1@N does before the time limit); it
@@ -94,7 +94,7 @@ export CARVE CARVE_ROOT=$SOURCE   # the jobs find slurm/common.sh there (they ru
 unset CARVE_TEACHER CARVE_SAMPLES CARVE_CACHE CARVE_CONFIG CARVE_LAYOUT CARVE_INIT CARVE_ARGS CARVE_SBATCH_ARGS \
   CARVE_NP CARVE_STAGE
 submitted=$(CARVE_RUN=$WORK/run CARVE_NTASKS=2 CARVE_LAYER_GROUPS=2 CARVE_SYNTH_TRAIN=300 CARVE_SYNTH_EVAL=20 \
-  CARVE_PRECOMPUTE_ARGS="--batch-tokens 512 --shard-tokens 4096 --threads 1" \
+  CARVE_PRECOMPUTE_ARRAY=2 CARVE_PRECOMPUTE_ARGS="--batch-tokens 512 --shard-tokens 4096 --threads 1" \
   CARVE_DISTILL_ARGS="--log-every 10 --threads 1" CARVE_STAGE1_ARGS="--steps 20" CARVE_STAGE2_ARGS="--steps 20" \
   CARVE_STAGE3_ARGS="--steps $STEPS3" "$SOURCE/slurm/submit_all.sh") || fail "slurm/submit_all.sh failed"
 echo "$submitted"
@@ -154,11 +154,17 @@ for f in data/train.h5 cache/manifest.json stage1/student/model.safetensors stag
          stage3/student/model.safetensors stage3/student/config.json; do
   [ -s "$R/$f" ] || fail "$R/$f is missing or empty"
 done
-for name in precompute stage1 stage2 stage3; do
-  out=$R/slurm/carve-$name-${ID[$name]}.out
+outputs=("$R/slurm/carve-precompute-${ID[precompute]}_0.out" "$R/slurm/carve-precompute-${ID[precompute]}_1.out")
+for name in stage1 stage2 stage3; do outputs+=("$R/slurm/carve-$name-${ID[$name]}.out"); done
+for out in "${outputs[@]}"; do
   expect "$out" "world size 2 = SLURM_NTASKS 2" "MPI's world checked against the job's tasks"
   expect "$out" "\] done$" "the job script's end"
 done
+# The precompute ran as a job array of 2: each task computed its part, the one that finished last the manifest.
+for part in 0 1; do
+  expect "$R/slurm/carve-precompute-${ID[precompute]}_$part.out" "rank done \(part $part/2\)" "array task $part's part"
+done
+cat "${outputs[@]:0:2}" | grep -qE "wrote .*manifest.json" || fail "no precompute array task wrote the manifest"
 expect "$R/slurm/carve-stage1-${ID[stage1]}.out" "on 2 processes = 2 layer groups x 1 replicas" "the stage-1 grid"
 grep -q "stopped at step" "$R/slurm/carve-stage3-${ID[stage3]}.out" && fail "the reference stage 3 was interrupted"
 

@@ -205,11 +205,13 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
   const auto plan = data::plan_from_json(nlohmann::json::parse(plan_text), "the plan from rank 0");
   const auto streams = plan.streams();
 
-  // This rank's shards (round-robin) that are not finished yet.
+  // This rank's shards (this part's, round-robin over the ranks) that are not finished yet.
+  CARVE_CHECK(o.parts >= 1 && o.part >= 0 && o.part < o.parts, "--part: ", o.part, "/", o.parts,
+              " is not a part of the shards (expected I/N with 0 <= I < N)");
   std::vector<ShardSpan> todo;
   int64_t todo_tokens = 0;
   for (const auto& span : plan.shards) {
-    if (span.index % world != rank) continue;
+    if (span.index % o.parts != o.part || (span.index / o.parts) % world != rank) continue;
     if (finished_shard(o.cache_dir, span.index, streams)) {
       ++report.shards_skipped;
     } else {
@@ -245,20 +247,34 @@ PrecomputeReport precompute_cache(const PrecomputeOptions& o) {
   }
   comm::barrier();
 
-  // Every shard is finished: rank 0 assembles the manifest from the progress records.
+  // Every shard is finished: rank 0 assembles the manifest from the progress records. With parts, the shards of
+  // the other parts may still be in progress; the part that finishes last (or any rerun) writes it.
+  bool written = false;
   comm::rank0_decides([&] {
     data::CacheManifest manifest;
     manifest.plan = plan;
+    int64_t outstanding = 0;
     for (const auto& span : plan.shards) {
       auto files = finished_shard(o.cache_dir, span.index, streams);
+      if (!files && o.parts > 1 && span.index % o.parts != o.part) {
+        ++outstanding;
+        continue;
+      }
       CARVE_CHECK(files, fs::join(o.cache_dir, data::progress_path(span.index)), ": shard ", span.index,
                   " is not complete after every rank finished");
       manifest.files.push_back(std::move(*files));
     }
+    if (outstanding > 0) {
+      log::info("precompute", "part ", o.part, "/", o.parts, " done; ", outstanding, " shards of other parts are not ",
+                "finished yet: the part that finishes last writes the manifest");
+      return;
+    }
+    written = true;
     fs::write_file_atomic(fs::join(o.cache_dir, "manifest.json"), data::manifest_to_json(manifest).dump(2) + "\n");
     log::info("precompute", "wrote ", fs::join(o.cache_dir, "manifest.json"), ": ", plan.shards.size(), " shards, ",
               plan.num_tokens, " tokens, streams ", streams.size());
   });
+  report.manifest_written = comm::broadcast_text(written ? "1" : "") == "1";
   return report;
 }
 
