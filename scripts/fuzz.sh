@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [--seconds N] [--no-build] [TARGET...]     (default: 60 s each; targets: all)
 #
-# Targets: safetensors config ini samples manifest (tests/fuzz/<name>.cpp). Each run starts from the seeds in
+# Targets: safetensors config ini samples manifest shard (tests/fuzz/<name>.cpp). Each run starts from the seeds in
 # tests/fuzz/corpus/<name>/ and the inputs in tests/fuzz/regressions/<name>/ and grows a working corpus in
 # build-fuzz/corpus/<name>/ (not committed). Crash, timeout and out-of-memory inputs are copied to
 # tests/fuzz/regressions/<name>/, where the GoogleTest FuzzRegressions replays them in the normal build.
@@ -25,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors config ini samples manifest)
+[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors config ini samples manifest shard)
 
 if [[ $do_build == 1 ]]; then
   if [[ ! -f $build/build.ninja ]]; then

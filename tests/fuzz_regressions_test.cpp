@@ -24,7 +24,8 @@ const NamedTarget kTargets[] = {{"safetensors", carve_fuzz_safetensors},
                                 {"config", carve_fuzz_config},
                                 {"ini", carve_fuzz_ini},
                                 {"samples", carve_fuzz_samples},
-                                {"manifest", carve_fuzz_manifest}};
+                                {"manifest", carve_fuzz_manifest},
+                                {"shard", carve_fuzz_shard}};
 
 std::vector<stdfs::path> files_in(const stdfs::path& dir) {
   std::vector<stdfs::path> out;
@@ -69,7 +70,9 @@ TEST(FuzzRegressions, ValidSeedsAreAccepted) {
                                                        {"config", "llama.json"},
                                                        {"ini", "sections.ini"},
                                                        {"samples", "unchanged.bin"},
-                                                       {"manifest", "two_shards.json"}};
+                                                       {"manifest", "two_shards.json"},
+                                                       {"shard", "unchanged_hidden.bin"},
+                                                       {"shard", "unchanged_logits.bin"}};
   for (const auto& [target, name] : valid) {
     for (const auto& t : kTargets) {
       if (std::string(t.name) != target) continue;

@@ -26,3 +26,4 @@ int carve_fuzz_config(const uint8_t* data, size_t size);        // a Hugging Fac
 int carve_fuzz_ini(const uint8_t* data, size_t size);           // a --config FILE.ini
 int carve_fuzz_samples(const uint8_t* data, size_t size);       // edits applied to a valid sample file
 int carve_fuzz_manifest(const uint8_t* data, size_t size);      // an activation cache's manifest.json
+int carve_fuzz_shard(const uint8_t* data, size_t size);         // edits applied to a valid cache shard
