@@ -365,7 +365,7 @@ E2eDistillReport run_e2e_distill(const E2eDistillOptions& o, comm::MpiCommunicat
                                    student_logits)
                          : kl_full(teacher_logits, student_logits, o.temperature);
         auto term = (kl * valid).sum() * (o.kl_weight * token_norm);
-        term = term * injected_loss_factor(step + 1, -1);
+        if (const double fault = injected_loss_factor(step + 1, -1); fault != 1.0) term = term * fault;
         this_step.kl.add_(term.detach().to(torch::kFloat64));
         loss = loss + term;
       }

@@ -34,16 +34,23 @@ NonFinitePolicy parse_nonfinite_policy(const std::string& text, const std::strin
 }
 
 NonFiniteCheck::NonFiniteCheck(NonFinitePolicy policy, std::vector<std::string> sources)
-    : policy_(policy), sources_(std::move(sources)), marks_(sources_.size(), 0.f) {}
+    : policy_(policy), sources_(std::move(sources)) {}
 
 void NonFiniteCheck::mark(size_t source, const torch::Tensor& value) {
-  CARVE_CHECK(source < marks_.size(), "non-finite check: source ", source, " of ", marks_.size());
-  if (!torch::isfinite(value.detach()).all().item<bool>()) marks_[source] = 1.f;
+  CARVE_CHECK(source < sources_.size(), "non-finite check: source ", source, " of ", sources_.size());
+  pending_.emplace_back(source, torch::isfinite(value.detach()).all());
 }
 
 bool NonFiniteCheck::agree(comm::MpiCommunicator& world, int64_t step_done, bool lead) {
-  auto marks = torch::from_blob(marks_.data(), {static_cast<int64_t>(marks_.size())}, torch::kFloat32).clone();
-  std::fill(marks_.begin(), marks_.end(), 0.f);
+  auto marks = torch::zeros({static_cast<int64_t>(sources_.size())}, torch::kFloat32);
+  if (!pending_.empty()) {
+    std::vector<torch::Tensor> flags;
+    for (auto& [source, finite] : pending_) flags.push_back(finite.view({1}));
+    const auto finite = torch::cat(flags).cpu();
+    for (size_t i = 0; i < pending_.size(); ++i)
+      if (!finite[static_cast<int64_t>(i)].item<bool>()) marks[static_cast<int64_t>(pending_[i].first)] = 1.f;
+    pending_.clear();
+  }
   if (world.size() > 1) world.all_reduce(marks, comm::ReduceOp::Sum);
   std::string bad;
   for (size_t i = 0; i < sources_.size(); ++i)

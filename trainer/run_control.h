@@ -121,7 +121,8 @@ class NonFiniteCheck {
  private:
   NonFinitePolicy policy_;
   std::vector<std::string> sources_;
-  std::vector<float> marks_;
+  // (source, "all finite" as a bool tensor on the value's device): read together in agree(), one device sync a step.
+  std::vector<std::pair<size_t, torch::Tensor>> pending_;
   int64_t skipped_ = 0;
 };
 
