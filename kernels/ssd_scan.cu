@@ -514,74 +514,89 @@ P with_chunk(P p, const ScanDims& d, const int* seg) {
   return p;
 }
 
+// The steps both versions of the forward share: dt' and its cumsum per chunk, then (after the local states) the pass
+// that turns them into the states entering each chunk.
 template <typename T>
-void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
-  const ScanDims d = dims_of(f.shape);
-  const T* x = static_cast<const T*>(f.x);
-  const T* B = static_cast<const T*>(f.B);
-  const T* C = static_cast<const T*>(f.C);
-  const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
-
+void launch_dt_prepare(const SsdScanForward& f, const ScanDims& d, cudaStream_t stream) {
   dt_prepare_kernel<T><<<(unsigned)((long)d.b * d.h * d.c), scan_threads(d.q), 0, stream>>>(
       d, static_cast<const T*>(f.dt), f.A, f.dt_bias, f.dt_softplus, f.dtp, f.cum);
   CARVE_CUDA_CHECK_LAUNCH();
+}
 
-  const bool tensor_cores = sizeof(T) == 2 && ssd_tensor_core_shape(f.shape) && ssd_tensor_cores_enabled();
-  if constexpr (sizeof(T) == 2) {
-    if (tensor_cores) {
-      ChunkStateTc<T> local{};
-      local.x = x, local.B = B, local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
-      local.vector = rows_vectorizable(x, d.p) && rows_vectorizable(B, d.n);
-      chunk_state_tc(with_chunk(local, d, f.seg), stream);
-    }
-  }
-  if (!tensor_cores) {
-    ChunkStateProblem<T, T, StateProduct::Local> local{};
-    local.left = x, local.right = B, local.dtp = f.dtp, local.cum = f.cum, local.out = f.states;
-    local.M = d.p, local.N = d.n, local.K = d.q;
-    launch_tile_gemm(with_chunk(local, d, f.seg), heads, stream);
-  }
-
+void launch_state_pass(const SsdScanForward& f, const ScanDims& d, cudaStream_t stream) {
   const long pn = (long)d.p * d.n;
   state_pass_kernel<<<dim3(ceil_div(pn, 256), d.b * d.h), 256, 0, stream>>>(d, f.seg, f.cum, f.initial_state,
                                                                               f.states, f.final_state);
   CARVE_CUDA_CHECK_LAUNCH();
+}
 
-  // With heads sharing a group, C.B is computed once per group here (the tensor-core product only on or below the
-  // diagonal, which is all the output and the backward read); the tensor-core output kernel computes it itself when
-  // each group has one head.
-  if constexpr (sizeof(T) == 2) {
-    if (tensor_cores && d.r > 1) {
-      ChunkCbTc<T> cb{};
-      cb.B = B, cb.C = C, cb.cb = f.cb;
-      cb.vector = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
-      chunk_cb_tc(with_chunk(cb, d, f.seg), stream);
-    }
-  }
-  if (!tensor_cores) {
-    ChunkCbProblem<T> cb{};
-    cb.C = C, cb.B = B, cb.cb = f.cb, cb.M = d.q, cb.N = d.q, cb.K = d.n;
-    launch_tile_gemm(with_chunk(cb, d, f.seg), groups, stream);
-  }
+// Version 1: every product on the CUDA-core tile product (float32 inputs, and 16-bit ones outside the tensor-core
+// shapes or with CARVE_SSD_TENSOR_CORES=0).
+template <typename T>
+void forward_cuda_core(const SsdScanForward& f, const ScanDims& d, cudaStream_t stream) {
+  const T* x = static_cast<const T*>(f.x);
+  const T* B = static_cast<const T*>(f.B);
+  const T* C = static_cast<const T*>(f.C);
+  const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
+  launch_dt_prepare<T>(f, d, stream);
 
-  if constexpr (sizeof(T) == 2) {
-    if (tensor_cores) {
-      ChunkOutputTc<T> out{};
-      out.x = x, out.B = B, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D;
-      out.D_per_channel = f.D_per_channel, out.dtp = f.dtp, out.cum = f.cum, out.states = f.states, out.cb = f.cb;
-      out.cb_source = d.r > 1 ? CbSource::Load : CbSource::ComputeAndStore;
-      out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
-      out.vector = rows_vectorizable(x, d.p) && rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
-      chunk_output_tc(with_chunk(out, d, f.seg), stream);
-      return;
-    }
-  }
+  ChunkStateProblem<T, T, StateProduct::Local> local{};
+  local.left = x, local.right = B, local.dtp = f.dtp, local.cum = f.cum, local.out = f.states;
+  local.M = d.p, local.N = d.n, local.K = d.q;
+  launch_tile_gemm(with_chunk(local, d, f.seg), heads, stream);
+  launch_state_pass(f, d, stream);
+
+  ChunkCbProblem<T> cb{};
+  cb.C = C, cb.B = B, cb.cb = f.cb, cb.M = d.q, cb.N = d.q, cb.K = d.n;
+  launch_tile_gemm(with_chunk(cb, d, f.seg), groups, stream);
+
   ChunkOutputProblem<T> out{};
   out.x = x, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D, out.D_per_channel = f.D_per_channel;
   out.dtp = f.dtp, out.cum = f.cum, out.cb = f.cb, out.states = f.states;
   out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
   out.M = d.q, out.N = d.p, out.K = d.q + d.n;
   launch_tile_gemm(with_chunk(out, d, f.seg), heads, stream);
+}
+
+// Version 2 (16-bit inputs): the products on tensor cores (ssd_scan_tc.cuh).
+template <typename T>
+void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_t stream) {
+  const T* x = static_cast<const T*>(f.x);
+  const T* B = static_cast<const T*>(f.B);
+  const T* C = static_cast<const T*>(f.C);
+  const bool x_rows = rows_vectorizable(x, d.p), bc_rows = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
+  launch_dt_prepare<T>(f, d, stream);
+
+  ChunkStateTc<T> local{};
+  local.x = x, local.B = B, local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
+  local.vector = x_rows && bc_rows;
+  chunk_state_tc(with_chunk(local, d, f.seg), stream);
+  launch_state_pass(f, d, stream);
+
+  // With heads sharing a group, C.B is computed once per group (only on or below the diagonal, which is all the
+  // output and the backward read); with one head per group the output kernel computes it itself.
+  if (d.r > 1) {
+    ChunkCbTc<T> cb{};
+    cb.B = B, cb.C = C, cb.cb = f.cb, cb.vector = bc_rows;
+    chunk_cb_tc(with_chunk(cb, d, f.seg), stream);
+  }
+
+  ChunkOutputTc<T> out{};
+  out.x = x, out.B = B, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D;
+  out.D_per_channel = f.D_per_channel, out.dtp = f.dtp, out.cum = f.cum, out.states = f.states, out.cb = f.cb;
+  out.cb_source = d.r > 1 ? CbSource::Load : CbSource::ComputeAndStore;
+  out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
+  out.vector = x_rows && bc_rows;
+  chunk_output_tc(with_chunk(out, d, f.seg), stream);
+}
+
+template <typename T>
+void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
+  const ScanDims d = dims_of(f.shape);
+  if constexpr (sizeof(T) == 2) {
+    if (ssd_tensor_core_shape(f.shape) && ssd_tensor_cores_enabled()) return forward_tensor_core<T>(f, d, stream);
+  }
+  forward_cuda_core<T>(f, d, stream);
 }
 
 template <typename T>
