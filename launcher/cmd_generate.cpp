@@ -65,6 +65,8 @@ int generate_main(const std::vector<std::string>& args) {
       "top-p", po::value<double>(&gen.sampling.top_p)->default_value(1.0), "1 = off")(
       "stop-token", po::value<int64_t>(&gen.stop_token)->default_value(-1), "end a row at this id (-1: never)")(
       "seed", po::value<int64_t>(&seed)->default_value(0), "sampling seed")(
+      "cuda-graphs", po::value<bool>(&gen.cuda_graphs)->default_value(true),
+      "on CUDA, replay the decode step as a captured graph (false: launch every kernel per token)")(
       "out", po::value<std::string>(&out_dir)->default_value(""), "run folder for config.ini (optional)");
   po::options_description desc("carve generate");
   desc.add(model_options(model_opts, "model", "checkpoint folder of a teacher or student")).add(run).add(kernel_options(kernels));

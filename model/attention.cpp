@@ -1,9 +1,11 @@
 #include "model/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "base/error.h"
+#include "model/inference_ops.h"
 #include "model/layers.h"
 #include "model/rope.h"
 
@@ -19,6 +21,53 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   k_proj = register_module("k_proj", make_linear(c.hidden_size, num_kv_heads * head_dim, c.qkv_bias));
   v_proj = register_module("v_proj", make_linear(c.hidden_size, num_kv_heads * head_dim, c.qkv_bias));
   o_proj = register_module("o_proj", make_linear(num_heads * head_dim, c.hidden_size, c.o_bias));
+}
+
+void KvCache::reserve(int64_t positions) {
+  reserved = std::max(reserved, positions);
+  if (k.defined() && capacity() < reserved) make_room(k.size(0), k.size(1), k.size(3), k.options(), reserved - length);
+}
+
+void KvCache::make_room(int64_t b, int64_t kv_heads, int64_t head_dim, const torch::TensorOptions& options,
+                        int64_t extra) {
+  const int64_t need = length + extra;
+  if (k.defined()) {
+    CARVE_CHECK(k.size(0) == b && k.size(1) == kv_heads && k.size(3) == head_dim, "KV cache of shape ", k.sizes(),
+                " continued with a batch of ", b, " rows, ", kv_heads, " KV heads of dim ", head_dim);
+    if (capacity() >= need) return;
+  }
+  const int64_t capacity = std::max({need, reserved, 2 * this->capacity()});
+  auto grown_k = torch::empty({b, kv_heads, capacity, head_dim}, options);
+  auto grown_v = torch::empty({b, kv_heads, capacity, head_dim}, options);
+  if (length > 0) {
+    grown_k.narrow(2, 0, length).copy_(keys());
+    grown_v.narrow(2, 0, length).copy_(values());
+  }
+  k = grown_k;
+  v = grown_v;
+}
+
+namespace {
+
+// softmax(q k^T / sqrt(d)) v without a mask.
+torch::Tensor unmasked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, k, v);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  auto probs = torch::softmax(scores.to(accumulate_dtype(scores)), -1).to(q.scalar_type());
+  return torch::matmul(probs, v);
+#endif
+}
+
+}  // namespace
+
+torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t b = q.size(0), heads = q.size(1), kv_heads = k.size(1), d = q.size(3);
+  // Query heads h * groups ... h * groups + groups - 1 share KV head h: as `groups` queries of one KV head.
+  auto grouped = q.reshape({b, kv_heads, heads / kv_heads, d});
+  return unmasked_attention(grouped, k, v).reshape({b, heads, 1, d});
 }
 
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -49,30 +98,60 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
 #endif
 }
 
+torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache, const MixerContext& ctx) {
+  const int64_t b = u.size(0);
+  DecodeAttentionInputs in;
+  in.q = q_proj(u).view({b, num_heads * head_dim});
+  in.k = k_proj(u).view({b, num_kv_heads * head_dim});
+  in.v = v_proj(u).view({b, num_kv_heads * head_dim});
+  cache.make_room(b, num_kv_heads, head_dim, in.q.options(), 1);
+  in.k_cache = cache.k;
+  in.v_cache = cache.v;
+  in.positions = ctx.positions.select(1, 0).contiguous();
+  in.heads = num_heads, in.kv_heads = num_kv_heads, in.head_dim = head_dim, in.rotary_dim = rotary_dim;
+  in.rope_theta = rope_theta;
+  auto out = fused::decode_attention(in).view({b, 1, num_heads * head_dim});
+  cache.length += 1;
+  if (ctx.pre_output) *ctx.pre_output = out;
+  if (ctx.skip_output_projection) return torch::Tensor();
+  return o_proj(out);
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
   const int64_t b = u.size(0), l = u.size(1);
+  KvCache* cache = nullptr;
+  if (ctx.state) {
+    cache = dynamic_cast<KvCache*>(ctx.state);
+    CARVE_CHECK(cache, "attention layer was given a decoding state of another mixer kind");
+    if (l == 1 && uses_inference_kernels(u) && fused::decode_attention_supports(num_heads, num_kv_heads, head_dim))
+      return decode_step(u, *cache, ctx);
+  }
   auto q = q_proj(u).view({b, l, num_heads, head_dim}).transpose(1, 2);     // [b, h, l, d]
   auto k = k_proj(u).view({b, l, num_kv_heads, head_dim}).transpose(1, 2);  // [b, hkv, l, d]
   auto v = v_proj(u).view({b, l, num_kv_heads, head_dim}).transpose(1, 2);  // [b, hkv, l, d]
   auto rope = rope_tables(ctx.positions, rotary_dim, rope_theta, q.scalar_type());
   q = apply_rope(q, rope);
   k = apply_rope(k, rope);
-  if (ctx.state) {
-    auto* cache = dynamic_cast<KvCache*>(ctx.state);
-    CARVE_CHECK(cache, "attention layer was given a decoding state of another mixer kind");
-    if (cache->k.defined()) {
-      k = torch::cat({cache->k, k}, 2);
-      v = torch::cat({cache->v, v}, 2);
+  if (cache) {
+    cache->make_room(b, num_kv_heads, head_dim, k.options(), l);
+    cache->k.narrow(2, cache->length, l).copy_(k);
+    cache->v.narrow(2, cache->length, l).copy_(v);
+    cache->length += l;
+    k = cache->keys();
+    v = cache->values();
+  }
+  torch::Tensor out;
+  if (l == 1 && !ctx.seq_idx.defined()) {
+    out = single_query_attention(q, k, v);  // sees every cached key: no mask, no repeated KV heads
+  } else {
+    const int64_t groups = num_heads / num_kv_heads;
+    if (groups > 1) {
+      k = k.repeat_interleave(groups, 1);
+      v = v.repeat_interleave(groups, 1);
     }
-    cache->k = k;
-    cache->v = v;
+    out = causal_attention(q, k, v, ctx.seq_idx);
   }
-  const int64_t groups = num_heads / num_kv_heads;
-  if (groups > 1) {
-    k = k.repeat_interleave(groups, 1);
-    v = v.repeat_interleave(groups, 1);
-  }
-  auto out = causal_attention(q, k, v, ctx.seq_idx).transpose(1, 2).reshape({b, l, num_heads * head_dim});
+  out = out.transpose(1, 2).reshape({b, l, num_heads * head_dim});
   if (ctx.pre_output) *ctx.pre_output = out;
   if (ctx.skip_output_projection) return torch::Tensor();
   return o_proj(out);

@@ -3,14 +3,30 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
+
 #include "model/config.h"
+#include "model/layers.h"
 #include "model/mixer.h"
 
 namespace carve::model {
 
+// An attention layer's decoding state: key and value buffers with room for capacity() positions, the first `length`
+// filled. Appending beyond the capacity doubles it (one copy of what is cached); reserve() with the final length up
+// front allocates once, which a captured decode graph needs.
 struct KvCache : MixerState {
-  torch::Tensor k;  // [b, kv_heads, t, head_dim], after RoPE
-  torch::Tensor v;  // [b, kv_heads, t, head_dim]
+  torch::Tensor k;  // [b, kv_heads, capacity, head_dim], after RoPE
+  torch::Tensor v;  // [b, kv_heads, capacity, head_dim]
+  int64_t length = 0;
+  int64_t reserved = 0;
+
+  void reserve(int64_t positions) override;
+  void advance(int64_t tokens) override { length += tokens; }
+  // Room for `extra` more positions of [b, kv_heads, *, head_dim] keys with `options`.
+  void make_room(int64_t b, int64_t kv_heads, int64_t head_dim, const torch::TensorOptions& options, int64_t extra);
+  int64_t capacity() const { return k.defined() ? k.size(2) : 0; }
+  torch::Tensor keys() const { return k.narrow(2, 0, length); }
+  torch::Tensor values() const { return v.narrow(2, 0, length); }
 };
 
 class AttentionImpl : public Mixer {
@@ -19,15 +35,22 @@ class AttentionImpl : public Mixer {
   torch::Tensor forward(const torch::Tensor& u, const MixerContext& ctx) override;
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<KvCache>(); }
   std::string kind() const override { return "attention"; }
+  // One new token per row through the CUDA decode kernel (RoPE, cache write and attention in three launches that read
+  // the position from ctx.positions in device memory).
+  torch::Tensor decode_step(const torch::Tensor& u, KvCache& cache, const MixerContext& ctx);
 
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
   double rope_theta;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 };
 
 // softmax(q k^T / sqrt(d) + mask) v with a causal mask offset by the cached length and, when seq_idx is given,
 // no attention across packed samples. q [b, h, l, d]; k, v [b, h, t, d] with t >= l. Returns [b, h, l, d].
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& seq_idx /* [b, l] or undefined */);
+
+// One query per row attending to every key, with grouped KV heads read in place (no repeat):
+// q [b, heads, 1, d], k and v [b, kv_heads, t, d] -> [b, heads, 1, d].
+torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 
 }  // namespace carve::model

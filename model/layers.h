@@ -9,6 +9,15 @@
 
 namespace carve::model {
 
+// torch::nn::Linear (same parameters and names) whose forward takes carve's GEMV kernel when it is inference on
+// CUDA with at most 8 rows: a decode step's products, which cuBLAS runs well below the memory bandwidth.
+class LinearImpl : public torch::nn::LinearImpl {
+ public:
+  using torch::nn::LinearImpl::LinearImpl;
+  torch::Tensor forward(const torch::Tensor& x);
+};
+TORCH_MODULE(Linear);
+
 // RMSNorm (weight) or LayerNorm (weight, bias); computed in float32 and returned in the input's dtype, as
 // Hugging Face does.
 class NormImpl : public torch::nn::Module {
@@ -28,11 +37,11 @@ class MlpImpl : public torch::nn::Module {
   explicit MlpImpl(const ModelConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // [b, l, d] -> [b, l, d]
   MlpKind kind;
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};  // GatedSilu
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};                                // GeluTanh
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};  // GatedSilu
+  Linear fc1{nullptr}, fc2{nullptr};                                // GeluTanh
 };
 TORCH_MODULE(Mlp);
 
-torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias);
+Linear make_linear(int64_t in, int64_t out, bool bias);
 
 }  // namespace carve::model

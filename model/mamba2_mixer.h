@@ -6,6 +6,7 @@
 // Seeding from attention puts Wv in the x rows, Wk in the B rows, Wq in the C rows and Wo in out_proj.
 #pragma once
 
+#include "model/layers.h"
 #include "model/mixer.h"
 #include "model/ssm_state.h"
 
@@ -24,14 +25,14 @@ class Mamba2MixerImpl : public Mixer {
   std::vector<int64_t> in_proj_sizes() const { return {d_inner(), d_xb(), d_xb(), d_inner(), config.num_heads}; }
 
   SsmMixerConfig config;
-  torch::nn::Linear in_proj{nullptr};
+  Linear in_proj{nullptr};
   torch::Tensor conv_weight;  // [2 d_xb + d_inner, kernel] over channels [x, B, C]
   torch::Tensor conv_bias;
   torch::Tensor dt_bias;      // [H]
   torch::Tensor A_log;        // [H]
   torch::Tensor D;            // [H]
   torch::Tensor norm_weight;  // [d_inner]
-  torch::nn::Linear out_proj{nullptr};
+  Linear out_proj{nullptr};
 };
 
 }  // namespace carve::model

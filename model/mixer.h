@@ -12,6 +12,12 @@ namespace carve::model {
 // Per-layer decoding state (a KV cache for attention, conv and SSM states for Mamba-2).
 struct MixerState {
   virtual ~MixerState() = default;
+  // The state will hold `positions` tokens in all: a state whose buffers grow with the sequence (a KV cache)
+  // allocates them once now, so they never move later (a captured decode graph holds their addresses).
+  virtual void reserve(int64_t positions) {}
+  // A replayed decode graph has updated the device memory for `tokens` more tokens: bring the host-side bookkeeping
+  // along.
+  virtual void advance(int64_t tokens) {}
 };
 
 struct MixerContext {

@@ -7,6 +7,7 @@
 //   out = Wo (rmsnorm_per_head(y) * norm_weight * silu(W_G u))
 #pragma once
 
+#include "model/layers.h"
 #include "model/mixer.h"
 #include "model/ssm_state.h"
 
@@ -20,13 +21,13 @@ class SeededMixerImpl : public Mixer {
   std::string kind() const override { return "seeded"; }
 
   SsmMixerConfig config;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   torch::Tensor conv_weight;  // [(H + 2 Hkv) P, kernel] over channels [v, k, q]
   torch::Tensor conv_bias;    // [(H + 2 Hkv) P]
-  torch::nn::Linear dt_proj{nullptr};    // W_gamma: d -> H
+  Linear dt_proj{nullptr};    // W_gamma: d -> H
   torch::Tensor dt_bias;                 // [H]
   torch::Tensor A_log;                   // [H]
-  torch::nn::Linear gate_proj{nullptr};  // W_G: d -> H P
+  Linear gate_proj{nullptr};  // W_G: d -> H P
   torch::Tensor norm_weight;             // [P], shared by every head
 };
 

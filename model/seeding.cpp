@@ -51,7 +51,7 @@ torch::Tensor identity_conv(const torch::Tensor& weight) {
   return w;
 }
 
-void linear_default(torch::nn::Linear& lin, Initializer& init) {
+void linear_default(Linear& lin, Initializer& init) {
   auto w = lin->weight;
   set(w, init.pytorch_default(w.sizes(), w.size(1)), "linear weight");
   if (lin->bias.defined()) {
@@ -60,7 +60,7 @@ void linear_default(torch::nn::Linear& lin, Initializer& init) {
   }
 }
 
-void copy_linear(torch::nn::Linear& to, const torch::nn::Linear& from, const char* what) {
+void copy_linear(Linear& to, const Linear& from, const char* what) {
   set(to->weight, from->weight.detach(), what);
   if (to->bias.defined()) {
     CARVE_CHECK(from->bias.defined(), "seeding ", what, ": the teacher has no bias to copy");

@@ -57,6 +57,15 @@ DecodeState CausalLMImpl::new_decode_state() const {
   return s;
 }
 
+void DecodeState::reserve(int64_t positions) {
+  for (auto& layer : layers) layer->reserve(positions);
+}
+
+void DecodeState::advance(int64_t tokens) {
+  for (auto& layer : layers) layer->advance(tokens);
+  length += tokens;
+}
+
 torch::Tensor make_positions(int64_t batch, int64_t length, int64_t past, const torch::Tensor& seq_idx,
                              torch::Device device) {
   auto ar = torch::arange(length, torch::TensorOptions().dtype(torch::kInt64).device(device));
@@ -77,7 +86,14 @@ ForwardResult CausalLMImpl::forward_embeds(const torch::Tensor& embeds, const Fo
                            " layers, the model ", layers.size());
   MixerContext ctx;
   ctx.seq_idx = o.seq_idx;
-  ctx.positions = make_positions(b, l, o.state ? o.state->length : 0, o.seq_idx, embeds.device());
+  if (o.positions.defined()) {
+    CARVE_CHECK(o.positions.dim() == 2 && o.positions.size(0) == b && o.positions.size(1) == l &&
+                    o.positions.scalar_type() == torch::kInt64 && o.positions.device() == embeds.device(),
+                "positions must be [", b, ", ", l, "] int64 on ", embeds.device().str(), ", got ", o.positions.sizes());
+    ctx.positions = o.positions;
+  } else {
+    ctx.positions = make_positions(b, l, o.state ? o.state->length : 0, o.seq_idx, embeds.device());
+  }
   ForwardResult r;
   auto x = embeds;
   for (size_t i = 0; i < layers.size(); ++i) {

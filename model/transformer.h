@@ -33,6 +33,10 @@ TORCH_MODULE(DecoderLayer);
 struct DecodeState {
   std::vector<std::unique_ptr<MixerState>> layers;
   int64_t length = 0;
+  // Every layer's state will hold `positions` tokens in all (see MixerState::reserve).
+  void reserve(int64_t positions);
+  // A replayed decode graph consumed `tokens` more tokens (see MixerState::advance).
+  void advance(int64_t tokens);
 };
 
 struct ForwardOptions {
@@ -41,6 +45,9 @@ struct ForwardOptions {
   bool want_pre_outputs = false;    // each mixer's output before its output projection
   torch::Tensor seq_idx;            // [b, l] int32: packed samples (positions restart at each boundary)
   DecodeState* state = nullptr;     // continue (and update) a decoding state
+  // [b, l] int64 on the model's device: the tokens' positions, in place of those derived from state->length. A
+  // captured decode step reads them from a buffer it refills; they must equal the state's length (plus 0..l-1).
+  torch::Tensor positions;
 };
 
 struct ForwardResult {
@@ -66,7 +73,7 @@ class CausalLMImpl : public torch::nn::Module {
   torch::Tensor embed_tokens;  // [vocab, d]
   std::vector<DecoderLayer> layers;
   Norm final_norm{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // absent when tie_word_embeddings
+  Linear lm_head{nullptr};  // absent when tie_word_embeddings
 };
 TORCH_MODULE(CausalLM);
 

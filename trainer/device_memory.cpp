@@ -2,6 +2,10 @@
 
 #ifdef CARVE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+
+#include "base/error.h"
 #endif
 
 namespace carve::trainer {
@@ -25,6 +29,35 @@ void reset_peak_device_bytes(torch::Device device) {
     torch::empty({1}, torch::TensorOptions().device(device));
     c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
   }
+#endif
+  (void)device;
+}
+
+int64_t allocated_device_bytes(torch::Device device) {
+#ifdef CARVE_WITH_CUDA
+  if (device.is_cuda()) return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].current;
+#endif
+  (void)device;
+  return 0;
+}
+
+int64_t total_device_bytes(torch::Device device) {
+#ifdef CARVE_WITH_CUDA
+  if (device.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(device);
+    size_t free = 0, total = 0;
+    const cudaError_t err = cudaMemGetInfo(&free, &total);
+    CARVE_CHECK(err == cudaSuccess, "cudaMemGetInfo on ", device.str(), ": ", cudaGetErrorString(err));
+    return static_cast<int64_t>(total);
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+void release_cached_device_memory(torch::Device device) {
+#ifdef CARVE_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
   (void)device;
 }

@@ -16,6 +16,9 @@ struct GenerateOptions {
   int64_t stop_token = -1;  // end a row when it produces this id (-1: never)
   model::SamplingOptions sampling;
   uint64_t seed = 0;
+  // Decode through a captured CUDA graph when the model can be (model/decode_graph.h); otherwise, or when false,
+  // one forward per token.
+  bool cuda_graphs = true;
   // Vision-language prompts: rows spliced in at the prompt's image tokens (trainer/vlm_inputs).
   int64_t image_token_id = -1;
   torch::Tensor image_rows;

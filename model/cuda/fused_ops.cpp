@@ -17,6 +17,7 @@
 #include "kernels/ssd_scan.h"
 #include "model/gated_norm.h"
 #include "model/kernel_ops.h"
+#include "model/cuda/glue.h"
 #include "model/tensor_util.h"
 
 namespace carve::model::fused {
@@ -25,42 +26,6 @@ namespace {
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-kernels::ElementType element_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat: return kernels::ElementType::f32;
-    case torch::kHalf: return kernels::ElementType::f16;
-    case torch::kBFloat16: return kernels::ElementType::bf16;
-    default: throw Error("carve's CUDA kernels take float32, float16 or bfloat16; got " + describe_tensor(t));
-  }
-}
-
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-
-// Outputs and workspaces: NaN-filled first when the tests ask for it.
-Tensor fresh(at::IntArrayRef shape, const torch::TensorOptions& options) {
-  Tensor t = torch::empty(shape, options);
-  if (poison_kernel_outputs()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-  return t;
-}
-
-// Custom autograd functions do not take undefined tensors (LibTorch 2.x), so an absent optional input travels as an
-// empty tensor: `given` tells them apart.
-bool given(const Tensor& t) { return t.defined() && t.numel() > 0; }
-
-template <typename T = void>
-const T* ptr_or_null(const Tensor& t) {
-  return given(t) ? static_cast<const T*>(t.data_ptr()) : nullptr;
-}
-template <typename T = void>
-T* mut_or_null(const Tensor& t) {
-  return given(t) ? static_cast<T*>(t.data_ptr()) : nullptr;
-}
-
-// Optional input `t` converted to `type` and made contiguous, or an empty placeholder on `like`'s device.
-Tensor as(const Tensor& t, torch::ScalarType type, const Tensor& like) {
-  return t.defined() ? t.to(type).contiguous() : torch::empty({0}, like.options().dtype(type));
-}
 
 bool any_requires_grad(std::initializer_list<Tensor> ts) {
   if (!torch::GradMode::is_enabled()) return false;

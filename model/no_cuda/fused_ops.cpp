@@ -1,5 +1,7 @@
-// A build without CUDA has no kernels: model/kernel_ops.cpp never calls these (fused::built() is false).
+// A build without CUDA has no kernels: model/kernel_ops.cpp and model/inference_ops.cpp never call these
+// (fused::built() is false).
 #include "base/error.h"
+#include "model/inference_ops.h"
 #include "model/kernel_ops.h"
 
 namespace carve::model::fused {
@@ -21,5 +23,12 @@ torch::Tensor causal_conv_decode_step(const torch::Tensor&, torch::Tensor&, cons
 torch::Tensor gated_norm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t, double, bool) {
   absent();
 }
+
+torch::Tensor decode_attention(const DecodeAttentionInputs&) { absent(); }
+bool decode_attention_supports(int64_t, int64_t, int64_t) { return false; }
+bool gemv_applies(const torch::Tensor&, const torch::Tensor&) { return false; }
+torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { absent(); }
+torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { absent(); }
+torch::Tensor silu_mul(const torch::Tensor&, const torch::Tensor&) { absent(); }
 
 }  // namespace carve::model::fused

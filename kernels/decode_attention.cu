@@ -1,0 +1,328 @@
+#include "kernels/decode_attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/element.cuh"
+
+namespace carve::kernels {
+namespace {
+
+constexpr int kThreads = 128;          // per attention block: 4 warps
+constexpr long kMinKeysPerSplit = 64;  // a split never reads fewer positions than this (except the last one)
+constexpr int kUnroll = 4;             // keys each thread loads before it computes: bytes in flight per thread
+
+template <typename T>
+__device__ __forceinline__ float round_to(float v) {
+  return to_float(from_float<T>(v));
+}
+
+// 8 consecutive elements as float32 (16-byte loads for 16-bit types; the addresses are 16-byte aligned because
+// head_dim is a multiple of 8).
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&o)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    o[2 * i] = f.x, o[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const __half* p, float (&o)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x, o[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, float (&o)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+}
+
+// The splits that hold positions for a row of `length` cached positions, and split s's range. Both kernels compute
+// it from the length in device memory, so a captured graph adapts to every step.
+struct SplitRange {
+  long begin = 0, end = 0;
+  bool active = false;
+};
+// Positions per split: the length over as many splits as the grid has, each at least kMinKeysPerSplit long.
+__device__ __forceinline__ long keys_per_split(long length, int splits) {
+  const long wanted = min(static_cast<long>(splits), (length + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  return (length + wanted - 1) / wanted;
+}
+// Splits that hold positions: every one of them at least one (rounding `per` up can leave the last few empty).
+__device__ __forceinline__ long active_splits(long length, int splits) {
+  const long per = keys_per_split(length, splits);
+  return (length + per - 1) / per;
+}
+__device__ __forceinline__ SplitRange split_range(long length, int splits, int s) {
+  SplitRange r;
+  const long per = keys_per_split(length, splits);
+  r.begin = s * per;
+  r.end = min(length, r.begin + per);
+  r.active = r.begin < r.end;
+  return r;
+}
+
+// Sum over aligned groups of LANES lanes (every lane of the group gets it).
+template <int LANES>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// RoPE on q and k of the new token (in the element type's rounding, as the reference does it), k and v into the
+// cache. grid (heads + kv_heads, b).
+template <typename T>
+__global__ void rope_append_kernel(DecodeAttention a) {
+  const int row = blockIdx.y, head = blockIdx.x;
+  const long pos = a.positions[row];
+  if (pos < 0 || pos >= a.capacity) return;  // the host checked; never write outside the cache
+  const int d = a.head_dim, rd = a.rotary_dim, half = rd / 2;
+  const T* src;
+  T* dst;
+  if (head < a.heads) {
+    src = static_cast<const T*>(a.q) + row * a.q_row + static_cast<long>(head) * d;
+    dst = static_cast<T*>(a.q_rotated) + (static_cast<long>(row) * a.heads + head) * d;
+  } else {
+    const int kh = head - a.heads;
+    const long slot = ((static_cast<long>(row) * a.kv_heads + kh) * a.capacity + pos) * d;
+    src = static_cast<const T*>(a.k) + row * a.k_row + static_cast<long>(kh) * d;
+    dst = static_cast<T*>(a.k_cache) + slot;
+    const T* v = static_cast<const T*>(a.v) + row * a.v_row + static_cast<long>(kh) * d;
+    T* v_dst = static_cast<T*>(a.v_cache) + slot;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) v_dst[i] = v[i];
+  }
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    if (i >= rd) {
+      dst[i] = src[i];
+      continue;
+    }
+    const int j = i < half ? i : i - half;
+    const float inv_freq = 1.f / powf(a.rope_theta, static_cast<float>(2 * j) / static_cast<float>(rd));
+    const float angle = static_cast<float>(pos) * inv_freq;
+    const float c = round_to<T>(cosf(angle)), s = round_to<T>(sinf(angle));
+    const float partner = i < half ? -to_float(src[i + half]) : to_float(src[i - half]);
+    dst[i] = from_float<T>(round_to<T>(to_float(src[i]) * c) + round_to<T>(partner * s));
+  }
+}
+
+// One (split, KV head, row): LANES lanes share a key (8 channels each), the block's kThreads / LANES key groups
+// take consecutive keys, and each key is read once for the GMAX >= groups query heads that use it. Scores are in
+// log2 units (q pre-scaled by log2(e) / sqrt(head_dim)).
+template <typename T, int LANES, int GMAX>
+__global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttention a, float q_scale) {
+  constexpr int KG = kThreads / LANES;
+  const int split = blockIdx.x, kh = blockIdx.y, row = blockIdx.z;
+  const long length = a.positions[row] + 1;
+  const SplitRange range = split_range(length, a.splits, split);
+  if (!range.active) return;
+  const int d = a.head_dim, groups = a.heads / a.kv_heads;
+  const int lane = threadIdx.x % LANES, kg = threadIdx.x / LANES;
+  const bool has_dims = lane * 8 < d;
+
+  float q[GMAX][8];
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    if (g < groups && has_dims) {
+      load8(static_cast<const T*>(a.q_rotated) + (static_cast<long>(row) * a.heads + kh * groups + g) * d + lane * 8,
+            q[g]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[g][i] *= q_scale;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[g][i] = 0.f;
+    }
+  }
+  float m[GMAX], l[GMAX], acc[GMAX][8];
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    m[g] = -1e30f, l[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
+  }
+
+  const long base = (static_cast<long>(row) * a.kv_heads + kh) * a.capacity * d + lane * 8;
+  const T* keys = static_cast<const T*>(a.k_cache) + base;
+  const T* values = static_cast<const T*>(a.v_cache) + base;
+  for (long k0 = range.begin; k0 < range.end; k0 += kUnroll * KG) {
+    float kv[kUnroll][8], vv[kUnroll][8];
+    bool valid[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const long key = k0 + u * KG + kg;
+      valid[u] = key < range.end;
+      if (valid[u] && has_dims) {
+        load8(keys + key * d, kv[u]);
+        load8(values + key * d, vv[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) kv[u][i] = vv[u][i] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+      if (g >= groups) break;
+      float s[kUnroll];
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) dot = fmaf(q[g][i], kv[u][i], dot);
+        dot = group_sum<LANES>(dot);
+        s[u] = valid[u] ? dot : -INFINITY;
+        mx = fmaxf(mx, s[u]);
+      }
+      const float correction = exp2f(m[g] - mx);
+      l[g] *= correction;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[g][i] *= correction;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const float p = exp2f(s[u] - mx);
+        l[g] += p;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vv[u][i], acc[g][i]);
+      }
+      m[g] = mx;
+    }
+  }
+
+  // Merge the key groups' softmax states, then write this split's (unnormalised sum, max, denominator).
+  __shared__ float s_m[GMAX][KG], s_l[GMAX][KG];
+  __shared__ float s_acc[GMAX][KG][LANES * 8];
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    if (lane == 0) s_m[g][kg] = m[g], s_l[g][kg] = l[g];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s_acc[g][kg][lane * 8 + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < groups * d; idx += kThreads) {
+    const int g = idx / d, i = idx % d;
+    float mx = -1e30f;
+    for (int k = 0; k < KG; ++k) mx = fmaxf(mx, s_m[g][k]);
+    float sum = 0.f, den = 0.f;
+    for (int k = 0; k < KG; ++k) {
+      const float w = exp2f(s_m[g][k] - mx);
+      sum = fmaf(s_acc[g][k][i], w, sum);
+      den = fmaf(s_l[g][k], w, den);
+    }
+    float* out = a.partial + ((static_cast<long>(row) * a.heads + kh * groups + g) * a.splits + split) * (d + 2);
+    out[i] = sum;
+    if (i == 0) out[d] = mx, out[d + 1] = den;
+  }
+}
+
+// grid (heads, b): merges the active splits of one query head. The splits' maxima and weights are read in parallel
+// into shared memory first; then each thread sums its channels over the splits.
+constexpr int kCombineThreads = 128;
+constexpr int kCombineMaxSplits = 1024;
+
+template <typename T>
+__global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttention a) {
+  const int head = blockIdx.x, row = blockIdx.y, d = a.head_dim;
+  const int active = static_cast<int>(active_splits(a.positions[row] + 1, a.splits));
+  const float* part = a.partial + (static_cast<long>(row) * a.heads + head) * a.splits * (d + 2);
+  __shared__ float weight[kCombineMaxSplits];
+  __shared__ float reduce[kCombineThreads / 32];
+  float mx = -1e30f;
+  for (int s = threadIdx.x; s < active; s += kCombineThreads) {
+    weight[s] = part[static_cast<long>(s) * (d + 2) + d];
+    mx = fmaxf(mx, weight[s]);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = mx;
+  __syncthreads();
+  mx = reduce[0];
+#pragma unroll
+  for (int w = 1; w < kCombineThreads / 32; ++w) mx = fmaxf(mx, reduce[w]);
+  float den = 0.f;
+  for (int s = threadIdx.x; s < active; s += kCombineThreads) {
+    weight[s] = exp2f(weight[s] - mx);
+    den = fmaf(part[static_cast<long>(s) * (d + 2) + d + 1], weight[s], den);
+  }
+  den = warp_sum(den);
+  __syncthreads();  // every thread has read reduce[] above
+  if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = den;
+  __syncthreads();
+  den = 0.f;
+#pragma unroll
+  for (int w = 0; w < kCombineThreads / 32; ++w) den += reduce[w];
+  for (int i = threadIdx.x; i < d; i += kCombineThreads) {
+    float sum = 0.f;
+#pragma unroll 4
+    for (int s = 0; s < active; ++s) sum = fmaf(part[static_cast<long>(s) * (d + 2) + i], weight[s], sum);
+    static_cast<T*>(a.out)[(static_cast<long>(row) * a.heads + head) * d + i] = from_float<T>(sum / den);
+  }
+}
+
+template <typename T, int LANES>
+void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStream_t stream) {
+  const dim3 grid(a.splits, a.kv_heads, a.b);
+  if (groups <= 1) {
+    attention_split_kernel<T, LANES, 1><<<grid, kThreads, 0, stream>>>(a, q_scale);
+  } else if (groups <= 2) {
+    attention_split_kernel<T, LANES, 2><<<grid, kThreads, 0, stream>>>(a, q_scale);
+  } else if (groups <= 4) {
+    attention_split_kernel<T, LANES, 4><<<grid, kThreads, 0, stream>>>(a, q_scale);
+  } else {
+    attention_split_kernel<T, LANES, 8><<<grid, kThreads, 0, stream>>>(a, q_scale);
+  }
+}
+
+}  // namespace
+
+int decode_attention_splits(int b, int kv_heads, long capacity, int sm_count) {
+  const long by_sms = (4L * sm_count + static_cast<long>(b) * kv_heads - 1) / (static_cast<long>(b) * kv_heads);
+  const long by_cache = (capacity + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  return static_cast<int>(std::max(1L, std::min({by_sms, by_cache, static_cast<long>(kCombineMaxSplits)})));
+}
+
+size_t decode_attention_partial_floats(const DecodeAttention& a) {
+  return static_cast<size_t>(a.b) * a.heads * a.splits * (a.head_dim + 2);
+}
+
+bool decode_attention_supports(int heads, int kv_heads, int head_dim) {
+  return kv_heads > 0 && heads % kv_heads == 0 && heads / kv_heads <= 8 && head_dim % 8 == 0 && head_dim >= 8 &&
+         head_dim <= 256;
+}
+
+void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
+  CARVE_KERNEL_REQUIRE(decode_attention_supports(a.heads, a.kv_heads, a.head_dim),
+                       "decode_attention: unsupported heads / KV heads / head dim");
+  CARVE_KERNEL_REQUIRE(a.rotary_dim >= 0 && a.rotary_dim <= a.head_dim && a.rotary_dim % 2 == 0,
+                       "decode_attention: rotary_dim must be even and at most head_dim");
+  CARVE_KERNEL_REQUIRE(a.b > 0 && a.capacity > 0 && a.splits > 0, "decode_attention: empty batch, cache or grid");
+  const int groups = a.heads / a.kv_heads;
+  const float q_scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(a.head_dim)));
+  const int lanes_needed = a.head_dim / 8;
+  dispatch_element(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    rope_append_kernel<T><<<dim3(a.heads + a.kv_heads, a.b), 128, 0, stream>>>(a);
+    CARVE_CUDA_CHECK_LAUNCH();
+    if (lanes_needed <= 1) {
+      launch_split<T, 1>(a, q_scale, groups, stream);
+    } else if (lanes_needed <= 2) {
+      launch_split<T, 2>(a, q_scale, groups, stream);
+    } else if (lanes_needed <= 4) {
+      launch_split<T, 4>(a, q_scale, groups, stream);
+    } else if (lanes_needed <= 8) {
+      launch_split<T, 8>(a, q_scale, groups, stream);
+    } else if (lanes_needed <= 16) {
+      launch_split<T, 16>(a, q_scale, groups, stream);
+    } else {
+      launch_split<T, 32>(a, q_scale, groups, stream);
+    }
+    CARVE_CUDA_CHECK_LAUNCH();
+    combine_kernel<T><<<dim3(a.heads, a.b), kCombineThreads, 0, stream>>>(a);
+    CARVE_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace carve::kernels

@@ -1,0 +1,22 @@
+/*
+ * Position-wise ops of inference, forward only, each one kernel where LibTorch spends several (model/layers.cpp is
+ * the reference, whose rounding they follow): at batch 1 a decode step is a few hundred small launches, and these
+ * are the ones that are not matrix products.
+ */
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/element.h"
+
+namespace carve::kernels {
+
+// out = weight * round(x * rsqrt(mean(x^2) + eps)) per row of d channels; x, weight and out in `dtype`, the sum in
+// float32.
+void rms_norm(long rows, int d, ElementType dtype, const void* x, const void* weight, float eps, void* out,
+              cudaStream_t stream);
+
+// out = round(silu(gate)) * up, elementwise over n elements.
+void silu_mul(long n, ElementType dtype, const void* gate, const void* up, void* out, cudaStream_t stream);
+
+}  // namespace carve::kernels

@@ -1,0 +1,284 @@
+/*
+ * Decoding: the KV cache's buffers (reserved or grown, contents kept), and on a GPU the CUDA decode path against
+ * the reference: the decode attention kernel (RoPE, cache write, split-KV attention) against float64 attention on
+ * the same rounded inputs at many shapes, the inference RMSNorm and SwiGLU kernels, and whole models (the fixture
+ * families and students of them) decoded through a captured CUDA graph against their full forward.
+ * Without a GPU (or in a build without CUDA) only the cache tests run; the rest skip.
+ */
+#include <gtest/gtest.h>
+
+#include <limits>
+
+#include "model/attention.h"
+#include "model/checkpoint.h"
+#include "model/decode_graph.h"
+#include "model/hf_weights.h"
+#include "model/inference_ops.h"
+#include "model/kernel_ops.h"
+#include "model/layers.h"
+#include "model/rope.h"
+#include "model/safetensors.h"
+#include "model/student.h"
+#include "tests/test_util.h"
+#include "trainer/generate.h"
+
+namespace carve::model {
+namespace {
+
+using test::relative_error;
+using test::relative_norm_error;
+using torch::Tensor;
+
+std::string teacher_dir(const std::string& family) { return test::fixture("teachers/" + family); }
+
+Tensor fixture_ids(const std::string& family) {
+  return SafetensorsFile(teacher_dir(family) + "/expected.safetensors").load("input_ids");
+}
+
+// Logits of a prefill of `prefill` tokens and then one token at a time, concatenated along the sequence.
+Tensor decode_logits(CausalLMImpl& lm, const Tensor& ids, int64_t prefill, bool reserve) {
+  auto state = lm.new_decode_state();
+  if (reserve) state.reserve(ids.size(1));
+  ForwardOptions step;
+  step.state = &state;
+  std::vector<Tensor> pieces = {lm.forward(ids.slice(1, 0, prefill), step).logits};
+  for (int64_t t = prefill; t < ids.size(1); ++t) pieces.push_back(lm.forward(ids.slice(1, t, t + 1), step).logits);
+  return torch::cat(pieces, 1);
+}
+
+TEST(KvCache, ReservedBuffersNeverMoveAndGrownOnesKeepTheirContents) {
+  torch::NoGradGuard no_grad;
+  auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")));
+  auto ids = fixture_ids("llama");
+  const auto full = lm->forward(ids).logits;
+
+  auto state = lm->new_decode_state();
+  state.reserve(ids.size(1));
+  ForwardOptions step;
+  step.state = &state;
+  lm->forward(ids.slice(1, 0, 2), step);
+  auto* cache = dynamic_cast<KvCache*>(state.layers[0].get());
+  ASSERT_NE(cache, nullptr);
+  EXPECT_EQ(cache->capacity(), ids.size(1));
+  const void* address = cache->k.data_ptr();
+  for (int64_t t = 2; t < ids.size(1); ++t) lm->forward(ids.slice(1, t, t + 1), step);
+  EXPECT_EQ(cache->k.data_ptr(), address);
+  EXPECT_EQ(cache->length, ids.size(1));
+
+  // Without a reservation the buffers double as needed (2 -> 4 -> 8 -> ...) and decoding is unchanged.
+  EXPECT_LT(relative_error(decode_logits(*lm, ids, 2, /*reserve=*/false), full), 1e-5);
+  auto grown = lm->new_decode_state();
+  ForwardOptions g;
+  g.state = &grown;
+  lm->forward(ids.slice(1, 0, 2), g);
+  lm->forward(ids.slice(1, 2, 3), g);
+  EXPECT_EQ(dynamic_cast<KvCache*>(grown.layers[0].get())->capacity(), 4);
+}
+
+TEST(KvCache, RefusesAnotherBatchSize) {
+  torch::NoGradGuard no_grad;
+  auto lm = load_causal_lm(CheckpointReader(teacher_dir("qwen2")));
+  auto ids = fixture_ids("qwen2");
+  auto state = lm->new_decode_state();
+  ForwardOptions step;
+  step.state = &state;
+  lm->forward(ids.slice(1, 0, 3), step);
+  const auto message = test::error_of([&] { lm->forward(ids.slice(0, 0, 1).slice(1, 3, 4), step); });
+  EXPECT_NE(message.find("KV cache"), std::string::npos) << message;
+}
+
+TEST(DecodeGraph, SaysWhyItIsUnavailable) {
+  auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")));
+  EXPECT_FALSE(DecodeStepGraph::unavailable_reason(*lm).empty());  // a CPU model, in any build
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// On a GPU.
+
+bool have_kernels() { return torch::cuda::is_available() && fused_kernels_built(); }
+
+#define REQUIRE_KERNELS()                                                          \
+  do {                                                                             \
+    if (!have_kernels()) GTEST_SKIP() << "needs a GPU and a CUDA build of carve";  \
+  } while (0)
+
+struct PoisonScope {
+  KernelMode saved = kernel_mode();
+  PoisonScope() {
+    set_poison_kernel_outputs(true);
+    set_kernel_mode(KernelMode::fused);
+  }
+  ~PoisonScope() {
+    set_poison_kernel_outputs(false);
+    set_kernel_mode(saved);
+  }
+};
+
+struct AttentionShape {
+  int64_t b, heads, kv_heads, d, rotary, capacity;
+  std::vector<int64_t> positions;  // per row
+};
+
+// The decode attention kernel against RoPE in the element type (model/rope, as the model computes it) and float64
+// attention over the cache the kernel wrote. Also: the new keys and values land at each row's position and nothing
+// else in the cache changes.
+void check_decode_attention(const AttentionShape& s, torch::ScalarType dtype) {
+  PoisonScope scope;
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(s.d * 31 + s.heads + s.capacity);
+  auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+  DecodeAttentionInputs in;
+  in.heads = s.heads, in.kv_heads = s.kv_heads, in.head_dim = s.d, in.rotary_dim = s.rotary, in.rope_theta = 10000.0;
+  // q, k, v as slices of one fused projection, as strided rows.
+  Tensor qkv = torch::randn({s.b, (s.heads + 2 * s.kv_heads) * s.d}, opts);
+  in.q = qkv.narrow(1, 0, s.heads * s.d);
+  in.k = qkv.narrow(1, s.heads * s.d, s.kv_heads * s.d);
+  in.v = qkv.narrow(1, (s.heads + s.kv_heads) * s.d, s.kv_heads * s.d);
+  in.k_cache = torch::randn({s.b, s.kv_heads, s.capacity, s.d}, opts);
+  in.v_cache = torch::randn({s.b, s.kv_heads, s.capacity, s.d}, opts);
+  const Tensor k_before = in.k_cache.clone(), v_before = in.v_cache.clone();
+  in.positions = torch::tensor(s.positions, torch::TensorOptions().dtype(torch::kInt64)).to(torch::kCUDA);
+  const Tensor out = fused::decode_attention(in).cpu();
+  const double tol = dtype == torch::kFloat ? 1e-4 : 1e-2;
+  for (int64_t r = 0; r < s.b; ++r) {
+    const int64_t pos = s.positions[r];
+    auto positions = torch::full({1, 1}, pos, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
+    auto rope = rope_tables(positions, s.rotary, in.rope_theta, dtype);
+    auto q = apply_rope(in.q[r].view({1, s.heads, 1, s.d}), rope);     // [1, h, 1, d]
+    auto k = apply_rope(in.k[r].view({1, s.kv_heads, 1, s.d}), rope);  // [1, kv, 1, d]
+    auto keys = torch::cat({k_before[r].narrow(1, 0, pos), k[0]}, 1);  // [kv, pos + 1, d]
+    auto values = torch::cat({v_before[r].narrow(1, 0, pos), in.v[r].view({s.kv_heads, 1, s.d})}, 1);
+    EXPECT_LT(relative_error(in.k_cache[r].narrow(1, 0, pos + 1).cpu(), keys.cpu()), tol) << "row " << r;
+    EXPECT_TRUE(torch::equal(in.v_cache[r].narrow(1, 0, pos + 1).cpu(), values.cpu())) << "row " << r;
+    if (pos + 1 < s.capacity) {
+      EXPECT_TRUE(torch::equal(in.k_cache[r].narrow(1, pos + 1, s.capacity - pos - 1),
+                               k_before[r].narrow(1, pos + 1, s.capacity - pos - 1)));
+    }
+    const int64_t groups = s.heads / s.kv_heads;
+    auto q64 = q[0].squeeze(1).to(torch::kFloat64).cpu();  // [h, d]
+    auto k64 = keys.to(torch::kFloat64).cpu().repeat_interleave(groups, 0);
+    auto v64 = values.to(torch::kFloat64).cpu().repeat_interleave(groups, 0);
+    auto scores = torch::einsum("hd,htd->ht", {q64, k64}) / std::sqrt(static_cast<double>(s.d));
+    auto want = torch::einsum("ht,htd->hd", {torch::softmax(scores, -1), v64}).reshape({-1});
+    EXPECT_LT(relative_norm_error(out[r].to(torch::kFloat64), want), tol)
+        << "row " << r << " at position " << pos << ", " << c10::toString(dtype);
+  }
+}
+
+TEST(DecodeAttentionKernel, MatchesFloat64Reference) {
+  REQUIRE_KERNELS();
+  const std::vector<AttentionShape> shapes = {
+      {1, 16, 8, 128, 128, 5000, {4321}},        // HoVLE's heads, many splits
+      {2, 4, 4, 64, 64, 300, {0, 299}},          // only the new token; the last slot
+      {3, 32, 32, 80, 32, 700, {650, 1, 64}},    // Phi-2's head dim, partial rotary, a split boundary
+      {1, 8, 1, 128, 128, 70000, {65537}},       // 8 query heads per KV head, long
+      {2, 12, 4, 96, 96, 200, {199, 130}},       // 3 query heads per KV head
+      {1, 4, 2, 16, 16, 40, {17}},               // the fixtures' head dim
+      {1, 4, 4, 256, 256, 129, {128}},
+  };
+  for (auto dtype : {torch::kBFloat16, torch::kFloat16, torch::kFloat}) {
+    for (const auto& s : shapes) check_decode_attention(s, dtype);
+  }
+}
+
+TEST(InferenceKernels, RmsNormAndSiluMulMatchTheReference) {
+  REQUIRE_KERNELS();
+  PoisonScope scope;
+  torch::manual_seed(3);
+  for (auto dtype : {torch::kBFloat16, torch::kFloat}) {
+    auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+    Norm norm(NormKind::RMSNorm, 2048, 1e-6);
+    norm->to(torch::kCUDA, dtype);
+    {
+      torch::NoGradGuard no_grad;
+      norm->weight.uniform_(0.5, 1.5);
+    }
+    Tensor x = torch::randn({3, 5, 2048}, opts) * 3;
+    Tensor want = norm(x);  // gradients recorded: the reference path
+    Tensor got;
+    {
+      torch::NoGradGuard no_grad;
+      ASSERT_TRUE(uses_inference_kernels(x));
+      got = norm(x);
+    }
+    EXPECT_LT(relative_error(got, want.detach()), dtype == torch::kFloat ? 1e-6 : 1e-2) << c10::toString(dtype);
+    Tensor gate = torch::randn({7, 8192}, opts), up = torch::randn({7, 8192}, opts);
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(relative_error(fused::silu_mul(gate, up), torch::silu(gate) * up), dtype == torch::kFloat ? 1e-6 : 1e-2)
+        << c10::toString(dtype);
+  }
+}
+
+// A model on the GPU decoded through a CUDA graph: prefill + steps equal its full forward, and the graph's logits
+// equal the kernel path without a graph.
+void check_graph_decode(CausalLMImpl& lm, const Tensor& ids_cpu, double tol, const std::string& what) {
+  PoisonScope scope;
+  torch::NoGradGuard no_grad;
+  ASSERT_EQ(DecodeStepGraph::unavailable_reason(lm), "") << what;
+  const Tensor ids = ids_cpu.to(torch::kCUDA);
+  const int64_t b = ids.size(0), prefill = 3;
+  const Tensor full = lm.forward(ids).logits.to(torch::kFloat);
+  const Tensor eager = decode_logits(lm, ids, prefill, /*reserve=*/true).to(torch::kFloat);
+
+  auto state = lm.new_decode_state();
+  ForwardOptions o;
+  o.state = &state;
+  std::vector<Tensor> pieces = {lm.forward(ids.slice(1, 0, prefill), o).logits.to(torch::kFloat)};
+  DecodeStepGraph graph(lm, state, b, ids.size(1));
+  for (int64_t t = prefill; t < ids.size(1); ++t)
+    pieces.push_back(graph.step(ids.select(1, t)).to(torch::kFloat).clone().unsqueeze(1));
+  const Tensor graphed = torch::cat(pieces, 1);
+  EXPECT_EQ(state.length, ids.size(1)) << what;
+  EXPECT_LT(relative_norm_error(graphed, full), tol) << what << ": graph decode vs full forward";
+  EXPECT_LT(relative_norm_error(eager, full), tol) << what << ": kernel decode vs full forward";
+  EXPECT_LT(relative_norm_error(graphed, eager), 1e-6) << what << ": graph vs the same kernels launched one by one";
+}
+
+TEST(DecodeGraph, TeachersDecodeLikeTheirFullForward) {
+  REQUIRE_KERNELS();
+  for (const std::string family : {"llama", "qwen2", "phi", "internlm2"}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      auto lm = load_causal_lm(CheckpointReader(teacher_dir(family)), dtype, torch::kCUDA);
+      check_graph_decode(*lm, fixture_ids(family), dtype == torch::kFloat ? 1e-5 : 2e-2,
+                         family + " " + c10::toString(dtype));
+    }
+  }
+}
+
+TEST(DecodeGraph, StudentsDecodeLikeTheirFullForward) {
+  REQUIRE_KERNELS();
+  for (auto mixer : {MixerKind::Seeded, MixerKind::Mamba2}) {
+    for (const std::string layout : {"MAM", "MMM"}) {
+      for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+        auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")), torch::kFloat);
+        StudentSpec spec;
+        spec.layout = Layout::parse(layout, 3);
+        spec.mixer = mixer;
+        spec.seeding = SeedMethod::Mimic;
+        spec.chunk_size = 4;
+        spec.init_seed = 5;
+        carve_student(*lm, spec, true);
+        lm->to(torch::kCUDA, dtype);
+        check_graph_decode(*lm, fixture_ids("llama"), dtype == torch::kFloat ? 1e-4 : 3e-2,
+                           mixer_kind_name(mixer) + " " + layout + " " + c10::toString(dtype));
+      }
+    }
+  }
+}
+
+// generate() through the graph picks the same tokens as without it.
+TEST(DecodeGraph, GenerateGivesTheSameTokensWithAndWithoutGraphs) {
+  REQUIRE_KERNELS();
+  torch::NoGradGuard no_grad;
+  auto lm = load_causal_lm(CheckpointReader(teacher_dir("qwen2")), torch::kFloat, torch::kCUDA);
+  trainer::GenerateOptions o;
+  o.max_new_tokens = 12;
+  const auto ids = fixture_ids("qwen2");
+  auto with_graph = trainer::generate(*lm, ids, o);
+  o.cuda_graphs = false;
+  auto without = trainer::generate(*lm, ids, o);
+  EXPECT_TRUE(torch::equal(with_graph, without)) << with_graph << "\nvs\n" << without;
+}
+
+}  // namespace
+}  // namespace carve::model
