@@ -99,15 +99,6 @@ struct Bench {
   }
 };
 
-// Device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB copy.
-double copy_bandwidth(Bench& bench) {
-  const int64_t bytes = int64_t{1} << 30;
-  auto opts = torch::TensorOptions().dtype(torch::kUInt8).device(bench.device);
-  Tensor a = torch::ones({bytes}, opts), b = torch::empty({bytes}, opts);
-  const double ms = bench.time([&] { b.copy_(a); });
-  return 2.0 * static_cast<double>(bytes) / (ms / 1e3);
-}
-
 model::SsdInputs random_scan_inputs(const SsdShape& s, torch::ScalarType dtype, torch::Device device) {
   torch::manual_seed(0);
   auto act = torch::TensorOptions().dtype(dtype).device(device);
@@ -209,13 +200,6 @@ std::map<std::string, Pair> run_triton(const std::string& python, const std::str
   return read_triton_json(json_tmp);
 }
 
-std::string fmt(double v, int precision = 2) {
-  if (std::isnan(v)) return "-";
-  std::ostringstream o;
-  o << std::fixed << std::setprecision(precision) << v;
-  return o.str();
-}
-
 std::string sci(double v) {
   if (std::isnan(v)) return "-";
   std::ostringstream o;
@@ -311,7 +295,7 @@ int bench_kernels(const std::vector<std::string>& args) {
 
   Bench bench{device, warmup, repeat, {}};
   if (device.is_cuda()) bench.l2_flush = torch::empty({256 << 20}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
-  const double bandwidth = copy_bandwidth(bench);
+  const double bandwidth = copy_bandwidth(device, warmup, repeat);
   std::cout << "SSD scan, " << c10::toString(dtype) << " on " << device.str() << ", median of " << repeat
             << " (L2 flushed before each run); copy bandwidth " << fmt(bandwidth / 1e9, 0) << " GB/s\n"
             << "times in ms; 'x triton' = Triton time / carve time (above 1: carve faster)\n";

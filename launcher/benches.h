@@ -22,10 +22,18 @@ RandomBenchInputs write_random_bench_inputs(comm::MpiCommunicator& world, const 
                                             const model::RandomTeacherDims& dims, int64_t tokens,
                                             int64_t sample_tokens);
 
+// Shared by the benches (bench_util.cpp):
+// device-to-device copy bandwidth, bytes read + written per second, median of `repeat` copies of 1 GiB: the
+// bandwidth that the benches' bytes floors divide by;
+double copy_bandwidth(torch::Device device, int warmup, int repeat);
+// a number with `precision` decimals, "-" for NaN.
+std::string fmt(double v, int precision = 2);
+
 int bench_kernels(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);
 int bench_distill(const std::vector<std::string>& args);
 // `bench distill --stage 3` (bench_e2e.cpp); bench_distill hands it over.
 int bench_e2e(const std::vector<std::string>& args);
+int bench_decode(const std::vector<std::string>& args);
 
 }  // namespace carve::launcher
