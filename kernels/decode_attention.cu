@@ -19,23 +19,9 @@ __device__ __forceinline__ float round_to(float v) {
 
 // 8 consecutive elements as float32 (16-byte loads for 16-bit types; the addresses are 16-byte aligned because
 // head_dim is a multiple of 8).
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&o)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void load8(const __half* p, float (&o)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&o)[8]) {
+  unpack8<T>(*reinterpret_cast<const uint4*>(p), o);
 }
 __device__ __forceinline__ void load8(const float* p, float (&o)[8]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];

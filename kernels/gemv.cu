@@ -9,27 +9,6 @@ constexpr int kWarps = 4;        // per block
 constexpr int kRowsPerWarp = 2;  // weight rows a warp reduces together (x is loaded once for both)
 constexpr int kUnroll = 4;       // 16-byte chunks per lane per weight row in flight
 
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& u, float (&o)[8]);
-template <>
-__device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& u, float (&o)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
-}
-template <>
-__device__ __forceinline__ void unpack8<__half>(const uint4& u, float (&o)[8]) {
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
-}
-
 template <typename T, int B>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
