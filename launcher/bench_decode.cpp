@@ -93,36 +93,30 @@ model::CausalLM build_model(const model::RandomTeacherDims& dims, const BenchMod
   return lm;
 }
 
-// Bytes one decode step must move: every weight but the embedding table (of which it reads `batch` rows), and
-// each layer's state: the cached keys and values it attends over, or the SSM and conv states it reads and writes.
-double step_bytes(model::CausalLMImpl& lm, const model::DecodeState& state, int64_t batch) {
-  double bytes = 0;
-  for (const auto& p : lm.parameters()) bytes += static_cast<double>(p.numel() * p.element_size());
-  bytes -= static_cast<double>(lm.embed_tokens.numel() * lm.embed_tokens.element_size());
-  bytes += static_cast<double>(batch * lm.embed_tokens.size(1) * lm.embed_tokens.element_size());
+// What a decoding state costs in bytes: what one step moves (every weight but the embedding table, of which it
+// reads `batch` rows; the cached keys and values it attends over; the SSM and conv states it reads and writes) and
+// what one row holds (its buffers at their capacity: what limits the batch).
+struct StateBytes {
+  double moved_per_step = 0, held_per_row = 0;
+};
+StateBytes state_bytes(model::CausalLMImpl& lm, const model::DecodeState& state, int64_t batch) {
+  auto bytes = [](const Tensor& t) { return t.defined() ? static_cast<double>(t.numel() * t.element_size()) : 0.0; };
+  StateBytes r;
+  for (const auto& p : lm.parameters()) r.moved_per_step += bytes(p);
+  r.moved_per_step -= bytes(lm.embed_tokens);
+  r.moved_per_step += static_cast<double>(batch * lm.embed_tokens.size(1) * lm.embed_tokens.element_size());
+  double held = 0;
   for (const auto& layer : state.layers) {
     if (auto* kv = dynamic_cast<const model::KvCache*>(layer.get())) {
-      bytes += 2.0 * static_cast<double>(kv->keys().numel() * kv->k.element_size());
+      r.moved_per_step += bytes(kv->keys()) + bytes(kv->values());
+      held += bytes(kv->k) + bytes(kv->v);
     } else if (auto* s = dynamic_cast<const model::SsmState*>(layer.get())) {
-      bytes += 2.0 * static_cast<double>(s->ssm.numel() * s->ssm.element_size());
-      if (s->conv.defined()) bytes += 2.0 * static_cast<double>(s->conv.numel() * s->conv.element_size());
+      r.moved_per_step += 2.0 * (bytes(s->ssm) + bytes(s->conv));
+      held += bytes(s->ssm) + bytes(s->conv);
     }
   }
-  return bytes;
-}
-
-// Bytes of state one sequence holds at `positions` positions of cache capacity (what limits the batch).
-double state_bytes_per_row(const model::DecodeState& state, int64_t batch) {
-  double bytes = 0;
-  for (const auto& layer : state.layers) {
-    if (auto* kv = dynamic_cast<const model::KvCache*>(layer.get())) {
-      bytes += 2.0 * static_cast<double>(kv->k.numel() * kv->k.element_size());
-    } else if (auto* s = dynamic_cast<const model::SsmState*>(layer.get())) {
-      bytes += static_cast<double>(s->ssm.numel() * s->ssm.element_size());
-      if (s->conv.defined()) bytes += static_cast<double>(s->conv.numel() * s->conv.element_size());
-    }
-  }
-  return bytes / static_cast<double>(batch);
+  r.held_per_row = held / static_cast<double>(batch);
+  return r;
 }
 
 // A decoding state of `batch` rows that has seen `context` tokens, with room for `max_positions`: one real token
@@ -153,10 +147,8 @@ model::DecodeState context_state(model::CausalLMImpl& lm, int64_t batch, int64_t
 }
 
 struct DecodeRun {
-  double ms_per_token = NAN;  // steady state
-  double capture_ms = NAN;    // the eager first step plus the capture of the second
-  double bytes = 0;           // per step (step_bytes)
-  double row_state_bytes = 0;
+  double ms_per_token = NAN;  // steady state, after the warm-up steps
+  StateBytes bytes;
   int64_t peak_bytes = 0;
   bool graph = false;
 };
@@ -171,39 +163,34 @@ DecodeRun time_decode(model::CausalLMImpl& lm, int64_t batch, int64_t context, i
   const int64_t max_positions = context + warmup + steps + 1;
   auto state = context_state(lm, batch, context, max_positions);
   DecodeRun r;
-  r.graph = graphs && model::DecodeStepGraph::unavailable_reason(lm).empty();
-  std::unique_ptr<model::DecodeStepGraph> graph;
-  if (r.graph) graph = std::make_unique<model::DecodeStepGraph>(lm, state, batch, max_positions);
-  model::ForwardOptions o;
-  o.state = &state;
+  r.bytes = state_bytes(lm, state, batch);
+  model::DecodeStepper stepper(lm, state, batch, max_positions, graphs);
+  r.graph = stepper.graphed();
   Tensor next = torch::randint(lm.config.vocab_size, {batch}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  auto step = [&] {
-    Tensor logits = graph ? graph->step(next) : lm.forward(next.view({batch, 1}), o).logits.select(1, 0);
-    next = logits.argmax(-1);
-  };
-  r.bytes = step_bytes(lm, state, batch);
-  r.row_state_bytes = state_bytes_per_row(state, batch);
+  for (int i = 0; i < warmup; ++i) next = stepper.step(next).argmax(-1);
   synchronize(device);
-  auto start = Clock::now();
-  for (int i = 0; i < warmup; ++i) step();
-  synchronize(device);
-  r.capture_ms = seconds_since(start) * 1e3;
-  start = Clock::now();
-  for (int i = 0; i < steps; ++i) step();
+  const auto start = Clock::now();
+  for (int i = 0; i < steps; ++i) next = stepper.step(next).argmax(-1);
   synchronize(device);
   r.ms_per_token = seconds_since(start) * 1e3 / steps;
   r.peak_bytes = trainer::peak_device_bytes(device);
   return r;
 }
 
-// The largest batch that fits: first estimated from the free memory over one row's state (measured at batch 1),
+// The largest batch that fits: first estimated from the free memory over one row's state (a batch-1 state),
 // then lowered by 15% at each out-of-memory until a run succeeds.
 struct MaxBatchRun {
   int64_t batch = 0;
   DecodeRun run;
 };
-MaxBatchRun time_max_batch(model::CausalLMImpl& lm, int64_t context, double row_bytes, int64_t cap, int steps) {
+MaxBatchRun time_max_batch(model::CausalLMImpl& lm, int64_t context, int64_t cap, int steps) {
   const auto device = lm.embed_tokens.device();
+  double row_bytes = 0;
+  {
+    torch::NoGradGuard no_grad;
+    auto one_row = context_state(lm, 1, context, context + steps + 3);
+    row_bytes = state_bytes(lm, one_row, 1).held_per_row;
+  }
   trainer::release_cached_device_memory(device);
   const double total = static_cast<double>(trainer::total_device_bytes(device));
   const double used = static_cast<double>(trainer::allocated_device_bytes(device));
@@ -236,32 +223,26 @@ ShortPromptRun time_short_prompt(model::CausalLMImpl& lm, int64_t prompt, int64_
   auto state = lm.new_decode_state();
   const int64_t max_positions = prompt + generate;
   state.reserve(max_positions);
-  model::ForwardOptions o;
-  o.state = &state;
-  o.want_logits = false;
   Tensor tokens = torch::randint(lm.config.vocab_size, {1, prompt}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  auto prefill = [&](model::DecodeState& into) {  // the last position's greedy token
+    model::ForwardOptions o;
+    o.state = &into;
+    o.want_logits = false;
+    return lm.logits(lm.forward(tokens, o).final_hidden.narrow(1, prompt - 1, 1)).select(1, 0).argmax(-1);
+  };
   ShortPromptRun r;
   {
     // An untimed prefill of the same shape first: the libraries pick and load their kernels for it.
     auto warm = lm.new_decode_state();
-    model::ForwardOptions w;
-    w.state = &warm;
-    w.want_logits = false;
-    lm.forward(tokens, w);
+    prefill(warm);
   }
   synchronize(device);
   auto start = Clock::now();
-  Tensor next = lm.logits(lm.forward(tokens, o).final_hidden.narrow(1, prompt - 1, 1)).select(1, 0).argmax(-1);
+  Tensor next = prefill(state);
   synchronize(device);
   r.prefill_ms = seconds_since(start) * 1e3;
-  std::unique_ptr<model::DecodeStepGraph> graph;
-  if (graphs && model::DecodeStepGraph::unavailable_reason(lm).empty())
-    graph = std::make_unique<model::DecodeStepGraph>(lm, state, 1, max_positions);
-  o.want_logits = true;
-  auto step = [&] {
-    Tensor logits = graph ? graph->step(next) : lm.forward(next.view({1, 1}), o).logits.select(1, 0);
-    next = logits.argmax(-1);
-  };
+  model::DecodeStepper stepper(lm, state, 1, max_positions, graphs);
+  auto step = [&] { next = stepper.step(next).argmax(-1); };
   const int64_t first = std::min<int64_t>(2, generate - 1);  // the eager step and the captured one
   start = Clock::now();
   for (int64_t i = 0; i < first; ++i) step();
@@ -372,17 +353,15 @@ int bench_decode(const std::vector<std::string>& args) {
     std::cout << "\n";
     nlohmann::json m = {{"name", which.name}, {"layout", which.layout}, {"batch1", nlohmann::json::array()},
                         {"max_batch", nlohmann::json::array()}};
-    std::map<int64_t, double> row_bytes;
     for (auto context : contexts) {
       nlohmann::json point = {{"context", context}};
       try {
         const DecodeRun run = time_decode(*lm, 1, context, warmup, steps, graphs);
         const DecodeRun eager = graphs ? time_decode(*lm, 1, context, 1, std::max(4, steps / 4), false) : run;
-        const double floor_ms = run.bytes / bandwidth * 1e3;
-        row_bytes[context] = run.row_state_bytes;
+        const double floor_ms = run.bytes.moved_per_step / bandwidth * 1e3;
         point.update({{"ms_per_token", run.ms_per_token}, {"no_graph_ms_per_token", eager.ms_per_token},
-                      {"floor_ms", floor_ms}, {"bytes_per_step", run.bytes}, {"peak_bytes", run.peak_bytes},
-                      {"cuda_graph", run.graph}, {"state_bytes", run.row_state_bytes}});
+                      {"floor_ms", floor_ms}, {"bytes_per_step", run.bytes.moved_per_step}, {"peak_bytes", run.peak_bytes},
+                      {"cuda_graph", run.graph}, {"state_bytes", run.bytes.held_per_row}});
         std::cout << std::setw(9) << context << std::setw(11) << fmt(run.ms_per_token, 3) << std::setw(10)
                   << fmt(floor_ms, 3) << std::setw(9) << fmt(run.ms_per_token / floor_ms, 2) << std::setw(12)
                   << fmt(eager.ms_per_token, 3) << std::setw(11) << gb(static_cast<double>(run.peak_bytes));
@@ -404,9 +383,7 @@ int bench_decode(const std::vector<std::string>& args) {
       std::cout << std::setw(9) << "context" << std::setw(11) << "max batch" << std::setw(11) << "ms/step"
                 << std::setw(13) << "tokens/s" << std::setw(11) << "memory GB" << "\n";
       for (auto context : batch_contexts) {
-        double per_row = row_bytes.count(context) ? row_bytes[context] : 0;
-        if (per_row == 0) per_row = time_decode(*lm, 1, context, 2, 1, true).row_state_bytes;
-        const auto r = time_max_batch(*lm, context, per_row, max_batch, std::max(4, steps / 3));
+        const auto r = time_max_batch(*lm, context, max_batch, std::max(4, steps / 3));
         nlohmann::json point = {{"context", context}, {"batch", r.batch}};
         if (r.batch > 0) {
           const double tps = static_cast<double>(r.batch) / (r.run.ms_per_token / 1e3);

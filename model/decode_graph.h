@@ -35,4 +35,23 @@ class DecodeStepGraph {
   std::unique_ptr<Impl> impl_;
 };
 
+// One token per row through `state`, for callers that take a graph when they can: a DecodeStepGraph when `graphs`
+// is set and the model allows it, otherwise one plain forward per token.
+class DecodeStepper {
+ public:
+  DecodeStepper(CausalLMImpl& model, DecodeState& state, int64_t batch, int64_t max_positions, bool graphs);
+  // tokens [batch] int64 -> logits [batch, vocab] (with a graph, a buffer that the next step overwrites).
+  torch::Tensor step(const torch::Tensor& tokens);
+  bool graphed() const { return graph_ != nullptr; }
+  // Why there is no graph although one was asked for ("" otherwise).
+  const std::string& why_not_graphed() const { return why_not_; }
+
+ private:
+  CausalLMImpl& model_;
+  DecodeState& state_;
+  int64_t batch_;
+  std::unique_ptr<DecodeStepGraph> graph_;
+  std::string why_not_;
+};
+
 }  // namespace carve::model

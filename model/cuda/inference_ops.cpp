@@ -67,7 +67,7 @@ bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight) {
   if (x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1) || x.scalar_type() != weight.scalar_type())
     return false;
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
-  return x.scalar_type() != torch::kFloat && rows >= 1 && rows <= kernels::kGemvMaxRows &&
+  return rows <= kernels::kGemvMaxRows &&
          kernels::gemv_supports(static_cast<int>(rows), static_cast<int>(x.size(-1)), element_of(x)) &&
          weight.is_contiguous() && weight.size(0) <= std::numeric_limits<int>::max();
 }

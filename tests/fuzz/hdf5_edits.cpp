@@ -64,4 +64,35 @@ void set_string_attribute(hid_t object, const char* name, const std::string& val
   H5Tclose(type);
 }
 
+void overwrite_value(hid_t file, const char* name, Bytes& in, ValueWriter write) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) return;
+  hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+  if (ds < 0) return;
+  hid_t space = H5Dget_space(ds);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  hsize_t dims[H5S_MAX_RANK] = {0};
+  H5Sget_simple_extent_dims(space, dims, nullptr);
+  hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
+  // A write into a huge contiguous dataset would allocate all of it in the scratch file: skip those.
+  hsize_t total = 1;
+  for (int i = 0; i < rank; ++i) total *= dims[i];
+  hid_t dcpl = H5Dget_create_plist(ds);
+  bool empty = total > (1u << 20) && H5Pget_layout(dcpl) != H5D_CHUNKED;
+  H5Pclose(dcpl);
+  for (int i = 0; i < rank; ++i) {
+    count[i] = 1;
+    if (dims[i] == 0) empty = true;
+    else start[i] = in.u8() % std::min<hsize_t>(dims[i], 256);
+  }
+  const int64_t value = in.value();
+  if (!empty) {
+    if (rank > 0) H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr);
+    hid_t mem = H5Screate(H5S_SCALAR);
+    write(ds, mem, space, name, value);
+    H5Sclose(mem);
+  }
+  H5Sclose(space);
+  H5Dclose(ds);
+}
+
 }  // namespace carve::fuzz

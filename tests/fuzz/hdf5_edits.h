@@ -1,6 +1,6 @@
-// What the fuzz targets that edit valid HDF5 files (samples, shard) share: reading edits from the fuzz bytes, and
-// setting, retyping or deleting attributes through the HDF5 C API. Failures of these edits are ignored on purpose:
-// an edit HDF5 refuses simply does not happen.
+// What the fuzz targets that edit valid HDF5 files (samples, shard) share: reading edits from the fuzz bytes,
+// setting, retyping or deleting attributes, and overwriting dataset values through the HDF5 C API. Failures of these
+// edits are ignored on purpose: an edit HDF5 refuses simply does not happen.
 #pragma once
 
 #include <hdf5.h>
@@ -27,5 +27,11 @@ void delete_attribute(hid_t object, const char* name);
 void set_int_attribute(hid_t object, const char* name, int64_t value, hid_t type, hsize_t count);
 // A fixed-length or variable-length string attribute, replacing any attribute of that name.
 void set_string_attribute(hid_t object, const char* name, const std::string& value, bool variable);
+
+// Writes `value` into the element of dataset `ds` selected in `space` (`mem` is a scalar space): each target decides
+// how, e.g. as raw bit patterns for floating-point data.
+using ValueWriter = void (*)(hid_t ds, hid_t mem, hid_t space, const std::string& name, int64_t value);
+// One value of an existing dataset `name`, at a fuzz-chosen element, written by `write`.
+void overwrite_value(hid_t file, const char* name, Bytes& in, ValueWriter write);
 
 }  // namespace carve::fuzz

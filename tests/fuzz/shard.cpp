@@ -116,48 +116,20 @@ std::string string_value(Bytes& in) {
   }
 }
 
-// One value of an existing dataset, at a fuzz-chosen element.
-void overwrite_value(hid_t file, const char* name, Bytes& in) {
-  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) return;
-  hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-  if (ds < 0) return;
-  hid_t space = H5Dget_space(ds);
-  const int rank = H5Sget_simple_extent_ndims(space);
-  hsize_t dims[H5S_MAX_RANK] = {0};
-  H5Sget_simple_extent_dims(space, dims, nullptr);
-  hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
-  // A write into a huge contiguous dataset would allocate all of it in the scratch file: skip those.
-  hsize_t total = 1;
-  for (int i = 0; i < rank; ++i) total *= dims[i];
-  hid_t dcpl = H5Dget_create_plist(ds);
-  bool empty = total > (1u << 20) && H5Pget_layout(dcpl) != H5D_CHUNKED;
-  H5Pclose(dcpl);
-  for (int i = 0; i < rank; ++i) {
-    count[i] = 1;
-    if (dims[i] == 0) empty = true;
-    else start[i] = in.u8() % std::min<hsize_t>(dims[i], 256);
+// How a value is written into shards: hidden states and log-probabilities get raw bit patterns (NaN, inf);
+// integers a converted value.
+void write_shard_value(hid_t ds, hid_t mem, hid_t space, const std::string& name, int64_t value) {
+  if (name == "hidden") {
+    const uint16_t bits = static_cast<uint16_t>(value);
+    H5Dwrite(ds, H5T_NATIVE_UINT16, mem, space, H5P_DEFAULT, &bits);
+  } else if (name == "logprobs") {
+    const uint32_t bits = static_cast<uint32_t>(value);
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, &f);
+  } else {
+    H5Dwrite(ds, H5T_NATIVE_INT64, mem, space, H5P_DEFAULT, &value);
   }
-  const int64_t value = in.value();
-  if (!empty) {
-    if (rank > 0) H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr);
-    hid_t mem = H5Screate(H5S_SCALAR);
-    // Hidden states and log-probabilities get raw bit patterns (NaN, inf); integers a converted value.
-    const std::string n(name);
-    if (n == "hidden") {
-      const uint16_t bits = static_cast<uint16_t>(value);
-      H5Dwrite(ds, H5T_NATIVE_UINT16, mem, space, H5P_DEFAULT, &bits);
-    } else if (n == "logprobs") {
-      const uint32_t bits = static_cast<uint32_t>(value);
-      float f;
-      std::memcpy(&f, &bits, sizeof f);
-      H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, &f);
-    } else {
-      H5Dwrite(ds, H5T_NATIVE_INT64, mem, space, H5P_DEFAULT, &value);
-    }
-    H5Sclose(mem);
-  }
-  H5Sclose(space);
-  H5Dclose(ds);
 }
 
 // The shape the reader expects of `name`.
@@ -262,7 +234,7 @@ void apply_edits(const std::string& path, Bytes& in, int64_t& truncate_to, int64
       case 0:
       case 1:
       case 2:
-        overwrite_value(file, dataset, in);
+        overwrite_value(file, dataset, in, write_shard_value);
         break;
       case 3:
         set_int_attribute(file, kIntAttrs[in.u8() % 3], in.value(), file_type(in.u8() % 6), 1);
