@@ -14,8 +14,8 @@
 namespace carve::launcher {
 namespace {
 
-// "1,2,3;4,5,6" -> [[1,2,3],[4,5,6]]; rows must be of one length.
-torch::Tensor parse_token_rows(const std::string& text, int64_t vocab) {
+// "1,2,3;4,5" -> [1,2,3], [4,5]: one prompt per row, of any lengths.
+std::vector<torch::Tensor> parse_token_rows(const std::string& text, int64_t vocab) {
   std::vector<std::vector<int64_t>> rows(1);
   std::string item;
   std::istringstream in(text);
@@ -40,12 +40,11 @@ torch::Tensor parse_token_rows(const std::string& text, int64_t vocab) {
     else item.push_back(ch);
   }
   flush();
-  for (const auto& r : rows)
-    if (r.empty() || r.size() != rows[0].size())
-      throw UsageError("--tokens: every prompt row needs the same, non-zero number of ids");
-  auto out = torch::empty({static_cast<int64_t>(rows.size()), static_cast<int64_t>(rows[0].size())}, torch::kInt64);
-  for (size_t i = 0; i < rows.size(); ++i)
-    for (size_t j = 0; j < rows[i].size(); ++j) out[i][j] = rows[i][j];
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i].empty()) throw UsageError("--tokens: prompt row " + std::to_string(i) + " has no ids");
+    out.push_back(torch::tensor(rows[i], torch::kInt64));
+  }
   return out;
 }
 
@@ -58,7 +57,7 @@ int generate_main(const std::vector<std::string>& args) {
   int64_t seed = 0;
   po::options_description run("Generation");
   run.add_options()("tokens", po::value<std::string>(&tokens)->required(),
-                    "prompt token ids, comma-separated; ';' separates batch rows")(
+                    "prompt token ids, comma-separated; ';' separates batch rows (of any lengths)")(
       "max-new-tokens", po::value<int64_t>(&gen.max_new_tokens)->default_value(32), "tokens to generate per row")(
       "temperature", po::value<double>(&gen.sampling.temperature)->default_value(0.0), "0 = greedy")(
       "top-k", po::value<int64_t>(&gen.sampling.top_k)->default_value(0), "0 = off")(

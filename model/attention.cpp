@@ -47,7 +47,49 @@ void KvCache::make_room(int64_t b, int64_t kv_heads, int64_t head_dim, const tor
   v = grown_v;
 }
 
+void KvCache::merge_rows(const std::vector<const MixerState*>& parts, const std::vector<torch::Tensor>& rows,
+                         int64_t batch) {
+  std::vector<const KvCache*> caches;
+  int64_t longest = 0, capacity = reserved;
+  for (const auto* part : parts) {
+    const auto* cache = dynamic_cast<const KvCache*>(part);
+    CARVE_CHECK(cache && cache->k.defined(), "merging KV caches: a part is another mixer's state or holds no tokens");
+    caches.push_back(cache);
+    longest = std::max(longest, cache->length);
+    capacity = std::max({capacity, cache->capacity(), cache->reserved});
+  }
+  const auto& first = caches[0]->k;
+  // Zeros, not empty memory: a shorter row's slots beyond its length are masked out of the reference attention but
+  // still multiplied (by a zero weight), so they must be finite.
+  k = torch::zeros({batch, first.size(1), capacity, first.size(3)}, first.options());
+  v = torch::zeros_like(k);
+  ragged = false;
+  for (size_t i = 0; i < caches.size(); ++i) {
+    const auto index = rows[i].to(k.device());
+    k.narrow(2, 0, caches[i]->length).index_copy_(0, index, caches[i]->keys());
+    v.narrow(2, 0, caches[i]->length).index_copy_(0, index, caches[i]->values());
+    ragged = ragged || caches[i]->ragged || caches[i]->length != longest;
+  }
+  length = longest;
+  reserved = capacity;
+}
+
 namespace {
+
+// softmax(q k^T / sqrt(d)) v over the keys `allowed` ([.., l, t] bool, broadcast over batch and heads) lets each
+// query see.
+torch::Tensor masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& allowed) {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  auto probs = torch::softmax(scores.to(accumulate_dtype(scores)), -1).to(q.scalar_type());
+  return torch::matmul(probs, v);
+#endif
+}
 
 // softmax(q k^T / sqrt(d)) v without a mask.
 torch::Tensor unmasked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
@@ -63,11 +105,13 @@ torch::Tensor unmasked_attention(const torch::Tensor& q, const torch::Tensor& k,
 
 }  // namespace
 
-torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& allowed) {
   const int64_t b = q.size(0), heads = q.size(1), kv_heads = k.size(1), d = q.size(3);
   // Query heads h * groups ... h * groups + groups - 1 share KV head h: as `groups` queries of one KV head.
   auto grouped = q.reshape({b, kv_heads, heads / kv_heads, d});
-  return unmasked_attention(grouped, k, v).reshape({b, heads, 1, d});
+  auto out = allowed.defined() ? masked_attention(grouped, k, v, allowed) : unmasked_attention(grouped, k, v);
+  return out.reshape({b, heads, 1, d});
 }
 
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -87,15 +131,7 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
     auto same = seq_idx.unsqueeze(2) == seq_idx.unsqueeze(1);  // [b, l, l]
     allowed = allowed & same.unsqueeze(1);
   }
-#if TORCH_VERSION_MAJOR >= 2
-  return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
-#else
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
-  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  auto probs = torch::softmax(scores.to(accumulate_dtype(scores)), -1).to(q.scalar_type());
-  return torch::matmul(probs, v);
-#endif
+  return masked_attention(q, k, v, allowed);
 }
 
 torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache, const MixerContext& ctx) {
@@ -132,17 +168,34 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& u, const MixerContext&
   auto rope = rope_tables(ctx.positions, rotary_dim, rope_theta, q.scalar_type());
   q = apply_rope(q, rope);
   k = apply_rope(k, rope);
+  torch::Tensor allowed;  // ragged caches: [b, 1, l, t], the slots up to each query's own position
   if (cache) {
+    CARVE_CHECK(!cache->ragged || !ctx.seq_idx.defined(),
+                "packed sequences (seq_idx) cannot continue a KV cache of rows of different lengths");
     cache->make_room(b, num_kv_heads, head_dim, k.options(), l);
-    cache->k.narrow(2, cache->length, l).copy_(k);
-    cache->v.narrow(2, cache->length, l).copy_(v);
+    if (cache->ragged) {
+      auto slots = ctx.positions.view({b, 1, l, 1}).expand({b, num_kv_heads, l, head_dim});
+      cache->k.scatter_(2, slots, k);
+      cache->v.scatter_(2, slots, v);
+    } else {
+      cache->k.narrow(2, cache->length, l).copy_(k);
+      cache->v.narrow(2, cache->length, l).copy_(v);
+    }
     cache->length += l;
     k = cache->keys();
     v = cache->values();
+    if (cache->ragged) {
+      auto slot = torch::arange(cache->length, ctx.positions.options()).view({1, 1, 1, cache->length});
+      allowed = slot <= ctx.positions.view({b, 1, l, 1});
+    }
   }
   torch::Tensor out;
   if (l == 1 && !ctx.seq_idx.defined()) {
-    out = single_query_attention(q, k, v);  // sees every cached key: no mask, no repeated KV heads
+    // Sees every cached key (a ragged row: up to its position), with no repeated KV heads.
+    out = single_query_attention(q, k, v, allowed);
+  } else if (allowed.defined()) {
+    const int64_t groups = num_heads / num_kv_heads;
+    out = masked_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), allowed);
   } else {
     const int64_t groups = num_heads / num_kv_heads;
     if (groups > 1) {

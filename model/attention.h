@@ -14,14 +14,21 @@ namespace carve::model {
 // An attention layer's decoding state: key and value buffers with room for capacity() positions, the first `length`
 // filled. Appending beyond the capacity doubles it (one copy of what is cached); reserve() with the final length up
 // front allocates once, which a captured decode graph needs.
+//
+// A token's key and value sit at the slot of its position. In a ragged cache (rows merged from prompts of different
+// lengths) a row may have consumed fewer than `length` positions: it writes its next tokens at its own positions and
+// attends only to slots up to them, so whatever its slots beyond hold is never read. `length` is the longest row's.
 struct KvCache : MixerState {
   torch::Tensor k;  // [b, kv_heads, capacity, head_dim], after RoPE
   torch::Tensor v;  // [b, kv_heads, capacity, head_dim]
   int64_t length = 0;
   int64_t reserved = 0;
+  bool ragged = false;  // rows hold different numbers of positions (their own are in the forward's positions)
 
   void reserve(int64_t positions) override;
   void advance(int64_t tokens) override { length += tokens; }
+  void merge_rows(const std::vector<const MixerState*>& parts, const std::vector<torch::Tensor>& rows,
+                  int64_t batch) override;
   // Room for `extra` more positions of [b, kv_heads, *, head_dim] keys with `options`.
   void make_room(int64_t b, int64_t kv_heads, int64_t head_dim, const torch::TensorOptions& options, int64_t extra);
   int64_t capacity() const { return k.defined() ? k.size(2) : 0; }
@@ -49,8 +56,9 @@ class AttentionImpl : public Mixer {
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& seq_idx /* [b, l] or undefined */);
 
-// One query per row attending to every key, with grouped KV heads read in place (no repeat):
-// q [b, heads, 1, d], k and v [b, kv_heads, t, d] -> [b, heads, 1, d].
-torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+// One query per row attending to every key (or those `allowed` [b, 1, 1, t] marks), with grouped KV heads read in
+// place (no repeat): q [b, heads, 1, d], k and v [b, kv_heads, t, d] -> [b, heads, 1, d].
+torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& allowed = {});
 
 }  // namespace carve::model

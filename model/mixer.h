@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace carve::model {
 
@@ -18,6 +19,11 @@ struct MixerState {
   // A replayed decode graph has updated the device memory for `tokens` more tokens: bring the host-side bookkeeping
   // along.
   virtual void advance(int64_t tokens) {}
+  // Makes this (fresh) state the union of `parts`, states of the same kind from prefills of disjoint rows: the rows of
+  // parts[i] become rows `rows[i]` ([n_i] int64, CPU) of a state of `batch` rows. Parts may have consumed different
+  // numbers of tokens (prompts of different lengths); each row keeps its own.
+  virtual void merge_rows(const std::vector<const MixerState*>& parts, const std::vector<torch::Tensor>& rows,
+                          int64_t batch) = 0;
 };
 
 struct MixerContext {

@@ -17,6 +17,27 @@ SsmState* ssm_state_of(const MixerContext& ctx) {
 
 }  // namespace
 
+void SsmState::merge_rows(const std::vector<const MixerState*>& parts, const std::vector<torch::Tensor>& rows,
+                          int64_t batch) {
+  std::vector<const SsmState*> states;
+  for (const auto* part : parts) {
+    const auto* s = dynamic_cast<const SsmState*>(part);
+    CARVE_CHECK(s && s->conv.defined() && s->ssm.defined(),
+                "merging Mamba-2 states: a part is another mixer's state or holds no tokens");
+    states.push_back(s);
+  }
+  auto stacked = [&](torch::Tensor SsmState::*field) {
+    const auto& like = states[0]->*field;
+    std::vector<int64_t> shape(like.sizes().begin(), like.sizes().end());
+    shape[0] = batch;
+    auto out = torch::empty(shape, like.options());
+    for (size_t i = 0; i < states.size(); ++i) out.index_copy_(0, rows[i].to(out.device()), states[i]->*field);
+    return out;
+  };
+  conv = stacked(&SsmState::conv);
+  ssm = stacked(&SsmState::ssm);
+}
+
 torch::Tensor conv_with_state(const torch::Tensor& xbc, const torch::Tensor& weight, const torch::Tensor& bias,
                               const MixerContext& ctx) {
   auto* s = ssm_state_of(ctx);

@@ -13,6 +13,9 @@ namespace carve::model {
 struct SsmState : MixerState {
   torch::Tensor conv;  // [b, channels, kernel - 1], the last inputs of the conv (undefined before the first call)
   torch::Tensor ssm;   // [b, heads, head_dim, state_size], float32
+  // Rows are independent and carry no position: merging stacks them.
+  void merge_rows(const std::vector<const MixerState*>& parts, const std::vector<torch::Tensor>& rows,
+                  int64_t batch) override;
 };
 
 // Sizes of a Mamba-2 mixer carved out of an attention layer: heads, KV heads and head dim come from the teacher.

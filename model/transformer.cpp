@@ -1,5 +1,7 @@
 #include "model/transformer.h"
 
+#include <algorithm>
+
 #include "base/error.h"
 #include "model/attention.h"
 
@@ -66,6 +68,43 @@ void DecodeState::advance(int64_t tokens) {
   length += tokens;
 }
 
+torch::Tensor DecodeState::next_positions(int64_t batch, int64_t l, torch::Device device) const {
+  auto positions = make_positions(batch, l, length, {}, device);
+  if (!row_offsets.defined()) return positions;
+  CARVE_CHECK(row_offsets.size(0) == batch, "decoding state of ", row_offsets.size(0), " rows continued with ", batch);
+  return positions + row_offsets.to(device).unsqueeze(1);
+}
+
+void DecodeState::merge_rows(const std::vector<const DecodeState*>& parts,
+                             const std::vector<std::vector<int64_t>>& rows, int64_t batch) {
+  CARVE_CHECK(!parts.empty() && parts.size() == rows.size(), "merging decoding states: ", parts.size(),
+              " states for ", rows.size(), " row sets");
+  std::vector<int64_t> consumed(batch, -1);
+  std::vector<torch::Tensor> row_index;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto& part = *parts[i];
+    CARVE_CHECK(part.layers.size() == layers.size(), "merging a decoding state of ", part.layers.size(),
+                " layers into one of ", layers.size());
+    auto offsets = part.row_offsets.defined() ? part.row_offsets.to(torch::kCPU) : torch::Tensor();
+    for (size_t r = 0; r < rows[i].size(); ++r) {
+      const int64_t row = rows[i][r];
+      CARVE_CHECK(row >= 0 && row < batch && consumed[row] < 0, "merging decoding states: row ", row,
+                  " is outside 0..", batch - 1, " or given twice");
+      consumed[row] = part.length + (offsets.defined() ? offsets[static_cast<int64_t>(r)].item<int64_t>() : 0);
+    }
+    row_index.push_back(torch::tensor(rows[i], torch::kInt64));
+  }
+  for (int64_t r = 0; r < batch; ++r) CARVE_CHECK(consumed[r] >= 0, "merging decoding states: row ", r, " is missing");
+  for (size_t l = 0; l < layers.size(); ++l) {
+    std::vector<const MixerState*> layer_parts;
+    for (const auto* part : parts) layer_parts.push_back(part->layers[l].get());
+    layers[l]->merge_rows(layer_parts, row_index, batch);
+  }
+  length = *std::max_element(consumed.begin(), consumed.end());
+  auto offsets = torch::tensor(consumed, torch::kInt64) - length;
+  row_offsets = offsets.eq(0).all().item<bool>() ? torch::Tensor() : offsets;
+}
+
 torch::Tensor make_positions(int64_t batch, int64_t length, int64_t past, const torch::Tensor& seq_idx,
                              torch::Device device) {
   auto ar = torch::arange(length, torch::TensorOptions().dtype(torch::kInt64).device(device));
@@ -92,7 +131,9 @@ ForwardResult CausalLMImpl::forward_embeds(const torch::Tensor& embeds, const Fo
                 "positions must be [", b, ", ", l, "] int64 on ", embeds.device().str(), ", got ", o.positions.sizes());
     ctx.positions = o.positions;
   } else {
-    ctx.positions = make_positions(b, l, o.state ? o.state->length : 0, o.seq_idx, embeds.device());
+    ctx.positions = o.state && !o.seq_idx.defined()
+                        ? o.state->next_positions(b, l, embeds.device())
+                        : make_positions(b, l, o.state ? o.state->length : 0, o.seq_idx, embeds.device());
   }
   ForwardResult r;
   auto x = embeds;

@@ -32,11 +32,21 @@ TORCH_MODULE(DecoderLayer);
 // Per-sequence decoding state: one MixerState per layer and the number of tokens consumed.
 struct DecodeState {
   std::vector<std::unique_ptr<MixerState>> layers;
-  int64_t length = 0;
+  int64_t length = 0;  // tokens consumed by the longest row
+  // Rows that consumed fewer tokens (prompts of different lengths): row r has consumed length + row_offsets[r]
+  // ([b] int64, <= 0, on the model's device). Undefined when every row has consumed `length`.
+  torch::Tensor row_offsets;
+
   // Every layer's state will hold `positions` tokens in all (see MixerState::reserve).
   void reserve(int64_t positions);
   // A replayed decode graph consumed `tokens` more tokens (see MixerState::advance).
   void advance(int64_t tokens);
+  // Positions [batch, l] int64 on `device` of each row's next l tokens.
+  torch::Tensor next_positions(int64_t batch, int64_t l, torch::Device device) const;
+  // Makes this fresh state (CausalLMImpl::new_decode_state, maybe reserved) the union of `parts`, the states of
+  // prefills of disjoint rows: parts[i]'s rows become rows `rows[i]` of `batch` rows. Every row is covered once.
+  void merge_rows(const std::vector<const DecodeState*>& parts, const std::vector<std::vector<int64_t>>& rows,
+                  int64_t batch);
 };
 
 struct ForwardOptions {
@@ -45,8 +55,8 @@ struct ForwardOptions {
   bool want_pre_outputs = false;    // each mixer's output before its output projection
   torch::Tensor seq_idx;            // [b, l] int32: packed samples (positions restart at each boundary)
   DecodeState* state = nullptr;     // continue (and update) a decoding state
-  // [b, l] int64 on the model's device: the tokens' positions, in place of those derived from state->length. A
-  // captured decode step reads them from a buffer it refills; they must equal the state's length (plus 0..l-1).
+  // [b, l] int64 on the model's device: the tokens' positions, in place of those derived from the state. A captured
+  // decode step reads them from a buffer it refills; they must equal state->next_positions.
   torch::Tensor positions;
 };
 

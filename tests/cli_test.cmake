@@ -31,6 +31,9 @@ carve(2 "typo.ini: unknown key 'temprature' \\(did you mean 'temperature'" gener
 carve(2 "--tokens.*required" generate --model ${TEACHER})
 carve(2 "'many'.*'--max-new-tokens' is invalid" generate --model ${TEACHER} --tokens 1,2 --max-new-tokens many)
 carve(2 "--tokens: id 500 is outside the vocabulary \\[0, 96\\)" generate --model ${TEACHER} --tokens 1,500)
+# (';' separates CMake's list items: prompts of several rows come from config files.)
+file(WRITE ${WORK}/empty_row.ini "tokens = 1,2;;3\n")
+carve(2 "--tokens: prompt row 1 has no ids" generate --model ${TEACHER} --config ${WORK}/empty_row.ini)
 carve(2 "--dtype: 'float8' is not a dtype" generate --model ${TEACHER} --tokens 1,2 --dtype float8)
 carve(2 "--config: cannot read .*missing.ini" generate --config ${WORK}/missing.ini)
 carve(1 "nowhere: not a directory" inspect --model ${WORK}/nowhere)
@@ -61,6 +64,10 @@ carve(0 "wrote .*student: layout MAM" convert --teacher ${TEACHER} --layout MAM 
 # inspect describes the student: its layout, mixer and what each stage trains; generate runs it.
 carve(0 "layout MAM \\(1 attention, 2 mamba-2\\).*mixer +mamba2.*stage1 +[0-9.]+K" inspect --model ${WORK}/student)
 carve(0 "row 0:( [0-9]+)( [0-9]+)( [0-9]+)\n" generate --model ${WORK}/student --tokens 3,4,5 --max-new-tokens 3)
+# Prompts of different lengths in one batch: each row continues from its own length.
+file(WRITE ${WORK}/ragged.ini "tokens = 3,4,5,6,7;8,9\n")
+carve(0 "row 0:( [0-9]+)( [0-9]+)( [0-9]+)\nrow 1:( [0-9]+)( [0-9]+)( [0-9]+)\n" generate --model ${WORK}/student
+      --config ${WORK}/ragged.ini --max-new-tokens 3)
 # Converting over an existing checkpoint is refused rather than overwriting it.
 carve(1 "--out: .*student already holds a checkpoint.*--overwrite" convert --teacher ${TEACHER} --layout MAM
       --out ${WORK}/student)

@@ -3,7 +3,8 @@
  * the reference: the decode attention kernel (RoPE, cache write, split-KV attention) against float64 attention on
  * the same rounded inputs at many shapes, the inference RMSNorm and SwiGLU kernels, and whole models (the fixture
  * families and students of them) decoded through a captured CUDA graph against their full forward.
- * Without a GPU (or in a build without CUDA) only the cache tests run; the rest skip.
+ * Also: prompts of different lengths in one batch decode as each would alone (reference path here; the kernels and
+ * a graph on a GPU). Without a GPU (or in a build without CUDA) only the cache and ragged tests run; the rest skip.
  */
 #include <gtest/gtest.h>
 
@@ -90,6 +91,121 @@ TEST(KvCache, RefusesAnotherBatchSize) {
 TEST(DecodeGraph, SaysWhyItIsUnavailable) {
   auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")));
   EXPECT_FALSE(DecodeStepGraph::unavailable_reason(*lm).empty());  // a CPU model, in any build
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Prompts of different lengths in one batch.
+
+// A student of the llama fixture (3 layers) with this layout and mixer.
+CausalLM llama_student(const std::string& layout, MixerKind mixer) {
+  auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")), torch::kFloat);
+  StudentSpec spec;
+  spec.layout = Layout::parse(layout, 3);
+  spec.mixer = mixer;
+  spec.seeding = SeedMethod::Mimic;
+  spec.chunk_size = 4;
+  spec.init_seed = 5;
+  carve_student(*lm, spec, true);
+  return lm;
+}
+
+struct RaggedCase {
+  std::vector<int64_t> lengths = {5, 2, 7, 2};  // two rows share a length (one batched prefill)
+  int64_t steps = 3;                            // single-token steps, then one step of two tokens per row
+  Tensor ids;                                   // [rows, 7 + steps + 2]
+  std::vector<Tensor> prompts;
+};
+
+RaggedCase ragged_case(int64_t vocab) {
+  RaggedCase c;
+  c.ids = torch::randint(2, vocab,  // 1 is left for image tokens
+                         {static_cast<int64_t>(c.lengths.size()), 7 + c.steps + 2},
+                         torch::TensorOptions().dtype(torch::kInt64));
+  for (size_t r = 0; r < c.lengths.size(); ++r) c.prompts.push_back(c.ids[r].narrow(0, 0, c.lengths[r]));
+  return c;
+}
+
+// Prefilled together and continued (single tokens, then two at once), each row's logits equal its own full forward
+// at the same positions.
+void check_ragged_decode(CausalLMImpl& lm, const std::string& what, double tol = 1e-5) {
+  torch::NoGradGuard no_grad;
+  const auto device = lm.embed_tokens.device();
+  auto c = ragged_case(lm.config.vocab_size);
+  const int64_t rows = static_cast<int64_t>(c.lengths.size());
+  auto p = trainer::prefill(lm, c.prompts, 7 + c.steps + 2, {});
+  ASSERT_TRUE(p.state.row_offsets.defined()) << what;
+  EXPECT_EQ(p.state.length, 7) << what;
+  std::vector<Tensor> got = {p.logits.unsqueeze(1)};  // per step [rows, l, vocab]
+  ForwardOptions o;
+  o.state = &p.state;
+  for (int64_t t = 0; t <= c.steps; ++t) {
+    const int64_t l = t < c.steps ? 1 : 2;
+    std::vector<Tensor> next;
+    for (int64_t r = 0; r < rows; ++r) next.push_back(c.ids[r].narrow(0, c.lengths[r] + t, l));
+    got.push_back(lm.forward(torch::stack(next).to(device), o).logits);
+  }
+  const Tensor ragged = torch::cat(got, 1).to(torch::kFloat).cpu();  // [rows, 1 + steps + 2, vocab]
+  EXPECT_EQ(p.state.length, 7 + c.steps + 2) << what;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = c.lengths[r] + c.steps + 2;
+    auto alone = lm.forward(c.ids[r].narrow(0, 0, n).unsqueeze(0).to(device)).logits[0].to(torch::kFloat).cpu();
+    EXPECT_LT(relative_norm_error(ragged[r], alone.narrow(0, c.lengths[r] - 1, c.steps + 3)), tol)
+        << what << ": row " << r << " of length " << c.lengths[r];
+  }
+}
+
+TEST(RaggedDecode, RowsOfDifferentLengthsDecodeLikeEachAlone) {
+  torch::manual_seed(11);
+  for (const std::string family : {"llama", "qwen2"}) {
+    auto lm = load_causal_lm(CheckpointReader(teacher_dir(family)));
+    check_ragged_decode(*lm, family);
+  }
+  for (auto mixer : {MixerKind::Seeded, MixerKind::Mamba2})
+    for (const std::string layout : {"MAM", "MMM"}) {
+      auto lm = llama_student(layout, mixer);
+      check_ragged_decode(*lm, mixer_kind_name(mixer) + " " + layout);
+    }
+}
+
+// generate() on prompts of different lengths (with image rows spliced in) picks each row's tokens as it would alone.
+TEST(RaggedDecode, GenerateMatchesEachPromptAlone) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(12);
+  auto lm = llama_student("MAM", MixerKind::Seeded);
+  const int64_t image_token = 1, hidden = lm->config.hidden_size;
+  auto c = ragged_case(lm->config.vocab_size);
+  c.prompts[0][1] = image_token, c.prompts[2][0] = image_token, c.prompts[2][4] = image_token;
+  const std::vector<int64_t> images_per_row = {1, 0, 2, 0};
+  trainer::GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.image_token_id = image_token;
+  o.image_rows = torch::randn({3, hidden});
+  const auto together = trainer::generate(*lm, c.prompts, o);
+  ASSERT_EQ(together.sizes(), torch::IntArrayRef({4, 6}));
+  int64_t image = 0;
+  for (size_t r = 0; r < c.prompts.size(); ++r) {
+    auto alone_options = o;
+    alone_options.image_rows = o.image_rows.narrow(0, image, images_per_row[r]);
+    image += images_per_row[r];
+    const auto alone = trainer::generate(*lm, std::vector<Tensor>{c.prompts[r]}, alone_options);
+    EXPECT_TRUE(torch::equal(together[r], alone[0])) << "row " << r << ": " << together[r] << " vs " << alone[0];
+  }
+  // Image rows that do not match the image tokens are named.
+  o.image_rows = torch::randn({2, hidden});
+  const auto message = test::error_of([&] { trainer::generate(*lm, c.prompts, o); });
+  EXPECT_NE(message.find("3 image tokens but 2 image rows"), std::string::npos) << message;
+}
+
+TEST(RaggedDecode, MergingNamesAMissingRow) {
+  torch::NoGradGuard no_grad;
+  auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")));
+  auto part = lm->new_decode_state();
+  ForwardOptions o;
+  o.state = &part;
+  lm->forward(torch::tensor({{3, 4}}, torch::kInt64), o);
+  auto merged = lm->new_decode_state();
+  const auto message = test::error_of([&] { merged.merge_rows({&part}, {{0}}, 2); });
+  EXPECT_NE(message.find("row 1 is missing"), std::string::npos) << message;
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -250,14 +366,7 @@ TEST(DecodeGraph, StudentsDecodeLikeTheirFullForward) {
   for (auto mixer : {MixerKind::Seeded, MixerKind::Mamba2}) {
     for (const std::string layout : {"MAM", "MMM"}) {
       for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-        auto lm = load_causal_lm(CheckpointReader(teacher_dir("llama")), torch::kFloat);
-        StudentSpec spec;
-        spec.layout = Layout::parse(layout, 3);
-        spec.mixer = mixer;
-        spec.seeding = SeedMethod::Mimic;
-        spec.chunk_size = 4;
-        spec.init_seed = 5;
-        carve_student(*lm, spec, true);
+        auto lm = llama_student(layout, mixer);
         lm->to(torch::kCUDA, dtype);
         check_graph_decode(*lm, fixture_ids("llama"), dtype == torch::kFloat ? 1e-4 : 3e-2,
                            mixer_kind_name(mixer) + " " + layout + " " + c10::toString(dtype));
@@ -278,6 +387,32 @@ TEST(DecodeGraph, GenerateGivesTheSameTokensWithAndWithoutGraphs) {
   o.cuda_graphs = false;
   auto without = trainer::generate(*lm, ids, o);
   EXPECT_TRUE(torch::equal(with_graph, without)) << with_graph << "\nvs\n" << without;
+}
+
+// Prompts of different lengths decoded on the GPU: through the kernels (each row's position from device memory) and
+// through a graph, each row equals its own full forward.
+TEST(DecodeGraph, RaggedRowsDecodeLikeEachAlone) {
+  REQUIRE_KERNELS();
+  PoisonScope scope;
+  torch::manual_seed(13);
+  auto teacher = load_causal_lm(CheckpointReader(teacher_dir("llama")), torch::kFloat, torch::kCUDA);
+  check_ragged_decode(*teacher, "llama on CUDA");
+  auto student = llama_student("MAM", MixerKind::Seeded);
+  student->to(torch::kCUDA);
+  check_ragged_decode(*student, "seeded MAM on CUDA", 1e-4);
+  for (auto* lm : {teacher.get(), student.get()}) {
+    torch::NoGradGuard no_grad;
+    auto c = ragged_case(lm->config.vocab_size);
+    trainer::GenerateOptions o;
+    o.max_new_tokens = 8;
+    const auto graphed = trainer::generate(*lm, c.prompts, o);
+    for (size_t r = 0; r < c.prompts.size(); ++r) {
+      o.cuda_graphs = false;
+      const auto alone = trainer::generate(*lm, std::vector<Tensor>{c.prompts[r]}, o);
+      o.cuda_graphs = true;
+      EXPECT_TRUE(torch::equal(graphed[r], alone[0])) << "row " << r << ": " << graphed[r] << " vs " << alone[0];
+    }
+  }
 }
 
 }  // namespace

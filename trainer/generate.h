@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <vector>
 
 #include "model/sampling.h"
 #include "model/transformer.h"
@@ -26,5 +27,18 @@ struct GenerateOptions {
 
 // prompt [b, l] int64 -> generated ids [b, n] (n <= max_new_tokens; rows that stopped are padded with stop_token).
 torch::Tensor generate(model::CausalLMImpl& model, const torch::Tensor& prompt, const GenerateOptions& options);
+// The same for prompts of any lengths ([l_i] int64 each). Rows of one length are prefilled together; their states
+// are then merged into one batch in which each row continues from its own position.
+torch::Tensor generate(model::CausalLMImpl& model, const std::vector<torch::Tensor>& prompts,
+                       const GenerateOptions& options);
+
+struct Prefilled {
+  model::DecodeState state;  // every row after its whole prompt
+  torch::Tensor logits;      // [b, vocab]: each row's logits at its last prompt token
+};
+// The prefill of generate(): `prompts` consumed into a state with room for `reserve_positions` positions.
+// options.image_token_id / image_rows splice image rows in as generate() does.
+Prefilled prefill(model::CausalLMImpl& model, const std::vector<torch::Tensor>& prompts, int64_t reserve_positions,
+                  const GenerateOptions& options);
 
 }  // namespace carve::trainer

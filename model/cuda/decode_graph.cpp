@@ -59,7 +59,8 @@ torch::Tensor DecodeStepGraph::step(const torch::Tensor& tokens) {
   {
     const c10::cuda::CUDAStreamGuard stream_guard(m.stream);
     m.tokens.copy_(tokens.reshape({m.batch, 1}));
-    m.positions.fill_(m.state.length);
+    if (m.state.row_offsets.defined()) m.positions.copy_(m.state.next_positions(m.batch, 1, m.positions.device()));
+    else m.positions.fill_(m.state.length);
     switch (m.phase) {
       case Impl::Phase::Eager:
         m.logits = m.forward();
