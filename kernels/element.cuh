@@ -35,24 +35,11 @@ __device__ __forceinline__ float silu_grad(float v) {
 
 // 8 packed 16-bit elements (one 16-byte load) as float32.
 template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& u, float (&o)[8]);
-template <>
-__device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& u, float (&o)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+__device__ __forceinline__ void unpack8(const uint4& u, float (&o)[8]) {
+  static_assert(sizeof(T) == 2, "unpack8 takes 16-bit elements");
+  const T* h = reinterpret_cast<const T*>(&u);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
-}
-template <>
-__device__ __forceinline__ void unpack8<__half>(const uint4& u, float (&o)[8]) {
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
+  for (int i = 0; i < 8; ++i) o[i] = to_float(h[i]);
 }
 
 // Calls f(T{}) with T the C++ type of `type`.

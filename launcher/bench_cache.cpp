@@ -28,10 +28,6 @@
 namespace carve::launcher {
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 // Reads every file start to end in 8 MiB blocks: the rate a plain sequential reader gets from these files now.
 double plain_read_mb_per_s(const std::vector<std::string>& files, int64_t& bytes) {
   std::vector<char> block(8 << 20);
@@ -180,9 +176,6 @@ int bench_cache(const std::vector<std::string>& args) {
   torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-4));
   data::ActivationSource source(so);
   const int steps = static_cast<int>(std::min<int64_t>(stage_steps, source.steps_in_epoch(0)));
-  auto sync = [&] {
-    if (device.is_cuda()) torch::cuda::synchronize(device.index());
-  };
   auto step = [&] {
     auto batch = source.next();
     auto x = batch.hidden[0].to(device, /*non_blocking=*/true).unsqueeze(0);
@@ -204,7 +197,7 @@ int bench_cache(const std::vector<std::string>& args) {
     opt.zero_grad();
     loss.backward();
     opt.step();
-    sync();
+    synchronize(device);
   };
   step();  // warm-up (allocations, first kernels)
   const auto wait0 = source.stats().wait_seconds;

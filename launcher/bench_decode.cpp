@@ -25,20 +25,13 @@
 #include "model/decode_graph.h"
 #include "model/student.h"
 #include "trainer/device_memory.h"
+#include "trainer/generate.h"
 
 namespace carve::launcher {
 namespace {
 
 using torch::Tensor;
 using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-void synchronize(torch::Device device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
 
 bool is_out_of_memory(const std::exception& e) {
   const std::string what = e.what();
@@ -220,28 +213,19 @@ struct ShortPromptRun {
 ShortPromptRun time_short_prompt(model::CausalLMImpl& lm, int64_t prompt, int64_t generate, bool graphs) {
   torch::NoGradGuard no_grad;
   const auto device = lm.embed_tokens.device();
-  auto state = lm.new_decode_state();
   const int64_t max_positions = prompt + generate;
-  state.reserve(max_positions);
-  Tensor tokens = torch::randint(lm.config.vocab_size, {1, prompt}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  auto prefill = [&](model::DecodeState& into) {  // the last position's greedy token
-    model::ForwardOptions o;
-    o.state = &into;
-    o.want_logits = false;
-    return lm.logits(lm.forward(tokens, o).final_hidden.narrow(1, prompt - 1, 1)).select(1, 0).argmax(-1);
-  };
+  const std::vector<Tensor> tokens = {
+      torch::randint(lm.config.vocab_size, {prompt}, torch::TensorOptions().dtype(torch::kInt64).device(device))};
   ShortPromptRun r;
-  {
-    // An untimed prefill of the same shape first: the libraries pick and load their kernels for it.
-    auto warm = lm.new_decode_state();
-    prefill(warm);
-  }
+  // An untimed prefill of the same shape first: the libraries pick and load their kernels for it.
+  trainer::prefill(lm, tokens, prompt, {});
   synchronize(device);
   auto start = Clock::now();
-  Tensor next = prefill(state);
+  auto filled = trainer::prefill(lm, tokens, max_positions, {});
+  Tensor next = filled.logits.argmax(-1);  // the last prompt position's greedy token
   synchronize(device);
   r.prefill_ms = seconds_since(start) * 1e3;
-  model::DecodeStepper stepper(lm, state, 1, max_positions, graphs);
+  model::DecodeStepper stepper(lm, filled.state, 1, max_positions, graphs);
   auto step = [&] { next = stepper.step(next).argmax(-1); };
   const int64_t first = std::min<int64_t>(2, generate - 1);  // the eager step and the captured one
   start = Clock::now();

@@ -63,10 +63,6 @@ std::string shape_spec(const SsdShape& s) {
   return o.str();
 }
 
-void synchronize(torch::Device device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
 // Median wall time of `fn` in ms over `repeat` runs after `warmup`, each run synchronized and preceded by `flush`
 // (outside the timing), as triton.testing.do_bench clears the L2 cache between runs.
 template <typename F, typename G>

@@ -1,6 +1,7 @@
 // The benchmarks behind `carve bench <name>`, one file each.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -26,8 +27,11 @@ RandomBenchInputs write_random_bench_inputs(comm::MpiCommunicator& world, const 
 // device-to-device copy bandwidth, bytes read + written per second, median of `repeat` copies of 1 GiB: the
 // bandwidth that the benches' bytes floors divide by;
 double copy_bandwidth(torch::Device device, int warmup, int repeat);
-// a number with `precision` decimals, "-" for NaN.
+// a number with `precision` decimals, "-" for NaN;
 std::string fmt(double v, int precision = 2);
+// seconds since `start`, and waiting for a CUDA device's work (nothing on the CPU), which timing needs.
+double seconds_since(std::chrono::steady_clock::time_point start);
+void synchronize(torch::Device device);
 
 int bench_kernels(const std::vector<std::string>& args);
 int bench_cache(const std::vector<std::string>& args);

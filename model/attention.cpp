@@ -76,28 +76,16 @@ void KvCache::merge_rows(const std::vector<const MixerState*>& parts, const std:
 
 namespace {
 
-// softmax(q k^T / sqrt(d)) v over the keys `allowed` ([.., l, t] bool, broadcast over batch and heads) lets each
-// query see.
-torch::Tensor masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& allowed) {
+// softmax(q k^T / sqrt(d)) v, over the keys `allowed` ([.., l, t] bool, broadcast over batch and heads) lets each
+// query see when it is given, else over every key.
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& allowed = {}) {
 #if TORCH_VERSION_MAJOR >= 2
   return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
 #else
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
-  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  auto probs = torch::softmax(scores.to(accumulate_dtype(scores)), -1).to(q.scalar_type());
-  return torch::matmul(probs, v);
-#endif
-}
-
-// softmax(q k^T / sqrt(d)) v without a mask.
-torch::Tensor unmasked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-#if TORCH_VERSION_MAJOR >= 2
-  return at::scaled_dot_product_attention(q, k, v);
-#else
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  if (allowed.defined()) scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   auto probs = torch::softmax(scores.to(accumulate_dtype(scores)), -1).to(q.scalar_type());
   return torch::matmul(probs, v);
 #endif
@@ -110,8 +98,7 @@ torch::Tensor single_query_attention(const torch::Tensor& q, const torch::Tensor
   const int64_t b = q.size(0), heads = q.size(1), kv_heads = k.size(1), d = q.size(3);
   // Query heads h * groups ... h * groups + groups - 1 share KV head h: as `groups` queries of one KV head.
   auto grouped = q.reshape({b, kv_heads, heads / kv_heads, d});
-  auto out = allowed.defined() ? masked_attention(grouped, k, v, allowed) : unmasked_attention(grouped, k, v);
-  return out.reshape({b, heads, 1, d});
+  return attention(grouped, k, v, allowed).reshape({b, heads, 1, d});
 }
 
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -131,7 +118,7 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
     auto same = seq_idx.unsqueeze(2) == seq_idx.unsqueeze(1);  // [b, l, l]
     allowed = allowed & same.unsqueeze(1);
   }
-  return masked_attention(q, k, v, allowed);
+  return attention(q, k, v, allowed);
 }
 
 torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache, const MixerContext& ctx) {
@@ -177,6 +164,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& u, const MixerContext&
       auto slots = ctx.positions.view({b, 1, l, 1}).expand({b, num_kv_heads, l, head_dim});
       cache->k.scatter_(2, slots, k);
       cache->v.scatter_(2, slots, v);
+      const int64_t t = cache->length + l;
+      allowed = torch::arange(t, ctx.positions.options()).view({1, 1, 1, t}) <= ctx.positions.view({b, 1, l, 1});
     } else {
       cache->k.narrow(2, cache->length, l).copy_(k);
       cache->v.narrow(2, cache->length, l).copy_(v);
@@ -184,25 +173,18 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& u, const MixerContext&
     cache->length += l;
     k = cache->keys();
     v = cache->values();
-    if (cache->ragged) {
-      auto slot = torch::arange(cache->length, ctx.positions.options()).view({1, 1, 1, cache->length});
-      allowed = slot <= ctx.positions.view({b, 1, l, 1});
-    }
   }
   torch::Tensor out;
   if (l == 1 && !ctx.seq_idx.defined()) {
     // Sees every cached key (a ragged row: up to its position), with no repeated KV heads.
     out = single_query_attention(q, k, v, allowed);
-  } else if (allowed.defined()) {
-    const int64_t groups = num_heads / num_kv_heads;
-    out = masked_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), allowed);
   } else {
     const int64_t groups = num_heads / num_kv_heads;
     if (groups > 1) {
       k = k.repeat_interleave(groups, 1);
       v = v.repeat_interleave(groups, 1);
     }
-    out = causal_attention(q, k, v, ctx.seq_idx);
+    out = allowed.defined() ? attention(q, k, v, allowed) : causal_attention(q, k, v, ctx.seq_idx);
   }
   out = out.transpose(1, 2).reshape({b, l, num_heads * head_dim});
   if (ctx.pre_output) *ctx.pre_output = out;

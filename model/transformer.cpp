@@ -72,11 +72,12 @@ torch::Tensor DecodeState::next_positions(int64_t batch, int64_t l, torch::Devic
   auto positions = make_positions(batch, l, length, {}, device);
   if (!row_offsets.defined()) return positions;
   CARVE_CHECK(row_offsets.size(0) == batch, "decoding state of ", row_offsets.size(0), " rows continued with ", batch);
-  return positions + row_offsets.to(device).unsqueeze(1);
+  return positions + row_offsets.to(device).unsqueeze(1);  // already there: no copy
 }
 
 void DecodeState::merge_rows(const std::vector<const DecodeState*>& parts,
-                             const std::vector<std::vector<int64_t>>& rows, int64_t batch) {
+                             const std::vector<std::vector<int64_t>>& rows, int64_t batch,
+                             torch::Device device) {
   CARVE_CHECK(!parts.empty() && parts.size() == rows.size(), "merging decoding states: ", parts.size(),
               " states for ", rows.size(), " row sets");
   std::vector<int64_t> consumed(batch, -1);
@@ -102,7 +103,7 @@ void DecodeState::merge_rows(const std::vector<const DecodeState*>& parts,
   }
   length = *std::max_element(consumed.begin(), consumed.end());
   auto offsets = torch::tensor(consumed, torch::kInt64) - length;
-  row_offsets = offsets.eq(0).all().item<bool>() ? torch::Tensor() : offsets;
+  row_offsets = offsets.eq(0).all().item<bool>() ? torch::Tensor() : offsets.to(device);
 }
 
 torch::Tensor make_positions(int64_t batch, int64_t length, int64_t past, const torch::Tensor& seq_idx,

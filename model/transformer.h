@@ -45,8 +45,9 @@ struct DecodeState {
   torch::Tensor next_positions(int64_t batch, int64_t l, torch::Device device) const;
   // Makes this fresh state (CausalLMImpl::new_decode_state, maybe reserved) the union of `parts`, the states of
   // prefills of disjoint rows: parts[i]'s rows become rows `rows[i]` of `batch` rows. Every row is covered once.
+  // `device` is the model's (where row_offsets is kept).
   void merge_rows(const std::vector<const DecodeState*>& parts, const std::vector<std::vector<int64_t>>& rows,
-                  int64_t batch);
+                  int64_t batch, torch::Device device);
 };
 
 struct ForwardOptions {

@@ -204,7 +204,7 @@ TEST(RaggedDecode, MergingNamesAMissingRow) {
   o.state = &part;
   lm->forward(torch::tensor({{3, 4}}, torch::kInt64), o);
   auto merged = lm->new_decode_state();
-  const auto message = test::error_of([&] { merged.merge_rows({&part}, {{0}}, 2); });
+  const auto message = test::error_of([&] { merged.merge_rows({&part}, {{0}}, 2, torch::kCPU); });
   EXPECT_NE(message.find("row 1 is missing"), std::string::npos) << message;
 }
 

@@ -10,13 +10,19 @@
 
 namespace carve::trainer {
 
+#ifdef CARVE_WITH_CUDA
+namespace {
+// The caching allocator's allocated-bytes counters over all its pools. Entry 0 is StatType::AGGREGATE; the enum's
+// namespace moved between LibTorch 1.13 and 2.x.
+auto allocated_stat(torch::Device device) {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0];
+}
+}  // namespace
+#endif
+
 int64_t peak_device_bytes(torch::Device device) {
 #ifdef CARVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    // Entry 0 is StatType::AGGREGATE (all pools); the enum's namespace moved between LibTorch 1.13 and 2.x.
-    return stats.allocated_bytes[0].peak;
-  }
+  if (device.is_cuda()) return allocated_stat(device).peak;
 #endif
   (void)device;
   return 0;
@@ -35,7 +41,7 @@ void reset_peak_device_bytes(torch::Device device) {
 
 int64_t allocated_device_bytes(torch::Device device) {
 #ifdef CARVE_WITH_CUDA
-  if (device.is_cuda()) return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].current;
+  if (device.is_cuda()) return allocated_stat(device).current;
 #endif
   (void)device;
   return 0;

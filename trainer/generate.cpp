@@ -77,7 +77,7 @@ Prefilled prefill(model::CausalLMImpl& lm, const std::vector<torch::Tensor>& pro
   out.state.reserve(reserve_positions);
   std::vector<const model::DecodeState*> views;
   for (const auto& part : parts) views.push_back(&part);
-  out.state.merge_rows(views, part_rows, batch);
+  out.state.merge_rows(views, part_rows, batch, device);
   return out;
 }
 
