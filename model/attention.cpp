@@ -81,6 +81,8 @@ namespace {
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& allowed = {}) {
 #if TORCH_VERSION_MAJOR >= 2
+  // An undefined tensor is not an absent mask to 2.x's optional<Tensor>: it fails SDPA's dtype check.
+  if (!allowed.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false);
   return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
 #else
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
