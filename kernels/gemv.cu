@@ -9,13 +9,54 @@ constexpr int kWarps = 4;        // per block
 constexpr int kRowsPerWarp = 2;  // weight rows a warp reduces together (x is loaded once for both)
 constexpr int kUnroll = 4;       // 16-byte chunks per lane per weight row in flight
 
-template <typename T, int B>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g) {
+// Which blocks compute which part: part i owns blocks [first_block[i], first_block[i + 1]) and writes columns from
+// first_col[i] on.
+struct GemvGrid {
+  int parts = 1;
+  int first_block[kGemvMaxParts + 1] = {};
+  int first_col[kGemvMaxParts] = {};
+};
+
+// One decode step of the causal depthwise conv + SiLU for channel `ch` of batch row `b`, whose new input is x (as
+// model/cuda's conv step kernel computes it, weights read in the element type).
+template <typename T>
+__device__ T conv_step(const GemvConv& c, int b, int ch, T x) {
+  const long channels = c.end - c.begin;
+  T* s = static_cast<T*>(c.state) + (static_cast<long>(b) * channels + ch) * (c.kernel - 1);
+  const T* w = static_cast<const T*>(c.weight) + static_cast<long>(ch) * c.kernel;
+  float acc = to_float(w[c.kernel - 1]) * to_float(x) + (c.bias ? to_float(static_cast<const T*>(c.bias)[ch]) : 0.f);
+  for (int j = 0; j < c.kernel - 1; ++j) acc += to_float(w[j]) * to_float(s[j]);
+  for (int j = 0; j + 1 < c.kernel - 1; ++j) s[j] = s[j + 1];
+  if (c.kernel > 1) s[c.kernel - 2] = x;
+  return from_float<T>(siluf(acc));
+}
+
+template <typename T>
+__device__ float bias_of(const void* bias, int row) {
+  return bias ? to_float(static_cast<const T*>(bias)[row]) : 0.f;
+}
+
+// A warp reduces two weight rows (w0, w1) against B rows of x; SwiGLU pairs row j of gate with row j of up, the
+// other epilogues take two consecutive rows of one part.
+template <typename T, int B, GemvEpilogue E>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const long row0 = (static_cast<long>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
-  if (row0 >= g.n) return;
+  int part = 0;
+  while (part + 1 < grid.parts && static_cast<int>(blockIdx.x) >= grid.first_block[part + 1]) ++part;
+  const GemvPart pt = g.parts[part];
+  constexpr int kOutPerWarp = E == GemvEpilogue::swiglu ? 1 : kRowsPerWarp;
+  const int row0 = ((static_cast<int>(blockIdx.x) - grid.first_block[part]) * kWarps + warp) * kOutPerWarp;
+  if (row0 >= pt.n) return;
   const int chunks = g.k / 8;
-  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const T*>(g.w));
+  const uint4* w0 = reinterpret_cast<const uint4*>(static_cast<const T*>(pt.w)) + static_cast<long>(row0) * chunks;
+  const uint4* w1;
+  bool second = true;
+  if constexpr (E == GemvEpilogue::swiglu) {
+    w1 = reinterpret_cast<const uint4*>(static_cast<const T*>(g.parts[1].w)) + static_cast<long>(row0) * chunks;
+  } else {
+    second = row0 + 1 < pt.n;
+    w1 = w0 + chunks;
+  }
   const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(g.x));
   const long x_row = g.x_row / 8;
   float acc[kRowsPerWarp][B];
@@ -23,23 +64,22 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g) {
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
-  const bool second = row0 + 1 < g.n;
   for (int c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
     uint4 raw[kUnroll][kRowsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * 32;
       const bool in = c < chunks;
-      raw[u][0] = in ? __ldg(w + row0 * chunks + c) : make_uint4(0, 0, 0, 0);
-      raw[u][1] = in && second ? __ldg(w + (row0 + 1) * chunks + c) : make_uint4(0, 0, 0, 0);
+      raw[u][0] = in ? __ldg(w0 + c) : make_uint4(0, 0, 0, 0);
+      raw[u][1] = in && second ? __ldg(w1 + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * 32;
       if (c >= chunks) break;
-      float w0[8], w1[8];
-      unpack8<T>(raw[u][0], w0);
-      unpack8<T>(raw[u][1], w1);
+      float f0[8], f1[8];
+      unpack8<T>(raw[u][0], f0);
+      unpack8<T>(raw[u][1], f1);
 #pragma unroll
       for (int b = 0; b < B; ++b) {
         if (b >= g.rows) break;
@@ -47,32 +87,104 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g) {
         unpack8<T>(__ldg(x + b * x_row + c), xv);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-          acc[0][b] = fmaf(w0[i], xv[i], acc[0][b]);
-          acc[1][b] = fmaf(w1[i], xv[i], acc[1][b]);
+          acc[0][b] = fmaf(f0[i], xv[i], acc[0][b]);
+          acc[1][b] = fmaf(f1[i], xv[i], acc[1][b]);
         }
       }
     }
   }
-  const T* bias = static_cast<const T*>(g.bias);
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
+  for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
-    for (int b = 0; b < B; ++b) {
-      const float v = warp_sum(acc[r][b]);
-      const long row = row0 + r;
-      if (lane == 0 && b < g.rows && row < g.n)
-        static_cast<T*>(g.y)[static_cast<long>(b) * g.n + row] = from_float<T>(v + (bias ? to_float(bias[row]) : 0.f));
+    for (int b = 0; b < B; ++b) acc[r][b] = warp_sum(acc[r][b]);
+  if (lane != 0) return;
+  T* y = static_cast<T*>(g.y);
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    if (b >= g.rows) break;
+    if constexpr (E == GemvEpilogue::swiglu) {
+      // model/layers.cpp: down(silu(gate(x)) * up(x)) with each product and the silu rounded.
+      const float gate = to_float(from_float<T>(acc[0][b] + bias_of<T>(pt.bias, row0)));
+      const float up = to_float(from_float<T>(acc[1][b] + bias_of<T>(g.parts[1].bias, row0)));
+      const float silu = to_float(from_float<T>(gate / (1.f + expf(-gate))));
+      y[b * g.y_row + row0] = from_float<T>(silu * up);
+    } else {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        if (r == 1 && !second) break;
+        const int row = row0 + r;
+        const T product = from_float<T>(acc[r][b] + bias_of<T>(pt.bias, row));
+        if constexpr (E == GemvEpilogue::residual) {
+          const float res = to_float(static_cast<const T*>(g.residual)[b * g.residual_row + row]);
+          y[b * g.y_row + row] = from_float<T>(res + to_float(product));
+        } else {
+          const int col = grid.first_col[part] + row;
+          const bool conv = col >= g.conv.begin && col < g.conv.end;
+          y[b * g.y_row + col] = conv ? conv_step<T>(g.conv, b, col - g.conv.begin, product) : product;
+        }
+      }
     }
   }
 }
 
+template <typename T, GemvEpilogue E>
+void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(grid.first_block[grid.parts]);
+  if (g.rows <= 1) gemv_kernel<T, 1, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
+  else if (g.rows <= 2) gemv_kernel<T, 2, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
+  else if (g.rows <= 4) gemv_kernel<T, 4, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
+  else gemv_kernel<T, 8, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
+}
+
 template <typename T>
-void launch(const Gemv& g, cudaStream_t stream) {
-  const unsigned blocks = ceil_div(g.n, kWarps * kRowsPerWarp);
-  if (g.rows <= 1) gemv_kernel<T, 1><<<blocks, kWarps * 32, 0, stream>>>(g);
-  else if (g.rows <= 2) gemv_kernel<T, 2><<<blocks, kWarps * 32, 0, stream>>>(g);
-  else if (g.rows <= 4) gemv_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(g);
-  else gemv_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(g);
+void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
+  switch (g.epilogue) {
+    case GemvEpilogue::plain: launch<T, GemvEpilogue::plain>(g, grid, stream); return;
+    case GemvEpilogue::swiglu: launch<T, GemvEpilogue::swiglu>(g, grid, stream); return;
+    case GemvEpilogue::residual: launch<T, GemvEpilogue::residual>(g, grid, stream); return;
+  }
+}
+
+GemvGrid grid_of(const Gemv& g) {
+  GemvGrid grid;
+  grid.parts = g.epilogue == GemvEpilogue::swiglu ? 1 : g.num_parts;
+  const int rows_per_block = kWarps * (g.epilogue == GemvEpilogue::swiglu ? 1 : kRowsPerWarp);
+  for (int i = 0; i < grid.parts; ++i) {
+    grid.first_block[i + 1] = grid.first_block[i] + static_cast<int>(ceil_div(g.parts[i].n, rows_per_block));
+    if (i + 1 < grid.parts) grid.first_col[i + 1] = grid.first_col[i] + g.parts[i].n;
+  }
+  return grid;
+}
+
+void check(const Gemv& g) {
+  CARVE_KERNEL_REQUIRE(gemv_supports(g.rows, g.k, g.dtype) && g.x && g.y && g.x_row % 8 == 0,
+                       "gemv: unsupported rows, k, stride or element type");
+  CARVE_KERNEL_REQUIRE(g.num_parts >= 1 && g.num_parts <= kGemvMaxParts, "gemv: 1 to 5 parts");
+  long columns = 0;
+  for (int i = 0; i < g.num_parts; ++i) {
+    CARVE_KERNEL_REQUIRE(g.parts[i].w && g.parts[i].n > 0, "gemv: a part without weights");
+    columns += g.parts[i].n;
+  }
+  switch (g.epilogue) {
+    case GemvEpilogue::plain:
+      CARVE_KERNEL_REQUIRE(g.y_row >= columns, "gemv: output rows shorter than the parts' columns");
+      break;
+    case GemvEpilogue::swiglu:
+      CARVE_KERNEL_REQUIRE(g.num_parts == 2 && g.parts[0].n == g.parts[1].n && g.y_row >= g.parts[0].n,
+                           "gemv: swiglu takes gate and up of one size");
+      break;
+    case GemvEpilogue::residual:
+      CARVE_KERNEL_REQUIRE(g.num_parts == 1 && g.residual && g.y_row >= g.parts[0].n &&
+                               g.residual_row >= g.parts[0].n,
+                           "gemv: residual takes one part and the residual");
+      break;
+  }
+  const GemvConv& c = g.conv;
+  if (c.end != c.begin) {
+    CARVE_KERNEL_REQUIRE(g.epilogue == GemvEpilogue::plain && c.begin >= 0 && c.begin < c.end && c.end <= columns &&
+                             c.kernel >= 1 && c.kernel <= 8 && c.weight && (c.kernel == 1 || c.state),
+                         "gemv: bad conv columns, kernel or pointers");
+  }
 }
 
 }  // namespace
@@ -82,10 +194,10 @@ bool gemv_supports(int rows, int k, ElementType dtype) {
 }
 
 void gemv(const Gemv& g, cudaStream_t stream) {
-  CARVE_KERNEL_REQUIRE(gemv_supports(g.rows, g.k, g.dtype) && g.n > 0 && g.x_row % 8 == 0,
-                       "gemv: unsupported rows, k, stride or element type");
-  if (g.dtype == ElementType::bf16) launch<__nv_bfloat16>(g, stream);
-  else launch<__half>(g, stream);
+  check(g);
+  const GemvGrid grid = grid_of(g);
+  if (g.dtype == ElementType::bf16) launch<__nv_bfloat16>(g, grid, stream);
+  else launch<__half>(g, grid, stream);
   CARVE_CUDA_CHECK_LAUNCH();
 }
 

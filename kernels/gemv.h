@@ -3,6 +3,15 @@
  * byte is read once per step and the product is bound by memory bandwidth. cuBLAS's kernels for one row read the
  * weights at 0.5-2 TB/s on an H100 (ncu, docs/performance.md); these keep 16-byte loads of two weight rows per warp
  * and several chunks per lane in flight. float32 accumulation; bf16 or fp16 only.
+ *
+ * At batch 1 a product of a few MB costs about as much in fixed launch and tail time as in bytes, so one launch
+ * covers what a layer would otherwise launch several times for, each fused with the elementwise step that follows:
+ *   - Parts: up to kGemvMaxParts weights that read the same x, their outputs side by side in one row (attention's
+ *     q, k and v; the seeded mixer's v, k, q, dt and gate). A range of those columns can go through the causal
+ *     conv step + SiLU of a Mamba-2 mixer, updating its conv state.
+ *   - SwiGLU: round(silu(gate x)) * (up x), two weights read together and only the product written.
+ *   - Residual: residual + x W^T, the residual stream's add after an output projection.
+ * Every intermediate is rounded to the element type where the unfused LibTorch code rounds it.
  */
 #pragma once
 
@@ -13,17 +22,45 @@
 namespace carve::kernels {
 
 constexpr int kGemvMaxRows = 8;
+constexpr int kGemvMaxParts = 5;
+
+enum class GemvEpilogue {
+  plain,     // y = x W^T + bias (per part), optionally through the conv step on columns [conv.begin, conv.end)
+  swiglu,    // parts[0] = gate, parts[1] = up (same n): y = round(silu(round(gate))) * round(up)
+  residual,  // one part: y = round(residual + round(x W^T + bias))
+};
+
+struct GemvPart {
+  const void* w = nullptr;     // [n, k] contiguous
+  const void* bias = nullptr;  // null or [n]
+  int n = 0;
+};
+
+// Columns [begin, end) of a plain product (one channel each) through one decode step of the causal depthwise conv
+// and SiLU: out = silu(bias + sum_j weight[c][j] * window[j]) where the window is the state's kernel - 1 earlier
+// inputs and this product; the state shifts by one in place.
+struct GemvConv {
+  int begin = 0, end = 0;
+  int kernel = 0;              // 1..8
+  void* state = nullptr;       // [rows, end - begin, kernel - 1] in the element type
+  const void* weight = nullptr;  // [end - begin, kernel] in the element type
+  const void* bias = nullptr;    // null or [end - begin]
+};
 
 struct Gemv {
   int rows = 0;  // rows of x, 1..kGemvMaxRows
-  int n = 0;     // output features (rows of W)
   int k = 0;     // input features, a multiple of 8
   ElementType dtype = ElementType::bf16;
   const void* x = nullptr;  // [rows, k], row stride x_row (elements, a multiple of 8)
   long x_row = 0;
-  const void* w = nullptr;     // [n, k] contiguous
-  const void* bias = nullptr;  // null or [n]
-  void* y = nullptr;           // [rows, n] contiguous
+  GemvPart parts[kGemvMaxParts];
+  int num_parts = 1;
+  GemvEpilogue epilogue = GemvEpilogue::plain;
+  GemvConv conv;                   // plain only; ignored when conv.end == conv.begin
+  const void* residual = nullptr;  // residual: [rows, n], row stride residual_row
+  long residual_row = 0;
+  void* y = nullptr;  // [rows, y_row]: the parts' columns side by side (swiglu and residual: n columns)
+  long y_row = 0;
 };
 
 bool gemv_supports(int rows, int k, ElementType dtype);

@@ -16,6 +16,10 @@ namespace carve::kernels {
 void rms_norm(long rows, int d, ElementType dtype, const void* x, const void* weight, float eps, void* out,
               cudaStream_t stream);
 
+// sum = round(x + delta), then out = rms_norm(sum) as above: the residual add before a norm in one pass.
+void add_rms_norm(long rows, int d, ElementType dtype, const void* x, const void* delta, const void* weight, float eps,
+                  void* sum, void* out, cudaStream_t stream);
+
 // out = round(silu(gate)) * up, elementwise over n elements.
 void silu_mul(long n, ElementType dtype, const void* gate, const void* up, void* out, cudaStream_t stream);
 

@@ -63,8 +63,6 @@ __device__ float block_sum(float v, float* scratch) {
   return t;
 }
 
-__device__ __forceinline__ float softplusf(float v) { return v > 20.f ? v : log1pf(expf(v)); }
-
 template <typename T>
 __global__ void dt_prepare_kernel(ScanDims d, const T* dt, const float* A, const float* dt_bias, bool softplus,
                                   float* dtp, double* cum) {

@@ -126,9 +126,20 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
 torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache, const MixerContext& ctx) {
   const int64_t b = u.size(0);
   DecodeAttentionInputs in;
-  in.q = q_proj(u).view({b, num_heads * head_dim});
-  in.k = k_proj(u).view({b, num_kv_heads * head_dim});
-  in.v = v_proj(u).view({b, num_kv_heads * head_dim});
+  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+  const std::vector<GemvWeight> qkv = {
+      {q_proj->weight, q_proj->bias}, {k_proj->weight, k_proj->bias}, {v_proj->weight, v_proj->bias}};
+  if (fused::gemv_applies(u, qkv)) {
+    // One launch for the three products; the kernel reads q, k and v as column ranges of its output.
+    auto proj = fused::gemv_parts(u, qkv).view({b, q_size + 2 * kv_size});
+    in.q = proj.narrow(1, 0, q_size);
+    in.k = proj.narrow(1, q_size, kv_size);
+    in.v = proj.narrow(1, q_size + kv_size, kv_size);
+  } else {
+    in.q = q_proj(u).view({b, q_size});
+    in.k = k_proj(u).view({b, kv_size});
+    in.v = v_proj(u).view({b, kv_size});
+  }
   cache.make_room(b, num_kv_heads, head_dim, in.q.options(), 1);
   in.k_cache = cache.k;
   in.v_cache = cache.v;

@@ -1,11 +1,15 @@
-// Inference-only ops with CUDA kernels behind them (kernels/decode_attention, kernels/inference_ops): one decode
-// step of attention over a KV cache, RMSNorm and the SwiGLU product. They have no backward, so the model takes them
-// only where no gradient is recorded; everywhere else, and on the CPU, it runs its LibTorch reference code.
+// Inference-only ops with CUDA kernels behind them (kernels/decode_attention, gemv, inference_ops, mamba_step): one
+// decode step of attention over a KV cache, the small-batch products fused with what follows them, RMSNorm (with the
+// residual add before it), the SwiGLU product and a Mamba-2 mixer's step after its conv. They have no backward, so
+// the model takes them only where no gradient is recorded; everywhere else, and on the CPU, it runs its LibTorch
+// reference code.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace carve::model {
 
@@ -21,18 +25,62 @@ struct DecodeAttentionInputs {
   double rope_theta = 10000.0;
 };
 
+// A Linear's parameters (bias undefined when it has none).
+struct GemvWeight {
+  torch::Tensor weight, bias;
+};
+
+// Columns [begin, end) of a fused product through a Mamba-2 mixer's causal conv step + SiLU (model/ssm_state.h):
+// `state` [b, end - begin, kernel - 1] is shifted in place.
+struct GemvConvStep {
+  torch::Tensor state, weight, bias;  // weight [end - begin, kernel], bias [end - begin] or undefined
+  int64_t begin = 0, end = 0;
+};
+
+// One decode step of a Mamba-2 mixer after its input product and conv (kernels/mamba_step.h): the SSD recurrence,
+// D x and the gated RMSNorm over groups of head_dim channels.
+struct MambaStepInputs {
+  // [b, *] views with unit channel stride (columns of one gemv_parts output, say): x of x_heads heads of head_dim,
+  // B of b_heads heads and C of c_heads heads of state_size, dt [b, heads] before dt_bias and softplus, the gate z
+  // [b, heads * head_dim].
+  torch::Tensor x, B, C, dt, z;
+  int64_t heads = 0, head_dim = 0, state_size = 0, x_heads = 0, b_heads = 0, c_heads = 0;
+  torch::Tensor A_log, dt_bias, D;  // [heads]; dt_bias and D may be undefined
+  torch::Tensor norm_weight;        // [head_dim] or [heads * head_dim]
+  bool norm_before_gate = true;
+  double eps = 1e-5;
+  torch::Tensor state;  // [b, heads, head_dim, state_size] float32, advanced in place
+};
+
 namespace fused {
 // RoPE on q and k, k and v into the cache, then softmax(q k^T / sqrt(d)) v over positions 0..position: [b, heads *
 // head_dim]. The caller guarantees position < capacity.
 torch::Tensor decode_attention(const DecodeAttentionInputs& in);
 bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim);
+
 // x W^T + bias for x [..., k] of at most 8 rows in all, bf16/fp16 (a decode step's products: bandwidth-bound);
-// gemv_applies says whether the kernel takes these operands.
-bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight);
+// gemv_applies says whether the kernel takes these operands (x's dtype, contiguous aligned weights).
+bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
+bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts);
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+// Several products of one x in one launch, side by side: [..., sum of the parts' outputs]; with `conv`, its columns
+// come out of the conv step instead.
+torch::Tensor gemv_parts(const torch::Tensor& x, const std::vector<GemvWeight>& parts,
+                         const GemvConvStep* conv = nullptr);
+// round(silu(gate x)) * (up x), as model/layers.cpp's MLP computes it before its down product.
+torch::Tensor gemv_swiglu(const torch::Tensor& x, const GemvWeight& gate, const GemvWeight& up);
+// residual + x W^T + bias, each rounded as LibTorch rounds it.
+torch::Tensor gemv_residual(const torch::Tensor& x, const GemvWeight& w, const torch::Tensor& residual);
+
 // model/layers.cpp's RMSNorm and silu(gate) * up, same rounding.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
+// {x + delta, rms_norm(x + delta)} in one pass: the residual add before a post-attention norm.
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& delta,
+                                                     const torch::Tensor& weight, double eps);
+
+bool mamba_step_applies(const MambaStepInputs& in);
+torch::Tensor mamba_step(const MambaStepInputs& in);  // [b, heads * head_dim]
 }  // namespace fused
 
 }  // namespace carve::model

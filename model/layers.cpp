@@ -9,7 +9,7 @@ Linear make_linear(int64_t in, int64_t out, bool bias) {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  if (uses_inference_kernels(x) && fused::gemv_applies(x, weight)) return fused::gemv(x, weight, bias);
+  if (uses_inference_kernels(x) && fused::gemv_applies(x, weight, bias)) return fused::gemv(x, weight, bias);
   return torch::nn::LinearImpl::forward(x);
 }
 
@@ -33,6 +33,14 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   return weight * y.to(x.scalar_type());
 }
 
+std::pair<torch::Tensor, torch::Tensor> NormImpl::forward_add(const torch::Tensor& x, const torch::Tensor& delta) {
+  if (kind == NormKind::RMSNorm && weight.scalar_type() == x.scalar_type() && delta.scalar_type() == x.scalar_type() &&
+      delta.sizes() == x.sizes() && uses_inference_kernels(x))
+    return fused::add_rms_norm(x, delta, weight, eps);
+  auto sum = x + delta;
+  return {sum, forward(sum)};
+}
+
 MlpImpl::MlpImpl(const ModelConfig& c) : kind(c.mlp) {
   if (kind == MlpKind::GatedSilu) {
     gate_proj = register_module("gate_proj", make_linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
@@ -50,6 +58,19 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
     return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
   }
   return fc2(torch::gelu(fc1(x), "tanh"));
+}
+
+torch::Tensor MlpImpl::forward_add(const torch::Tensor& x, const torch::Tensor& residual) {
+  if (kind == MlpKind::GatedSilu && uses_inference_kernels(x)) {
+    const GemvWeight gate{gate_proj->weight, gate_proj->bias}, up{up_proj->weight, up_proj->bias};
+    const GemvWeight down{down_proj->weight, down_proj->bias};
+    if (fused::gemv_applies(x, {gate, up}) && residual.scalar_type() == x.scalar_type()) {
+      auto h = fused::gemv_swiglu(x, gate, up);
+      if (fused::gemv_applies(h, {down})) return fused::gemv_residual(h, down, residual);
+      return residual + down_proj(h);
+    }
+  }
+  return residual + forward(x);
 }
 
 }  // namespace carve::model

@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <utility>
+
 #include "model/tensor_util.h"
 
 #include "model/config.h"
@@ -24,6 +26,8 @@ class NormImpl : public torch::nn::Module {
  public:
   NormImpl(NormKind kind, int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);  // [..., dim]
+  // {x + delta, forward(x + delta)}: the residual add before this norm, in one kernel at inference on CUDA.
+  std::pair<torch::Tensor, torch::Tensor> forward_add(const torch::Tensor& x, const torch::Tensor& delta);
   NormKind kind;
   double eps;
   torch::Tensor weight;  // [dim]
@@ -36,6 +40,9 @@ class MlpImpl : public torch::nn::Module {
  public:
   explicit MlpImpl(const ModelConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // [b, l, d] -> [b, l, d]
+  // residual + forward(x): at inference on CUDA with few rows, the gate and up products with the SwiGLU in one
+  // launch and the down product with the residual add in another.
+  torch::Tensor forward_add(const torch::Tensor& x, const torch::Tensor& residual);
   MlpKind kind;
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};  // GatedSilu
   Linear fc1{nullptr}, fc2{nullptr};                                // GeluTanh

@@ -22,8 +22,24 @@ Mamba2MixerImpl::Mamba2MixerImpl(const SsmMixerConfig& c) : config(c) {
   out_proj = register_module("out_proj", make_linear(d_inner(), c.hidden_size, false));
 }
 
+torch::Tensor Mamba2MixerImpl::fused_step(const torch::Tensor& u, const MixerContext& ctx) {
+  const int64_t h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  FusedSsmStep f;
+  f.products = {{in_proj->weight, in_proj->bias}};
+  f.z_col = 0, f.x_col = d_inner(), f.B_col = f.x_col + d_xb(), f.C_col = f.B_col + d_xb();
+  f.dt_col = f.C_col + d_inner();
+  f.conv_begin = f.x_col, f.conv_end = f.dt_col;
+  f.conv_weight = conv_weight, f.conv_bias = conv_bias;
+  auto& s = f.step;
+  s.heads = h, s.head_dim = p, s.state_size = p, s.x_heads = kv, s.b_heads = kv, s.c_heads = h;
+  s.A_log = A_log, s.dt_bias = dt_bias, s.D = D, s.norm_weight = norm_weight;
+  s.norm_before_gate = false, s.eps = config.norm_eps;
+  return fused_ssm_step(u, f, ctx);
+}
+
 torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
   const int64_t b = u.size(0), l = u.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  if (auto y = fused_step(u, ctx); y.defined()) return output(y, ctx);
   auto proj = in_proj(u).split_with_sizes(in_proj_sizes(), -1);
   auto xbc = conv_with_state(torch::cat({proj[1], proj[2], proj[3]}, -1), conv_weight, conv_bias, ctx);
   auto parts = xbc.split_with_sizes({d_xb(), d_xb(), d_inner()}, -1);
@@ -38,7 +54,10 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, const MixerContex
   in.D = D;
   in.chunk_size = config.chunk_size;
   auto y = ssd_with_state(in, ctx).reshape({b, l, d_inner()});
-  y = gated_norm(y, proj[0], norm_weight, p, config.norm_eps, /*norm_before_gate=*/false);
+  return output(gated_norm(y, proj[0], norm_weight, p, config.norm_eps, /*norm_before_gate=*/false), ctx);
+}
+
+torch::Tensor Mamba2MixerImpl::output(const torch::Tensor& y, const MixerContext& ctx) {
   if (ctx.pre_output) *ctx.pre_output = y;
   if (ctx.skip_output_projection) return torch::Tensor();
   return out_proj(y);

@@ -23,8 +23,24 @@ SeededMixerImpl::SeededMixerImpl(const SsmMixerConfig& c) : config(c) {
   norm_weight = register_parameter("norm_weight", torch::ones({p}));
 }
 
+torch::Tensor SeededMixerImpl::fused_step(const torch::Tensor& u, const MixerContext& ctx) {
+  const int64_t h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  FusedSsmStep f;
+  f.products = {{v_proj->weight, v_proj->bias}, {k_proj->weight, k_proj->bias}, {q_proj->weight, q_proj->bias},
+                {dt_proj->weight, dt_proj->bias}, {gate_proj->weight, gate_proj->bias}};
+  f.x_col = 0, f.B_col = kv * p, f.C_col = 2 * kv * p, f.dt_col = (2 * kv + h) * p, f.z_col = f.dt_col + h;
+  f.conv_begin = 0, f.conv_end = (2 * kv + h) * p;
+  f.conv_weight = conv_weight, f.conv_bias = conv_bias;
+  auto& s = f.step;
+  s.heads = h, s.head_dim = p, s.state_size = p, s.x_heads = kv, s.b_heads = kv, s.c_heads = h;
+  s.A_log = A_log, s.dt_bias = dt_bias, s.norm_weight = norm_weight;
+  s.norm_before_gate = true, s.eps = config.norm_eps;
+  return fused_ssm_step(u, f, ctx);
+}
+
 torch::Tensor SeededMixerImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
   const int64_t b = u.size(0), l = u.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  if (auto y = fused_step(u, ctx); y.defined()) return output(y, ctx);
   auto vkq = conv_with_state(torch::cat({v_proj(u), k_proj(u), q_proj(u)}, -1), conv_weight, conv_bias, ctx);
   auto parts = vkq.split_with_sizes({kv * p, kv * p, h * p}, -1);
   SsdInputs in;
@@ -37,7 +53,10 @@ torch::Tensor SeededMixerImpl::forward(const torch::Tensor& u, const MixerContex
   in.A = decay_rates(A_log);
   in.chunk_size = config.chunk_size;
   auto y = ssd_with_state(in, ctx).reshape({b, l, h * p});
-  y = gated_norm(y, gate_proj(u), norm_weight, p, config.norm_eps, /*norm_before_gate=*/true);
+  return output(gated_norm(y, gate_proj(u), norm_weight, p, config.norm_eps, /*norm_before_gate=*/true), ctx);
+}
+
+torch::Tensor SeededMixerImpl::output(const torch::Tensor& y, const MixerContext& ctx) {
   if (ctx.pre_output) *ctx.pre_output = y;
   if (ctx.skip_output_projection) return torch::Tensor();
   return o_proj(y);

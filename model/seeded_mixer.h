@@ -17,6 +17,11 @@ class SeededMixerImpl : public Mixer {
  public:
   explicit SeededMixerImpl(const SsmMixerConfig& config);
   torch::Tensor forward(const torch::Tensor& u, const MixerContext& ctx) override;
+  // A single token continuing a state through the fused inference kernels (model/ssm_state.h, fused_ssm_step), or
+  // an undefined tensor when they do not apply.
+  torch::Tensor fused_step(const torch::Tensor& u, const MixerContext& ctx);
+  // y (before the output projection) -> the mixer's output, honouring ctx.pre_output and skip_output_projection.
+  torch::Tensor output(const torch::Tensor& y, const MixerContext& ctx);
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<SsmState>(); }
   std::string kind() const override { return "seeded"; }
 

@@ -1,6 +1,7 @@
 #include "model/ssm_state.h"
 
 #include "base/error.h"
+#include "model/inference_ops.h"
 #include "model/kernel_ops.h"
 #include "model/tensor_util.h"
 
@@ -46,7 +47,7 @@ torch::Tensor conv_with_state(const torch::Tensor& xbc, const torch::Tensor& wei
     return causal_conv_decode_step(xbc.select(1, 0), s->conv, weight, bias, /*silu=*/true).unsqueeze(1);
   }
   auto out = causal_conv(xbc, weight, bias, /*silu=*/true, {}, s->conv);
-  s->conv = out.final_state.detach();
+  s->conv = out.final_state.detach().contiguous();  // the fused decode step updates it in place
   return out.y;
 }
 
@@ -71,6 +72,37 @@ torch::Tensor ssd_with_state(SsdInputs in, const MixerContext& ctx) {
   auto out = ssd_scan(in, /*want_final_state=*/true);
   s->ssm = out.final_state.detach();
   return out.y;
+}
+
+torch::Tensor fused_ssm_step(const torch::Tensor& u, FusedSsmStep spec, const MixerContext& ctx) {
+  if (!ctx.state || u.size(1) != 1 || !uses_inference_kernels(u)) return {};
+  auto* s = ssm_state_of(ctx);
+  if (!s->conv.defined() || !s->ssm.defined()) return {};
+  const int64_t b = u.size(0), channels = spec.conv_end - spec.conv_begin;
+  auto same_type = [&](const torch::Tensor& t) { return !t.defined() || t.scalar_type() == u.scalar_type(); };
+  if (!fused::gemv_applies(u, spec.products) || !same_type(spec.conv_weight) || !same_type(spec.conv_bias) ||
+      !spec.conv_weight.is_contiguous() || spec.conv_weight.size(0) != channels || s->conv.dim() != 3 ||
+      !s->conv.is_contiguous() ||
+      !same_type(s->conv) || s->conv.size(1) != channels || s->conv.size(2) != spec.conv_weight.size(1) - 1)
+    return {};
+  int64_t columns = 0;
+  for (const auto& p : spec.products) columns += p.weight.size(0);
+  auto& step = spec.step;
+  // The step's inputs are columns of the products' output; check them on a buffer of its shape before the product
+  // (which advances the conv state) runs.
+  auto bind = [&](const torch::Tensor& out) {
+    step.x = out.narrow(1, spec.x_col, step.x_heads * step.head_dim);
+    step.B = out.narrow(1, spec.B_col, step.b_heads * step.state_size);
+    step.C = out.narrow(1, spec.C_col, step.c_heads * step.state_size);
+    step.dt = out.narrow(1, spec.dt_col, step.heads);
+    step.z = out.narrow(1, spec.z_col, step.heads * step.head_dim);
+  };
+  step.state = s->ssm;
+  bind(torch::empty({b, columns}, u.options()));
+  if (!fused::mamba_step_applies(step)) return {};
+  GemvConvStep conv{s->conv, spec.conv_weight, spec.conv_bias, spec.conv_begin, spec.conv_end};
+  bind(fused::gemv_parts(u.reshape({b, u.size(2)}), spec.products, &conv));
+  return fused::mamba_step(step).unsqueeze(1);
 }
 
 torch::Tensor decay_rates(const torch::Tensor& A_log) {

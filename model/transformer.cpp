@@ -23,8 +23,10 @@ void DecoderLayerImpl::set_mixer(std::shared_ptr<Mixer> m) {
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
   auto h = input_norm(x);
   if (parallel_residual) return x + mixer->forward(h, ctx) + mlp(h);
-  auto y = x + mixer->forward(h, ctx);
-  return y + mlp(post_norm(y));
+  // y = x + mixer(h); y + mlp(post_norm(y)), with the adds fused into the norm and the MLP's last product where
+  // the inference kernels apply.
+  auto [y, normed] = post_norm->forward_add(x, mixer->forward(h, ctx));
+  return mlp->forward_add(normed, y);
 }
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config(c) {

@@ -11,14 +11,19 @@
 #include <limits>
 
 #include "model/attention.h"
+#include "model/causal_conv.h"
 #include "model/checkpoint.h"
 #include "model/decode_graph.h"
+#include "model/gated_norm.h"
 #include "model/hf_weights.h"
 #include "model/inference_ops.h"
 #include "model/kernel_ops.h"
 #include "model/layers.h"
+#include "model/mamba2_mixer.h"
 #include "model/rope.h"
 #include "model/safetensors.h"
+#include "model/seeded_mixer.h"
+#include "model/ssd.h"
 #include "model/student.h"
 #include "tests/test_util.h"
 #include "trainer/generate.h"
@@ -325,6 +330,130 @@ TEST(InferenceKernels, RmsNormAndSiluMulMatchTheReference) {
   }
 }
 
+// The fused small-batch products against the unfused LibTorch ops on the same inputs: parts side by side (n odd
+// and even), with a conv step over a column range (outputs and the shifted state), SwiGLU and the residual add;
+// and the residual add + RMSNorm.
+TEST(InferenceKernels, FusedProductsMatchTheUnfusedOps) {
+  REQUIRE_KERNELS();
+  PoisonScope scope;
+  torch::manual_seed(4);
+  torch::NoGradGuard no_grad;
+  for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+    const int64_t k = 264;
+    std::vector<GemvWeight> parts = {{torch::randn({96, k}, opts) * 0.1, torch::randn({96}, opts)},
+                                     {torch::randn({41, k}, opts) * 0.1, Tensor()},
+                                     {torch::randn({200, k}, opts) * 0.1, torch::randn({200}, opts)}};
+    const GemvWeight gate{torch::randn({300, k}, opts) * 0.1, torch::randn({300}, opts)};
+    const GemvWeight up{torch::randn({300, k}, opts) * 0.1, Tensor()};
+    for (int64_t rows : {1, 3, 8}) {
+      const std::string what = std::string(c10::toString(dtype)) + ", " + std::to_string(rows) + " rows";
+      const Tensor x = torch::randn({rows, 1, k}, opts);
+      std::vector<Tensor> pieces;
+      for (const auto& p : parts) pieces.push_back(torch::linear(x, p.weight, p.bias));
+      const Tensor want = torch::cat(pieces, -1);
+      ASSERT_TRUE(fused::gemv_applies(x, parts)) << what;
+      EXPECT_LT(relative_error(fused::gemv_parts(x, parts), want), 1e-2) << what << ": parts";
+
+      // Columns 20..149 (across all three parts) through the conv step.
+      GemvConvStep conv;
+      conv.begin = 20, conv.end = 150;
+      conv.state = torch::randn({rows, 130, 3}, opts);
+      conv.weight = torch::randn({130, 4}, opts) * 0.5;
+      conv.bias = torch::randn({130}, opts);
+      Tensor state_ref = conv.state.clone();
+      Tensor want_conv = want.view({rows, -1}).clone();
+      want_conv.narrow(1, 20, 130).copy_(
+          causal_conv1d_step(want_conv.narrow(1, 20, 130).contiguous(), state_ref, conv.weight, conv.bias, true));
+      const Tensor got_conv = fused::gemv_parts(x, parts, &conv).view({rows, -1});
+      EXPECT_LT(relative_error(got_conv, want_conv), 1e-2) << what << ": conv columns";
+      EXPECT_LT(relative_error(conv.state, state_ref), 1e-2) << what << ": conv state";
+
+      const Tensor swiglu = torch::silu(torch::linear(x, gate.weight, gate.bias)) * torch::linear(x, up.weight);
+      EXPECT_LT(relative_error(fused::gemv_swiglu(x, gate, up), swiglu), 1e-2) << what << ": swiglu";
+      const Tensor residual = torch::randn({rows, 1, 96}, opts);
+      EXPECT_LT(relative_error(fused::gemv_residual(x, parts[0], residual),
+                               residual + torch::linear(x, parts[0].weight, parts[0].bias)),
+                1e-2)
+          << what << ": residual";
+    }
+    Norm norm(NormKind::RMSNorm, 2048, 1e-6);
+    norm->to(torch::kCUDA, dtype);
+    norm->weight.uniform_(0.5, 1.5);
+    const Tensor a = torch::randn({3, 1, 2048}, opts) * 3, delta = torch::randn({3, 1, 2048}, opts);
+    const auto [sum, normed] = fused::add_rms_norm(a, delta, norm->weight, 1e-6);
+    Tensor want_normed;
+    {
+      torch::AutoGradMode grad(true);  // the reference path
+      want_normed = norm(a + delta).detach();
+    }
+    EXPECT_TRUE(torch::equal(sum, a + delta)) << c10::toString(dtype);
+    EXPECT_LT(relative_error(normed, want_normed), 1e-2) << c10::toString(dtype);
+  }
+}
+
+// The fused Mamba-2 step (SSD recurrence, D, gated norm) against float64 on the same inputs, y rounded to the
+// element type between the step and the norm as the unfused path rounds it. Shapes: both mixers' layouts (norm
+// before or after the gate, with or without D, a shared or per-channel norm weight), grouped and ungrouped x and B,
+// head dims 64, 80 and 128, inputs as strided columns of one buffer.
+TEST(MambaStepKernel, MatchesFloat64) {
+  REQUIRE_KERNELS();
+  PoisonScope scope;
+  torch::manual_seed(21);
+  torch::NoGradGuard no_grad;
+  struct Shape {
+    int64_t b, h, kv, p;
+    bool shared_weight, norm_before_gate, with_D;
+  };
+  const std::vector<Shape> shapes = {{1, 16, 8, 128, true, true, false}, {3, 4, 2, 80, false, false, true},
+                                     {2, 6, 6, 64, true, false, true}, {1, 8, 1, 128, false, true, false}};
+  for (const auto& sh : shapes) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
+      const std::string what = std::string(c10::toString(dtype)) + " b=" + std::to_string(sh.b) +
+                               " h=" + std::to_string(sh.h) + " kv=" + std::to_string(sh.kv) +
+                               " p=" + std::to_string(sh.p);
+      auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+      const int64_t b = sh.b, h = sh.h, kv = sh.kv, p = sh.p, n = p;
+      const Tensor buf = torch::randn({b, kv * p + kv * n + h * n + h + h * p + 3}, opts);
+      MambaStepInputs in;
+      in.heads = h, in.head_dim = p, in.state_size = n, in.x_heads = kv, in.b_heads = kv, in.c_heads = h;
+      int64_t col = 0;
+      auto take = [&](int64_t width) {
+        auto t = buf.narrow(1, col, width);
+        col += width;
+        return t;
+      };
+      in.x = take(kv * p), in.B = take(kv * n), in.C = take(h * n), in.dt = take(h), in.z = take(h * p);
+      in.A_log = (torch::rand({h}, opts) * 2 - 1);
+      in.dt_bias = torch::randn({h}, opts) * 0.5;
+      if (sh.with_D) in.D = torch::randn({h}, opts);
+      in.norm_weight = torch::rand({sh.shared_weight ? p : h * p}, opts) + 0.5;
+      in.norm_before_gate = sh.norm_before_gate;
+      in.eps = 1e-5;
+      in.state = torch::randn({b, h, p, n}, opts.dtype(torch::kFloat));
+      ASSERT_TRUE(fused::mamba_step_applies(in)) << what;
+
+      auto f64 = [](const Tensor& t) { return t.to(torch::kDouble); };
+      SsdStepInputs ref;
+      ref.x = f64(in.x).view({b, kv, p}).repeat_interleave(h / kv, 1);
+      ref.B = f64(in.B).view({b, kv, n}).repeat_interleave(h / kv, 1);
+      ref.C = f64(in.C).view({b, h, n});
+      ref.dt = f64(in.dt);
+      ref.A = -torch::exp(f64(in.A_log));
+      ref.dt_bias = f64(in.dt_bias);
+      ref.dt_softplus = true;
+      if (sh.with_D) ref.D = f64(in.D);
+      Tensor state64 = f64(in.state);
+      const Tensor y = ssd_step(ref, state64).to(dtype).to(torch::kDouble).reshape({b, h * p});
+      const Tensor want = gated_rmsnorm(y, f64(in.z), f64(in.norm_weight), p, in.eps, sh.norm_before_gate);
+
+      const Tensor got = fused::mamba_step(in);
+      EXPECT_LT(relative_error(got, want), dtype == torch::kFloat ? 1e-4 : 2e-2) << what << ": output";
+      EXPECT_LT(relative_error(in.state, state64), 1e-5) << what << ": state";
+    }
+  }
+}
+
 // A model on the GPU decoded through a CUDA graph: prefill + steps equal its full forward, and the graph's logits
 // equal the kernel path without a graph.
 void check_graph_decode(CausalLMImpl& lm, const Tensor& ids_cpu, double tol, const std::string& what) {
@@ -412,6 +541,31 @@ TEST(DecodeGraph, RaggedRowsDecodeLikeEachAlone) {
       o.cuda_graphs = true;
       EXPECT_TRUE(torch::equal(graphed[r], alone[0])) << "row " << r << ": " << graphed[r] << " vs " << alone[0];
     }
+  }
+}
+
+// On CUDA in bf16 the students' Mamba-2 layers decode through the fused step (one product launch with the conv,
+// one step kernel), not silently through the unfused path.
+TEST(DecodeGraph, StudentsTakeTheFusedMambaStep) {
+  REQUIRE_KERNELS();
+  torch::NoGradGuard no_grad;
+  for (auto mixer : {MixerKind::Seeded, MixerKind::Mamba2}) {
+    auto lm = llama_student("MMM", mixer);
+    lm->to(torch::kCUDA, torch::kBFloat16);
+    auto state = lm->new_decode_state();
+    ForwardOptions o;
+    o.state = &state;
+    const Tensor ids = fixture_ids("llama");
+    lm->forward(ids.slice(1, 0, 3).to(torch::kCUDA), o);
+    MixerContext ctx;
+    ctx.state = state.layers[0].get();
+    ctx.positions = state.next_positions(ids.size(0), 1, torch::kCUDA);
+    const auto u = torch::randn({ids.size(0), 1, lm->config.hidden_size},
+                                torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA));
+    Tensor y;
+    if (auto* seeded = dynamic_cast<SeededMixerImpl*>(lm->layers[0]->mixer.get())) y = seeded->fused_step(u, ctx);
+    if (auto* mamba2 = dynamic_cast<Mamba2MixerImpl*>(lm->layers[0]->mixer.get())) y = mamba2->fused_step(u, ctx);
+    EXPECT_TRUE(y.defined()) << mixer_kind_name(mixer);
   }
 }
 

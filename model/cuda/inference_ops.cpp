@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "base/error.h"
 #include "kernels/decode_attention.h"
 #include "kernels/gemv.h"
 #include "kernels/inference_ops.h"
+#include "kernels/mamba_step.h"
 #include "model/cuda/glue.h"
 
 namespace carve::model::fused {
@@ -63,31 +65,137 @@ torch::Tensor decode_attention(const DecodeAttentionInputs& in) {
   return out;
 }
 
-bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight) {
+namespace {
+
+bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// x as [rows, k] with the unit channel stride and 16-byte rows the kernel reads.
+torch::Tensor gemv_input(const torch::Tensor& x_in) {
+  const int64_t k = x_in.size(-1);
+  torch::Tensor x = x_in.reshape({x_in.numel() / k, k});
+  if (x.stride(1) != 1 || x.stride(0) % 8 != 0 || !aligned16(x)) x = x.contiguous();
+  return x;
+}
+
+std::vector<int64_t> with_last(const torch::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return shape;
+}
+
+kernels::Gemv gemv_args(const torch::Tensor& x, const std::vector<GemvWeight>& parts) {
+  kernels::Gemv g;
+  g.rows = static_cast<int>(x.size(0)), g.k = static_cast<int>(x.size(1)), g.dtype = element_of(x);
+  g.x = x.data_ptr(), g.x_row = x.stride(0);
+  g.num_parts = static_cast<int>(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    g.parts[i].w = parts[i].weight.data_ptr();
+    g.parts[i].bias = parts[i].bias.defined() ? parts[i].bias.data_ptr() : nullptr;
+    g.parts[i].n = static_cast<int>(parts[i].weight.size(0));
+  }
+  return g;
+}
+
+void require_gemv(const torch::Tensor& x, const std::vector<GemvWeight>& parts, const char* what) {
+  if (gemv_applies(x, parts)) return;
+  std::string got = describe_tensor(x);
+  for (const auto& p : parts) got += ", " + describe_tensor(p.weight);
+  throw Error(std::string(what) + ": unsupported operands " + got);
+}
+
+}  // namespace
+
+bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   if (x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1) || x.scalar_type() != weight.scalar_type())
+    return false;
+  if (bias.defined() && (bias.scalar_type() != x.scalar_type() || bias.numel() != weight.size(0) ||
+                         !bias.is_contiguous()))
     return false;
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   return rows <= kernels::kGemvMaxRows &&
          kernels::gemv_supports(static_cast<int>(rows), static_cast<int>(x.size(-1)), element_of(x)) &&
-         weight.is_contiguous() && weight.size(0) <= std::numeric_limits<int>::max();
+         weight.is_contiguous() && aligned16(weight) && weight.size(0) <= std::numeric_limits<int>::max();
 }
 
-torch::Tensor gemv(const torch::Tensor& x_in, const torch::Tensor& weight, const torch::Tensor& bias) {
+bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts) {
+  if (parts.empty() || parts.size() > static_cast<size_t>(kernels::kGemvMaxParts)) return false;
+  int64_t columns = 0;
+  for (const auto& p : parts) {
+    if (!gemv_applies(x, p.weight, p.bias)) return false;
+    columns += p.weight.size(0);
+  }
+  return columns <= std::numeric_limits<int>::max();
+}
+
+torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return gemv_parts(x, {{weight, bias}});
+}
+
+torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight>& parts, const GemvConvStep* conv) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  CARVE_CHECK(gemv_applies(x_in, weight), "gemv: unsupported operands ", describe_tensor(x_in), " and ",
-              describe_tensor(weight));
-  const int64_t k = x_in.size(-1), n = weight.size(0), rows = x_in.numel() / k;
-  torch::Tensor x = x_in.reshape({rows, k});
-  if (x.stride(1) != 1 || x.stride(0) % 8 != 0 || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0)
-    x = x.contiguous();
-  torch::Tensor b = bias.defined() ? bias.to(x.scalar_type()).contiguous() : bias;
-  std::vector<int64_t> shape(x_in.sizes().begin(), x_in.sizes().end());
-  shape.back() = n;
+  require_gemv(x_in, parts, "gemv");
+  const torch::Tensor x = gemv_input(x_in);
+  int64_t columns = 0;
+  for (const auto& p : parts) columns += p.weight.size(0);
+  torch::Tensor y = fresh(with_last(x_in, columns), x.options());
+  kernels::Gemv g = gemv_args(x, parts);
+  g.y = y.data_ptr(), g.y_row = columns;
+  if (conv) {
+    const int64_t channels = conv->end - conv->begin, kernel = conv->weight.size(-1);
+    CARVE_CHECK(conv->begin >= 0 && channels > 0 && conv->end <= columns, "gemv: conv columns [", conv->begin, ", ",
+                conv->end, ") outside the product's ", columns);
+    CARVE_CHECK(conv->weight.dim() == 2 && conv->weight.size(0) == channels && conv->weight.is_contiguous() &&
+                    conv->weight.scalar_type() == x.scalar_type(),
+                "gemv: conv weight must be contiguous [", channels, ", kernel] like x; got ",
+                describe_tensor(conv->weight));
+    CARVE_CHECK(!conv->bias.defined() || (conv->bias.numel() == channels && conv->bias.is_contiguous() &&
+                                          conv->bias.scalar_type() == x.scalar_type()),
+                "gemv: conv bias must be [", channels, "] like x; got ", describe_tensor(conv->bias));
+    CARVE_CHECK(kernel == 1 || (conv->state.dim() == 3 && conv->state.size(0) == x.size(0) &&
+                                conv->state.size(1) == channels && conv->state.size(2) == kernel - 1 &&
+                                conv->state.is_contiguous() && conv->state.scalar_type() == x.scalar_type()),
+                "gemv: conv state must be contiguous [", x.size(0), ", ", channels, ", ", kernel - 1, "] like x; got ",
+                describe_tensor(conv->state));
+    g.conv.begin = static_cast<int>(conv->begin), g.conv.end = static_cast<int>(conv->end);
+    g.conv.kernel = static_cast<int>(kernel);
+    g.conv.state = kernel > 1 ? conv->state.data_ptr() : nullptr;
+    g.conv.weight = conv->weight.data_ptr();
+    g.conv.bias = conv->bias.defined() ? conv->bias.data_ptr() : nullptr;
+  }
+  kernels::gemv(g, stream());
+  return y;
+}
+
+torch::Tensor gemv_swiglu(const torch::Tensor& x_in, const GemvWeight& gate, const GemvWeight& up) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  require_gemv(x_in, {gate, up}, "gemv_swiglu");
+  CARVE_CHECK(gate.weight.sizes() == up.weight.sizes(), "gemv_swiglu: gate ", describe_tensor(gate.weight),
+              " and up ", describe_tensor(up.weight), " differ");
+  const torch::Tensor x = gemv_input(x_in);
+  const int64_t n = gate.weight.size(0);
+  torch::Tensor y = fresh(with_last(x_in, n), x.options());
+  kernels::Gemv g = gemv_args(x, {gate, up});
+  g.epilogue = kernels::GemvEpilogue::swiglu;
+  g.y = y.data_ptr(), g.y_row = n;
+  kernels::gemv(g, stream());
+  return y;
+}
+
+torch::Tensor gemv_residual(const torch::Tensor& x_in, const GemvWeight& w, const torch::Tensor& residual_in) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  require_gemv(x_in, {w}, "gemv_residual");
+  const torch::Tensor x = gemv_input(x_in);
+  const int64_t n = w.weight.size(0);
+  const auto shape = with_last(x_in, n);
+  CARVE_CHECK(residual_in.sizes() == at::IntArrayRef(shape) && residual_in.scalar_type() == x.scalar_type(),
+              "gemv_residual: the residual must be ", at::IntArrayRef(shape), " like x; got ",
+              describe_tensor(residual_in));
+  const torch::Tensor residual = residual_in.contiguous();
   torch::Tensor y = fresh(shape, x.options());
-  kernels::Gemv g;
-  g.rows = static_cast<int>(rows), g.n = static_cast<int>(n), g.k = static_cast<int>(k), g.dtype = element_of(x);
-  g.x = x.data_ptr(), g.x_row = x.stride(0), g.w = weight.data_ptr(), g.bias = b.defined() ? b.data_ptr() : nullptr;
-  g.y = y.data_ptr();
+  kernels::Gemv g = gemv_args(x, {w});
+  g.epilogue = kernels::GemvEpilogue::residual;
+  g.residual = residual.data_ptr(), g.residual_row = n;
+  g.y = y.data_ptr(), g.y_row = n;
   kernels::gemv(g, stream());
   return y;
 }
@@ -111,6 +219,83 @@ torch::Tensor silu_mul(const torch::Tensor& gate_in, const torch::Tensor& up_in)
   torch::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
   torch::Tensor out = fresh(gate.sizes(), gate.options());
   kernels::silu_mul(gate.numel(), element_of(gate), gate.data_ptr(), up.data_ptr(), out.data_ptr(), stream());
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x_in, const torch::Tensor& delta_in,
+                                                     const torch::Tensor& weight, double eps) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const int64_t d = x_in.size(-1);
+  CARVE_CHECK(delta_in.sizes() == x_in.sizes() && delta_in.scalar_type() == x_in.scalar_type(),
+              "add_rms_norm: x and delta must match; got ", describe_tensor(x_in), " and ", describe_tensor(delta_in));
+  CARVE_CHECK(weight.dim() == 1 && weight.size(0) == d && weight.scalar_type() == x_in.scalar_type(),
+              "add_rms_norm: weight must be [", d, "] like x; got ", describe_tensor(weight));
+  torch::Tensor x = x_in.contiguous(), delta = delta_in.contiguous(), w = weight.contiguous();
+  torch::Tensor sum = fresh(x.sizes(), x.options()), out = fresh(x.sizes(), x.options());
+  kernels::add_rms_norm(x.numel() / d, static_cast<int>(d), element_of(x), x.data_ptr(), delta.data_ptr(),
+                        w.data_ptr(), static_cast<float>(eps), sum.data_ptr(), out.data_ptr(), stream());
+  return {sum, out};
+}
+
+namespace {
+
+// A [b, columns] view the step kernel reads: unit channel stride, at least `columns` per row.
+bool step_view(const torch::Tensor& t, int64_t b, int64_t columns, const torch::Tensor& like) {
+  return t.defined() && t.dim() == 2 && t.size(0) == b && t.size(1) == columns && t.stride(1) == 1 &&
+         t.scalar_type() == like.scalar_type() && t.device() == like.device();
+}
+
+bool step_param(const torch::Tensor& t, int64_t numel, const torch::Tensor& like, bool optional) {
+  if (!t.defined()) return optional;
+  return t.numel() == numel && t.is_contiguous() && t.scalar_type() == like.scalar_type() &&
+         t.device() == like.device();
+}
+
+}  // namespace
+
+bool mamba_step_applies(const MambaStepInputs& in) {
+  const int64_t h = in.heads, p = in.head_dim, n = in.state_size;
+  if (!in.x.defined() || h <= 0 || in.x_heads <= 0 || in.b_heads <= 0 || in.c_heads <= 0 || h % in.x_heads != 0 ||
+      h % in.b_heads != 0 || h % in.c_heads != 0 || !kernels::mamba_step_supports(static_cast<int>(p),
+                                                                                  static_cast<int>(n)))
+    return false;
+  const auto& x = in.x;
+  const int64_t b = x.size(0);
+  return x.scalar_type() != torch::kDouble && step_view(x, b, in.x_heads * p, x) &&
+         step_view(in.B, b, in.b_heads * n, x) && step_view(in.C, b, in.c_heads * n, x) &&
+         step_view(in.dt, b, h, x) && step_view(in.z, b, h * p, x) && step_param(in.A_log, h, x, false) &&
+         step_param(in.dt_bias, h, x, true) && step_param(in.D, h, x, true) &&
+         (step_param(in.norm_weight, p, x, false) || step_param(in.norm_weight, h * p, x, false)) &&
+         in.state.defined() && in.state.dim() == 4 && in.state.size(0) == b && in.state.size(1) == h &&
+         in.state.size(2) == p && in.state.size(3) == n && in.state.is_contiguous() &&
+         in.state.scalar_type() == torch::kFloat && in.state.device() == x.device();
+}
+
+torch::Tensor mamba_step(const MambaStepInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  CARVE_CHECK(mamba_step_applies(in), "mamba_step: unsupported inputs: x ", describe_tensor(in.x), ", state ",
+              describe_tensor(in.state), " for ", in.heads, " heads of ", in.head_dim, " with state size ",
+              in.state_size);
+  const int64_t b = in.x.size(0);
+  torch::Tensor out = fresh({b, in.heads * in.head_dim}, in.x.options());
+  kernels::MambaStep s;
+  s.b = static_cast<int>(b), s.h = static_cast<int>(in.heads), s.p = static_cast<int>(in.head_dim);
+  s.n = static_cast<int>(in.state_size);
+  s.x_heads = static_cast<int>(in.x_heads), s.b_heads = static_cast<int>(in.b_heads);
+  s.c_heads = static_cast<int>(in.c_heads);
+  s.dtype = element_of(in.x);
+  s.x = in.x.data_ptr(), s.B = in.B.data_ptr(), s.C = in.C.data_ptr(), s.dt = in.dt.data_ptr(), s.z = in.z.data_ptr();
+  s.x_row = in.x.stride(0), s.B_row = in.B.stride(0), s.C_row = in.C.stride(0), s.dt_row = in.dt.stride(0);
+  s.z_row = in.z.stride(0);
+  s.A_log = in.A_log.data_ptr();
+  s.dt_bias = in.dt_bias.defined() ? in.dt_bias.data_ptr() : nullptr;
+  s.D = in.D.defined() ? in.D.data_ptr() : nullptr;
+  s.norm_weight = in.norm_weight.data_ptr();
+  s.norm_weight_shared = in.norm_weight.numel() == in.head_dim;
+  s.norm_before_gate = in.norm_before_gate;
+  s.eps = static_cast<float>(in.eps);
+  s.state = in.state.data_ptr<float>(), s.out = out.data_ptr();
+  kernels::mamba_step(s, stream());
   return out;
 }
 
