@@ -64,9 +64,9 @@ bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const tor
 bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts);
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 // Several products of one x in one launch, side by side: [..., sum of the parts' outputs]; with `conv`, its columns
-// come out of the conv step instead.
+// come out of the conv step instead. Written into `out` when it is given (contiguous, of that shape).
 torch::Tensor gemv_parts(const torch::Tensor& x, const std::vector<GemvWeight>& parts,
-                         const GemvConvStep* conv = nullptr);
+                         const GemvConvStep* conv = nullptr, const torch::Tensor& out = {});
 // round(silu(gate x)) * (up x), as model/layers.cpp's MLP computes it before its down product.
 torch::Tensor gemv_swiglu(const torch::Tensor& x, const GemvWeight& gate, const GemvWeight& up);
 // residual + x W^T + bias, each rounded as LibTorch rounds it.

@@ -79,29 +79,30 @@ torch::Tensor fused_ssm_step(const torch::Tensor& u, FusedSsmStep spec, const Mi
   auto* s = ssm_state_of(ctx);
   if (!s->conv.defined() || !s->ssm.defined()) return {};
   const int64_t b = u.size(0), channels = spec.conv_end - spec.conv_begin;
-  auto same_type = [&](const torch::Tensor& t) { return !t.defined() || t.scalar_type() == u.scalar_type(); };
-  if (!fused::gemv_applies(u, spec.products) || !same_type(spec.conv_weight) || !same_type(spec.conv_bias) ||
-      !spec.conv_weight.is_contiguous() || spec.conv_weight.size(0) != channels || s->conv.dim() != 3 ||
-      !s->conv.is_contiguous() ||
-      !same_type(s->conv) || s->conv.size(1) != channels || s->conv.size(2) != spec.conv_weight.size(1) - 1)
+  auto like_u = [&](const torch::Tensor& t) {
+    return !t.defined() || (t.scalar_type() == u.scalar_type() && t.device() == u.device() && t.is_contiguous());
+  };
+  const auto& w = spec.conv_weight;
+  if (!fused::gemv_applies(u, spec.products) || !w.defined() || !like_u(w) || w.dim() != 2 || w.size(0) != channels ||
+      !like_u(spec.conv_bias) || (spec.conv_bias.defined() && spec.conv_bias.numel() != channels) ||
+      !like_u(s->conv) || s->conv.dim() != 3 || s->conv.size(0) != b || s->conv.size(1) != channels ||
+      s->conv.size(2) != w.size(1) - 1)
     return {};
   int64_t columns = 0;
   for (const auto& p : spec.products) columns += p.weight.size(0);
+  // The step reads its inputs as columns of the products' output: bound and checked before the product runs (it
+  // advances the conv state), so a step that does not apply leaves everything untouched.
   auto& step = spec.step;
-  // The step's inputs are columns of the products' output; check them on a buffer of its shape before the product
-  // (which advances the conv state) runs.
-  auto bind = [&](const torch::Tensor& out) {
-    step.x = out.narrow(1, spec.x_col, step.x_heads * step.head_dim);
-    step.B = out.narrow(1, spec.B_col, step.b_heads * step.state_size);
-    step.C = out.narrow(1, spec.C_col, step.c_heads * step.state_size);
-    step.dt = out.narrow(1, spec.dt_col, step.heads);
-    step.z = out.narrow(1, spec.z_col, step.heads * step.head_dim);
-  };
+  const auto out = torch::empty({b, columns}, u.options());
+  step.x = out.narrow(1, spec.x_col, step.x_heads * step.head_dim);
+  step.B = out.narrow(1, spec.B_col, step.b_heads * step.state_size);
+  step.C = out.narrow(1, spec.C_col, step.c_heads * step.state_size);
+  step.dt = out.narrow(1, spec.dt_col, step.heads);
+  step.z = out.narrow(1, spec.z_col, step.heads * step.head_dim);
   step.state = s->ssm;
-  bind(torch::empty({b, columns}, u.options()));
   if (!fused::mamba_step_applies(step)) return {};
   GemvConvStep conv{s->conv, spec.conv_weight, spec.conv_bias, spec.conv_begin, spec.conv_end};
-  bind(fused::gemv_parts(u.reshape({b, u.size(2)}), spec.products, &conv));
+  fused::gemv_parts(u.reshape({b, u.size(2)}), spec.products, &conv, out);
   return fused::mamba_step(step).unsqueeze(1);
 }
 

@@ -106,10 +106,11 @@ void require_gemv(const torch::Tensor& x, const std::vector<GemvWeight>& parts, 
 }  // namespace
 
 bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  if (x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1) || x.scalar_type() != weight.scalar_type())
+  if (x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1) || x.scalar_type() != weight.scalar_type() ||
+      weight.device() != x.device())
     return false;
   if (bias.defined() && (bias.scalar_type() != x.scalar_type() || bias.numel() != weight.size(0) ||
-                         !bias.is_contiguous()))
+                         !bias.is_contiguous() || bias.device() != x.device()))
     return false;
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   return rows <= kernels::kGemvMaxRows &&
@@ -131,13 +132,23 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const to
   return gemv_parts(x, {{weight, bias}});
 }
 
-torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight>& parts, const GemvConvStep* conv) {
+torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight>& parts, const GemvConvStep* conv,
+                         const torch::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   require_gemv(x_in, parts, "gemv");
   const torch::Tensor x = gemv_input(x_in);
   int64_t columns = 0;
   for (const auto& p : parts) columns += p.weight.size(0);
-  torch::Tensor y = fresh(with_last(x_in, columns), x.options());
+  const auto shape = with_last(x_in, columns);
+  torch::Tensor y = out;
+  if (y.defined()) {
+    CARVE_CHECK(y.sizes() == at::IntArrayRef(shape) && y.is_contiguous() && y.scalar_type() == x.scalar_type() &&
+                    y.device() == x.device(),
+                "gemv: the output must be contiguous ", at::IntArrayRef(shape), " like x; got ", describe_tensor(y));
+    if (poison_kernel_outputs()) y.fill_(std::numeric_limits<float>::quiet_NaN());
+  } else {
+    y = fresh(shape, x.options());
+  }
   kernels::Gemv g = gemv_args(x, parts);
   g.y = y.data_ptr(), g.y_row = columns;
   if (conv) {
@@ -145,15 +156,17 @@ torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight
     CARVE_CHECK(conv->begin >= 0 && channels > 0 && conv->end <= columns, "gemv: conv columns [", conv->begin, ", ",
                 conv->end, ") outside the product's ", columns);
     CARVE_CHECK(conv->weight.dim() == 2 && conv->weight.size(0) == channels && conv->weight.is_contiguous() &&
-                    conv->weight.scalar_type() == x.scalar_type(),
+                    conv->weight.scalar_type() == x.scalar_type() && conv->weight.device() == x.device(),
                 "gemv: conv weight must be contiguous [", channels, ", kernel] like x; got ",
                 describe_tensor(conv->weight));
     CARVE_CHECK(!conv->bias.defined() || (conv->bias.numel() == channels && conv->bias.is_contiguous() &&
-                                          conv->bias.scalar_type() == x.scalar_type()),
+                                          conv->bias.scalar_type() == x.scalar_type() &&
+                                          conv->bias.device() == x.device()),
                 "gemv: conv bias must be [", channels, "] like x; got ", describe_tensor(conv->bias));
     CARVE_CHECK(kernel == 1 || (conv->state.dim() == 3 && conv->state.size(0) == x.size(0) &&
                                 conv->state.size(1) == channels && conv->state.size(2) == kernel - 1 &&
-                                conv->state.is_contiguous() && conv->state.scalar_type() == x.scalar_type()),
+                                conv->state.is_contiguous() && conv->state.scalar_type() == x.scalar_type() &&
+                                conv->state.device() == x.device()),
                 "gemv: conv state must be contiguous [", x.size(0), ", ", channels, ", ", kernel - 1, "] like x; got ",
                 describe_tensor(conv->state));
     g.conv.begin = static_cast<int>(conv->begin), g.conv.end = static_cast<int>(conv->end);

@@ -29,7 +29,10 @@ bool decode_attention_supports(int64_t, int64_t, int64_t) { return false; }
 bool gemv_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
 bool gemv_applies(const torch::Tensor&, const std::vector<GemvWeight>&) { return false; }
 torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { absent(); }
-torch::Tensor gemv_parts(const torch::Tensor&, const std::vector<GemvWeight>&, const GemvConvStep*) { absent(); }
+torch::Tensor gemv_parts(const torch::Tensor&, const std::vector<GemvWeight>&, const GemvConvStep*,
+                         const torch::Tensor&) {
+  absent();
+}
 torch::Tensor gemv_swiglu(const torch::Tensor&, const GemvWeight&, const GemvWeight&) { absent(); }
 torch::Tensor gemv_residual(const torch::Tensor&, const GemvWeight&, const torch::Tensor&) { absent(); }
 torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { absent(); }
