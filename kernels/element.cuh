@@ -44,6 +44,22 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&o)[8]) {
   for (int i = 0; i < 8; ++i) o[i] = to_float(h[i]);
 }
 
+__device__ __forceinline__ unsigned short raw_bits(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ unsigned short raw_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+// 8 float32 values rounded to 16-bit elements, packed for one 16-byte store (in registers: writing through a T*
+// into a uint4 would put it in local memory).
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
+  static_assert(sizeof(T) == 2, "pack8 makes 16-bit elements");
+  unsigned w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    w[i] = static_cast<unsigned>(raw_bits(from_float<T>(v[2 * i]))) |
+           (static_cast<unsigned>(raw_bits(from_float<T>(v[2 * i + 1]))) << 16);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // Calls f(T{}) with T the C++ type of `type`.
 template <typename F>
 void dispatch_element(ElementType type, F&& f) {

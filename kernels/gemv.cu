@@ -8,11 +8,15 @@ namespace {
 constexpr int kWarps = 4;        // per block
 constexpr int kRowsPerWarp = 2;  // weight rows a warp reduces together (x is loaded once for both)
 constexpr int kUnroll = 4;       // 16-byte chunks per lane per weight row in flight
+constexpr int kMaxSplit = 4;     // warps of a block that share one row pair, each over a slice of k (<= kWarps)
+constexpr int kNormSharedBytes = 40 * 1024;  // normed x in shared memory: with the static arrays, under 48 KB
 
 // Which blocks compute which part: part i owns blocks [first_block[i], first_block[i + 1]) and writes columns from
-// first_col[i] on.
+// first_col[i] on. `split` warps of a block reduce the same rows, warp w taking k's chunks w, w + split, ... (in
+// 32-chunk strides), so all of them read adjacent weight segments.
 struct GemvGrid {
   int parts = 1;
+  int split = 1;
   int first_block[kGemvMaxParts + 1] = {};
   int first_col[kGemvMaxParts] = {};
 };
@@ -36,18 +40,98 @@ __device__ float bias_of(const void* bias, int row) {
   return bias ? to_float(static_cast<const T*>(bias)[row]) : 0.f;
 }
 
+// rms_norm(x [+ delta]) of every row into xs [B][chunks] (16-byte chunks), by all threads of the block, with
+// kernels/inference_ops' rounding. Block 0 also writes x + delta to norm.sum.
+// (Arguments by value: a reference to the kernel's parameter would copy it to local memory.)
+template <typename T, int B>
+__device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x_stride, uint4* xs) {
+  const int chunks = k / 8;
+  const long x_row = x_stride / 8;
+  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(x_in));
+  const uint4* delta = reinterpret_cast<const uint4*>(static_cast<const T*>(nm.delta));
+  uint4* sum_out = reinterpret_cast<uint4*>(static_cast<T*>(nm.sum));
+  float ss[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    ss[b] = 0.f;
+    if (b >= rows) continue;
+    for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
+      uint4 raw = __ldg(x + b * x_row + c);
+      float v[8];
+      unpack8<T>(raw, v);
+      if (delta) {
+        float dv[8];
+        unpack8<T>(__ldg(delta + b * x_row + c), dv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i] + dv[i]));
+        raw = pack8<T>(v);
+        if (blockIdx.x == 0) sum_out[b * x_row + c] = raw;
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) ss[b] = fmaf(v[i], v[i], ss[b]);
+      xs[b * chunks + c] = raw;
+    }
+  }
+  __shared__ float partial[kWarps][B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    const float s = warp_sum(ss[b]);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32][b] = s;
+  }
+  __syncthreads();
+  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const T*>(nm.weight));
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    if (b >= rows) break;
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) total += partial[i][b];
+    const float rstd = rsqrtf(total / static_cast<float>(k) + nm.eps);
+    // Each thread rewrites the chunks it wrote above: no barrier between the two passes.
+    for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
+      float v[8], wv[8];
+      unpack8<T>(xs[b * chunks + c], v);
+      unpack8<T>(__ldg(w + c), wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = wv[i] * to_float(from_float<T>(v[i] * rstd));
+      xs[b * chunks + c] = pack8<T>(v);
+    }
+  }
+  __syncthreads();
+}
+
 // A warp reduces two weight rows (w0, w1) against B rows of x; SwiGLU pairs row j of gate with row j of up, the
-// other epilogues take two consecutive rows of one part.
+// other epilogues take two consecutive rows of one part. With grid.split > 1, that many warps share the rows.
 template <typename T, int B, GemvEpilogue E>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid) {
+  extern __shared__ uint4 normed_x[];  // [B][k / 8] when g.norm.weight is set
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int part = 0;
-  while (part + 1 < grid.parts && static_cast<int>(blockIdx.x) >= grid.first_block[part + 1]) ++part;
-  const GemvPart pt = g.parts[part];
-  constexpr int kOutPerWarp = E == GemvEpilogue::swiglu ? 1 : kRowsPerWarp;
-  const int row0 = ((static_cast<int>(blockIdx.x) - grid.first_block[part]) * kWarps + warp) * kOutPerWarp;
-  if (row0 >= pt.n) return;
+  const int split = grid.split, slice = warp % split;
   const int chunks = g.k / 8;
+  // x as 16-byte chunks: normed in shared memory, or read from global memory as it is.
+  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(g.x));
+  long x_row = g.x_row / 8;
+  if (g.norm.weight) {
+    norm_rows<T, B>(g.norm, g.rows, g.k, g.x, g.x_row, normed_x);
+    x = normed_x;
+    x_row = chunks;
+  }
+  // This block's part, selected with constant indices only (indexing the parameters with a variable copies them
+  // to local memory).
+  GemvPart pt = g.parts[0];
+  int first_block = 0, first_col = 0;
+#pragma unroll
+  for (int i = 1; i < kGemvMaxParts; ++i) {
+    if (i < grid.parts && static_cast<int>(blockIdx.x) >= grid.first_block[i]) {
+      pt = g.parts[i];
+      first_block = grid.first_block[i], first_col = grid.first_col[i];
+    }
+  }
+  constexpr int kOutPerWarp = E == GemvEpilogue::swiglu ? 1 : kRowsPerWarp;
+  const int row0 = ((static_cast<int>(blockIdx.x) - first_block) * (kWarps / split) + warp / split) *
+                   kOutPerWarp;
+  // Warps past the part's last row still take part in the split's barrier below.
+  const bool active = row0 < pt.n;
   const uint4* w0 = reinterpret_cast<const uint4*>(static_cast<const T*>(pt.w)) + static_cast<long>(row0) * chunks;
   const uint4* w1;
   bool second = true;
@@ -57,25 +141,24 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
     second = row0 + 1 < pt.n;
     w1 = w0 + chunks;
   }
-  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(g.x));
-  const long x_row = g.x_row / 8;
   float acc[kRowsPerWarp][B];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
-  for (int c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+  const int stride = 32 * split;  // between one lane's consecutive chunks
+  for (int c0 = slice * 32 + lane; active && c0 < chunks; c0 += stride * kUnroll) {
     uint4 raw[kUnroll][kRowsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + u * 32;
+      const int c = c0 + u * stride;
       const bool in = c < chunks;
       raw[u][0] = in ? __ldg(w0 + c) : make_uint4(0, 0, 0, 0);
       raw[u][1] = in && second ? __ldg(w1 + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + u * 32;
+      const int c = c0 + u * stride;
       if (c >= chunks) break;
       float f0[8], f1[8];
       unpack8<T>(raw[u][0], f0);
@@ -84,7 +167,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
       for (int b = 0; b < B; ++b) {
         if (b >= g.rows) break;
         float xv[8];
-        unpack8<T>(__ldg(x + b * x_row + c), xv);
+        unpack8<T>(x[b * x_row + c], xv);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           acc[0][b] = fmaf(f0[i], xv[i], acc[0][b]);
@@ -97,7 +180,25 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[r][b] = warp_sum(acc[r][b]);
-  if (lane != 0) return;
+  if (split > 1) {
+    // The first warp of each group adds the others' partial sums (in slice order: the result does not depend on
+    // which warp finished first).
+    __shared__ float partial[kWarps][kRowsPerWarp][B];
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+        for (int b = 0; b < B; ++b) partial[warp][r][b] = acc[r][b];
+    }
+    __syncthreads();
+    if (slice != 0) return;
+    for (int s = 1; s < split; ++s)
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+        for (int b = 0; b < B; ++b) acc[r][b] += partial[warp + s][r][b];
+  }
+  if (!active || lane != 0) return;
   T* y = static_cast<T*>(g.y);
 #pragma unroll
   for (int b = 0; b < B; ++b) {
@@ -118,7 +219,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
           const float res = to_float(static_cast<const T*>(g.residual)[b * g.residual_row + row]);
           y[b * g.y_row + row] = from_float<T>(res + to_float(product));
         } else {
-          const int col = grid.first_col[part] + row;
+          const int col = first_col + row;
           const bool conv = col >= g.conv.begin && col < g.conv.end;
           y[b * g.y_row + col] = conv ? conv_step<T>(g.conv, b, col - g.conv.begin, product) : product;
         }
@@ -130,10 +231,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
 template <typename T, GemvEpilogue E>
 void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(grid.first_block[grid.parts]);
-  if (g.rows <= 1) gemv_kernel<T, 1, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
-  else if (g.rows <= 2) gemv_kernel<T, 2, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
-  else if (g.rows <= 4) gemv_kernel<T, 4, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
-  else gemv_kernel<T, 8, E><<<blocks, kWarps * 32, 0, stream>>>(g, grid);
+  const size_t shared = g.norm.weight ? static_cast<size_t>(g.rows) * g.k * sizeof(T) : 0;
+  if (g.rows <= 1) gemv_kernel<T, 1, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
+  else if (g.rows <= 2) gemv_kernel<T, 2, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
+  else if (g.rows <= 4) gemv_kernel<T, 4, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
+  else gemv_kernel<T, 8, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
 }
 
 template <typename T>
@@ -145,10 +247,22 @@ void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
   }
 }
 
+// Blocks enough for 8 warps per SM of an H100 with split 1 need no split (gate/up: 2048 blocks read at 2.35 TB/s);
+// fewer, and k is split in 2 or 4 while every lane keeps at least one chunk of each slice.
+constexpr int kEnoughBlocks = 1024;
+
 GemvGrid grid_of(const Gemv& g) {
   GemvGrid grid;
   grid.parts = g.epilogue == GemvEpilogue::swiglu ? 1 : g.num_parts;
-  const int rows_per_block = kWarps * (g.epilogue == GemvEpilogue::swiglu ? 1 : kRowsPerWarp);
+  const int rows_per_warp = g.epilogue == GemvEpilogue::swiglu ? 1 : kRowsPerWarp;
+  auto blocks_at = [&](int split) {
+    long blocks = 0;
+    for (int i = 0; i < grid.parts; ++i) blocks += ceil_div(g.parts[i].n, (kWarps / split) * rows_per_warp);
+    return blocks;
+  };
+  while (grid.split < kMaxSplit && blocks_at(grid.split) < kEnoughBlocks && g.k / 8 >= 32 * grid.split * 2)
+    grid.split *= 2;
+  const int rows_per_block = (kWarps / grid.split) * rows_per_warp;
   for (int i = 0; i < grid.parts; ++i) {
     grid.first_block[i + 1] = grid.first_block[i] + static_cast<int>(ceil_div(g.parts[i].n, rows_per_block));
     if (i + 1 < grid.parts) grid.first_col[i + 1] = grid.first_col[i] + g.parts[i].n;
@@ -179,6 +293,11 @@ void check(const Gemv& g) {
                            "gemv: residual takes one part and the residual");
       break;
   }
+  const GemvNorm& nm = g.norm;
+  if (nm.weight) {
+    CARVE_KERNEL_REQUIRE(gemv_norm_supports(g.rows, g.k) && (!nm.delta || nm.sum) && nm.eps >= 0.f,
+                         "gemv: the norm's x does not fit in shared memory, or delta without its sum's output");
+  }
   const GemvConv& c = g.conv;
   if (c.end != c.begin) {
     CARVE_KERNEL_REQUIRE(g.epilogue == GemvEpilogue::plain && c.begin >= 0 && c.begin < c.end && c.end <= columns &&
@@ -191,6 +310,10 @@ void check(const Gemv& g) {
 
 bool gemv_supports(int rows, int k, ElementType dtype) {
   return rows >= 1 && rows <= kGemvMaxRows && k > 0 && k % 8 == 0 && dtype != ElementType::f32;
+}
+
+bool gemv_norm_supports(int rows, int k) {
+  return rows >= 1 && rows <= kGemvMaxRows && k > 0 && static_cast<long>(rows) * k * 2 <= kNormSharedBytes;
 }
 
 void gemv(const Gemv& g, cudaStream_t stream) {

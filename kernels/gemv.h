@@ -11,7 +11,13 @@
  *     conv step + SiLU of a Mamba-2 mixer, updating its conv state.
  *   - SwiGLU: round(silu(gate x)) * (up x), two weights read together and only the product written.
  *   - Residual: residual + x W^T, the residual stream's add after an output projection.
+ *   - An RMSNorm of x first (GemvNorm), the residual add before it optional: every block normalizes the rows of x
+ *     into shared memory (they are a few KB and come from L2), so the norm that precedes a product is no launch of
+ *     its own. A single-block norm kernel took 6.5-10 us at hidden 2048, more than the 2048 x 2048 product after it.
  * Every intermediate is rounded to the element type where the unfused LibTorch code rounds it.
+ *
+ * Products with few output rows split k across the warps of a block (partial sums added in shared memory): 256
+ * blocks of one warp per row pair read a 2048 x 2048 weight at 1 TB/s, too few loads in flight.
  */
 #pragma once
 
@@ -47,6 +53,15 @@ struct GemvConv {
   const void* bias = nullptr;    // null or [end - begin]
 };
 
+// x's rows are replaced by rms_norm(x [+ delta]) before the product, as kernels/inference_ops' add_rms_norm
+// computes it: v = round(x + delta), round(weight * round(v * rsqrt(mean(v^2) + eps))).
+struct GemvNorm {
+  const void* weight = nullptr;  // [k]; null: x is used as it is
+  float eps = 1e-6f;
+  const void* delta = nullptr;  // null or [rows, k], row stride x_row
+  void* sum = nullptr;          // with delta: [rows, k] (row stride x_row) receives x + delta, written by block 0
+};
+
 struct Gemv {
   int rows = 0;  // rows of x, 1..kGemvMaxRows
   int k = 0;     // input features, a multiple of 8
@@ -56,6 +71,7 @@ struct Gemv {
   GemvPart parts[kGemvMaxParts];
   int num_parts = 1;
   GemvEpilogue epilogue = GemvEpilogue::plain;
+  GemvNorm norm;                   // any epilogue; gemv_norm_supports bounds rows x k (shared memory)
   GemvConv conv;                   // plain only; ignored when conv.end == conv.begin
   const void* residual = nullptr;  // residual: [rows, n], row stride residual_row
   long residual_row = 0;
@@ -64,6 +80,7 @@ struct Gemv {
 };
 
 bool gemv_supports(int rows, int k, ElementType dtype);
+bool gemv_norm_supports(int rows, int k);
 void gemv(const Gemv& g, cudaStream_t stream);
 
 }  // namespace carve::kernels

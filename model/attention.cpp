@@ -129,16 +129,20 @@ torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache,
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
   const std::vector<GemvWeight> qkv = {
       {q_proj->weight, q_proj->bias}, {k_proj->weight, k_proj->bias}, {v_proj->weight, v_proj->bias}};
-  if (fused::gemv_applies(u, qkv)) {
-    // One launch for the three products; the kernel reads q, k and v as column ranges of its output.
-    auto proj = fused::gemv_parts(u, qkv).view({b, q_size + 2 * kv_size});
+  const auto norm = input_norm_step(ctx);
+  const GemvNormStep* norm_ptr = norm ? &*norm : nullptr;
+  if (fused::gemv_applies(u, qkv, norm_ptr)) {
+    // One launch for the layer's input norm and the three products; the kernel reads q, k and v as column ranges
+    // of its output.
+    auto proj = fused::gemv_parts(u, qkv, nullptr, {}, norm_ptr).view({b, q_size + 2 * kv_size});
     in.q = proj.narrow(1, 0, q_size);
     in.k = proj.narrow(1, q_size, kv_size);
     in.v = proj.narrow(1, q_size + kv_size, kv_size);
   } else {
-    in.q = q_proj(u).view({b, q_size});
-    in.k = k_proj(u).view({b, kv_size});
-    in.v = v_proj(u).view({b, kv_size});
+    const auto h = normed_input(u, ctx);
+    in.q = q_proj(h).view({b, q_size});
+    in.k = k_proj(h).view({b, kv_size});
+    in.v = v_proj(h).view({b, kv_size});
   }
   cache.make_room(b, num_kv_heads, head_dim, in.q.options(), 1);
   in.k_cache = cache.k;
@@ -153,15 +157,16 @@ torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache,
   return o_proj(out);
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
-  const int64_t b = u.size(0), l = u.size(1);
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
+  const int64_t b = x.size(0), l = x.size(1);
   KvCache* cache = nullptr;
   if (ctx.state) {
     cache = dynamic_cast<KvCache*>(ctx.state);
     CARVE_CHECK(cache, "attention layer was given a decoding state of another mixer kind");
-    if (l == 1 && uses_inference_kernels(u) && fused::decode_attention_supports(num_heads, num_kv_heads, head_dim))
-      return decode_step(u, *cache, ctx);
+    if (l == 1 && uses_inference_kernels(x) && fused::decode_attention_supports(num_heads, num_kv_heads, head_dim))
+      return decode_step(x, *cache, ctx);
   }
+  const auto u = normed_input(x, ctx);
   auto q = q_proj(u).view({b, l, num_heads, head_dim}).transpose(1, 2);     // [b, h, l, d]
   auto k = k_proj(u).view({b, l, num_kv_heads, head_dim}).transpose(1, 2);  // [b, hkv, l, d]
   auto v = v_proj(u).view({b, l, num_kv_heads, head_dim}).transpose(1, 2);  // [b, hkv, l, d]

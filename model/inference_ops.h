@@ -30,6 +30,15 @@ struct GemvWeight {
   torch::Tensor weight, bias;
 };
 
+// An RMSNorm a fused product applies to x before it (kernels/gemv.h GemvNorm), as model/layers.cpp's Norm computes
+// it: rms_norm(x + delta) when delta is given, else rms_norm(x). With delta, *sum receives x + delta.
+struct GemvNormStep {
+  torch::Tensor weight;  // [k] like x
+  double eps = 1e-6;
+  torch::Tensor delta;             // undefined or x's shape
+  torch::Tensor* sum = nullptr;    // required with delta
+};
+
 // Columns [begin, end) of a fused product through a Mamba-2 mixer's causal conv step + SiLU (model/ssm_state.h):
 // `state` [b, end - begin, kernel - 1] is shifted in place.
 struct GemvConvStep {
@@ -59,16 +68,21 @@ torch::Tensor decode_attention(const DecodeAttentionInputs& in);
 bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim);
 
 // x W^T + bias for x [..., k] of at most 8 rows in all, bf16/fp16 (a decode step's products: bandwidth-bound);
-// gemv_applies says whether the kernel takes these operands (x's dtype, contiguous aligned weights).
+// gemv_applies says whether the kernel takes these operands (x's dtype, contiguous aligned weights, and with
+// `norm`, a norm whose rows of x fit the kernel's shared memory).
 bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
-bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts);
+bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts, const GemvNormStep* norm = nullptr);
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 // Several products of one x in one launch, side by side: [..., sum of the parts' outputs]; with `conv`, its columns
-// come out of the conv step instead. Written into `out` when it is given (contiguous, of that shape).
+// come out of the conv step instead; with `norm`, the products read the normed x. Written into `out` when it is
+// given (contiguous, of that shape).
 torch::Tensor gemv_parts(const torch::Tensor& x, const std::vector<GemvWeight>& parts,
-                         const GemvConvStep* conv = nullptr, const torch::Tensor& out = {});
-// round(silu(gate x)) * (up x), as model/layers.cpp's MLP computes it before its down product.
-torch::Tensor gemv_swiglu(const torch::Tensor& x, const GemvWeight& gate, const GemvWeight& up);
+                         const GemvConvStep* conv = nullptr, const torch::Tensor& out = {},
+                         const GemvNormStep* norm = nullptr);
+// round(silu(gate x)) * (up x), as model/layers.cpp's MLP computes it before its down product (of the normed x
+// with `norm`).
+torch::Tensor gemv_swiglu(const torch::Tensor& x, const GemvWeight& gate, const GemvWeight& up,
+                          const GemvNormStep* norm = nullptr);
 // residual + x W^T + bias, each rounded as LibTorch rounds it.
 torch::Tensor gemv_residual(const torch::Tensor& x, const GemvWeight& w, const torch::Tensor& residual);
 

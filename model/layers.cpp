@@ -41,6 +41,26 @@ std::pair<torch::Tensor, torch::Tensor> NormImpl::forward_add(const torch::Tenso
   return {sum, forward(sum)};
 }
 
+bool NormImpl::fuses_into_products(const torch::Tensor& x) const {
+  return kind == NormKind::RMSNorm && weight.scalar_type() == x.scalar_type() && uses_inference_kernels(x);
+}
+
+GemvNormStep NormImpl::product_step(const torch::Tensor& delta, torch::Tensor* sum) const {
+  GemvNormStep step;
+  step.weight = weight, step.eps = eps, step.delta = delta, step.sum = sum;
+  return step;
+}
+
+torch::Tensor normed_input(const torch::Tensor& u, const MixerContext& ctx) {
+  // The const_cast: Module::forward is not const, the norm's parameters are only read.
+  return ctx.input_norm ? const_cast<NormImpl*>(ctx.input_norm)->forward(u) : u;
+}
+
+std::optional<GemvNormStep> input_norm_step(const MixerContext& ctx) {
+  if (!ctx.input_norm) return std::nullopt;
+  return ctx.input_norm->product_step();
+}
+
 MlpImpl::MlpImpl(const ModelConfig& c) : kind(c.mlp) {
   if (kind == MlpKind::GatedSilu) {
     gate_proj = register_module("gate_proj", make_linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
@@ -71,6 +91,22 @@ torch::Tensor MlpImpl::forward_add(const torch::Tensor& x, const torch::Tensor& 
     }
   }
   return residual + forward(x);
+}
+
+torch::Tensor MlpImpl::forward_norm_add(const torch::Tensor& x, const torch::Tensor& delta, NormImpl& norm) {
+  if (kind == MlpKind::GatedSilu && norm.fuses_into_products(x) && delta.scalar_type() == x.scalar_type()) {
+    const GemvWeight gate{gate_proj->weight, gate_proj->bias}, up{up_proj->weight, up_proj->bias};
+    const GemvWeight down{down_proj->weight, down_proj->bias};
+    torch::Tensor y;  // x + delta, written by the gate/up launch
+    const GemvNormStep step = norm.product_step(delta, &y);
+    if (fused::gemv_applies(x, {gate, up}, &step)) {
+      auto h = fused::gemv_swiglu(x, gate, up, &step);
+      if (fused::gemv_applies(h, {down})) return fused::gemv_residual(h, down, y);
+      return y + down_proj(h);
+    }
+  }
+  auto [y, normed] = norm.forward_add(x, delta);
+  return forward_add(normed, y);
 }
 
 }  // namespace carve::model

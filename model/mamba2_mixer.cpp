@@ -37,9 +37,10 @@ torch::Tensor Mamba2MixerImpl::fused_step(const torch::Tensor& u, const MixerCon
   return fused_ssm_step(u, f, ctx);
 }
 
-torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
-  const int64_t b = u.size(0), l = u.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
-  if (auto y = fused_step(u, ctx); y.defined()) return output(y, ctx);
+torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
+  const int64_t b = x.size(0), l = x.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  if (auto y = fused_step(x, ctx); y.defined()) return output(y, ctx);
+  const auto u = normed_input(x, ctx);
   auto proj = in_proj(u).split_with_sizes(in_proj_sizes(), -1);
   auto xbc = conv_with_state(torch::cat({proj[1], proj[2], proj[3]}, -1), conv_weight, conv_bias, ctx);
   auto parts = xbc.split_with_sizes({d_xb(), d_xb(), d_inner()}, -1);

@@ -10,6 +10,8 @@
 
 namespace carve::model {
 
+class NormImpl;
+
 // Per-layer decoding state (a KV cache for attention, conv and SSM states for Mamba-2).
 struct MixerState {
   virtual ~MixerState() = default;
@@ -34,11 +36,15 @@ struct MixerContext {
   // Layer-wise distillation needs only *pre_output: the mixer then returns an undefined tensor instead of paying
   // for the output projection.
   bool skip_output_projection = false;
+  // Set by a decoder layer on the inference kernels: u is the layer input before this RMSNorm, which the mixer's
+  // first product applies in its prologue (model/layers.h normed_input is the mixer's way when it cannot).
+  const NormImpl* input_norm = nullptr;
 };
 
 class Mixer : public torch::nn::Module {
  public:
-  // u [b, l, d] (the normed layer input) -> [b, l, d]. With ctx.state set, l new tokens continue that state.
+  // u [b, l, d] (the normed layer input, or the input before ctx.input_norm) -> [b, l, d]. With ctx.state set, l
+  // new tokens continue that state.
   virtual torch::Tensor forward(const torch::Tensor& u, const MixerContext& ctx) = 0;
   virtual std::unique_ptr<MixerState> new_state() const = 0;
   // "attention", "seeded" (mmMamba), "mamba2" (MaTVLM).

@@ -38,9 +38,10 @@ torch::Tensor SeededMixerImpl::fused_step(const torch::Tensor& u, const MixerCon
   return fused_ssm_step(u, f, ctx);
 }
 
-torch::Tensor SeededMixerImpl::forward(const torch::Tensor& u, const MixerContext& ctx) {
-  const int64_t b = u.size(0), l = u.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
-  if (auto y = fused_step(u, ctx); y.defined()) return output(y, ctx);
+torch::Tensor SeededMixerImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
+  const int64_t b = x.size(0), l = x.size(1), h = config.num_heads, kv = config.num_kv_heads, p = config.head_dim;
+  if (auto y = fused_step(x, ctx); y.defined()) return output(y, ctx);
+  const auto u = normed_input(x, ctx);
   auto vkq = conv_with_state(torch::cat({v_proj(u), k_proj(u), q_proj(u)}, -1), conv_weight, conv_bias, ctx);
   auto parts = vkq.split_with_sizes({kv * p, kv * p, h * p}, -1);
   SsdInputs in;

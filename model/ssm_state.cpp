@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "model/inference_ops.h"
 #include "model/kernel_ops.h"
+#include "model/layers.h"
 #include "model/tensor_util.h"
 
 namespace carve::model {
@@ -83,8 +84,10 @@ torch::Tensor fused_ssm_step(const torch::Tensor& u, FusedSsmStep spec, const Mi
     return !t.defined() || (t.scalar_type() == u.scalar_type() && t.device() == u.device() && t.is_contiguous());
   };
   const auto& w = spec.conv_weight;
-  if (!fused::gemv_applies(u, spec.products) || !w.defined() || !like_u(w) || w.dim() != 2 || w.size(0) != channels ||
-      !like_u(spec.conv_bias) || (spec.conv_bias.defined() && spec.conv_bias.numel() != channels) ||
+  const auto norm = input_norm_step(ctx);  // the layer's input norm, in the products' prologue
+  const GemvNormStep* norm_ptr = norm ? &*norm : nullptr;
+  if (!fused::gemv_applies(u, spec.products, norm_ptr) || !w.defined() || !like_u(w) || w.dim() != 2 ||
+      w.size(0) != channels || !like_u(spec.conv_bias) || (spec.conv_bias.defined() && spec.conv_bias.numel() != channels) ||
       !like_u(s->conv) || s->conv.dim() != 3 || s->conv.size(0) != b || s->conv.size(1) != channels ||
       s->conv.size(2) != w.size(1) - 1)
     return {};
@@ -102,7 +105,7 @@ torch::Tensor fused_ssm_step(const torch::Tensor& u, FusedSsmStep spec, const Mi
   step.state = s->ssm;
   if (!fused::mamba_step_applies(step)) return {};
   GemvConvStep conv{s->conv, spec.conv_weight, spec.conv_bias, spec.conv_begin, spec.conv_end};
-  fused::gemv_parts(u.reshape({b, u.size(2)}), spec.products, &conv, out);
+  fused::gemv_parts(u.reshape({b, u.size(2)}), spec.products, &conv, out, norm_ptr);
   return fused::mamba_step(step).unsqueeze(1);
 }
 

@@ -44,16 +44,18 @@ torch::Tensor ssd_with_state(SsdInputs in, const MixerContext& ctx);
 // A Mamba-2 mixer's single-token step as the fused inference kernels run it: one launch for the input products
 // (side by side, the [x, B, C] columns through the conv step) and one for the SSD step and gated norm after them.
 struct FusedSsmStep {
-  std::vector<GemvWeight> products;         // all read the normed layer input
+  std::vector<GemvWeight> products;         // all read the normed layer input (normed in their prologue
+                                            // when ctx.input_norm is set)
   int64_t x_col = 0, B_col = 0, C_col = 0;  // first column of each in the products' output
   int64_t dt_col = 0, z_col = 0;
   int64_t conv_begin = 0, conv_end = 0;  // the [x, B, C] columns, the conv's channels in order
   torch::Tensor conv_weight, conv_bias;  // [channels, kernel], [channels]
   MambaStepInputs step;                  // sizes and parameters; the views and the state are filled in
 };
-// u [b, 1, d] -> the mixer's output before its output projection [b, 1, heads * head_dim], or an undefined tensor
-// when the fused kernels do not apply (not a single token continuing a state, not inference on CUDA, another
-// dtype): the caller then runs its reference path. Nothing is touched in that case.
+// u [b, 1, d] (before ctx.input_norm when that is set) -> the mixer's output before its output projection
+// [b, 1, heads * head_dim], or an undefined tensor when the fused kernels do not apply (not a single token
+// continuing a state, not inference on CUDA, another dtype): the caller then runs its reference path. Nothing is
+// touched in that case.
 torch::Tensor fused_ssm_step(const torch::Tensor& u, FusedSsmStep spec, const MixerContext& ctx);
 
 // A = -exp(A_log) in float32 (float64 stays float64): decay rates are never computed in bf16.

@@ -21,12 +21,22 @@ void DecoderLayerImpl::set_mixer(std::shared_ptr<Mixer> m) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
-  auto h = input_norm(x);
-  if (parallel_residual) return x + mixer->forward(h, ctx) + mlp(h);
-  // y = x + mixer(h); y + mlp(post_norm(y)), with the adds fused into the norm and the MLP's last product where
-  // the inference kernels apply.
-  auto [y, normed] = post_norm->forward_add(x, mixer->forward(h, ctx));
-  return mlp->forward_add(normed, y);
+  if (parallel_residual) {
+    auto h = input_norm(x);
+    return x + mixer->forward(h, ctx) + mlp(h);
+  }
+  // y = x + mixer(input_norm(x)); y + mlp(post_norm(y)). On the inference kernels the norms run in the prologue of
+  // the products after them (the mixer's first, the MLP's gate and up) and the adds in the epilogue of the MLP's
+  // down product.
+  torch::Tensor delta;
+  if (input_norm->fuses_into_products(x)) {
+    MixerContext fused_ctx = ctx;
+    fused_ctx.input_norm = input_norm.get();
+    delta = mixer->forward(x, fused_ctx);
+  } else {
+    delta = mixer->forward(input_norm(x), ctx);
+  }
+  return mlp->forward_norm_add(x, delta, *post_norm);
 }
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config(c) {

@@ -338,16 +338,19 @@ TEST(InferenceKernels, FusedProductsMatchTheUnfusedOps) {
   PoisonScope scope;
   torch::manual_seed(4);
   torch::NoGradGuard no_grad;
-  for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
+  // k = 264: each warp reads all of k; 1032 (129 chunks of 8): few output rows split k over 4 warps per row pair,
+  // unevenly.
+  for (auto dtype : {torch::kBFloat16, torch::kHalf})
+  for (const int64_t k : {264, 1032}) {
     auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
-    const int64_t k = 264;
     std::vector<GemvWeight> parts = {{torch::randn({96, k}, opts) * 0.1, torch::randn({96}, opts)},
                                      {torch::randn({41, k}, opts) * 0.1, Tensor()},
                                      {torch::randn({200, k}, opts) * 0.1, torch::randn({200}, opts)}};
     const GemvWeight gate{torch::randn({300, k}, opts) * 0.1, torch::randn({300}, opts)};
     const GemvWeight up{torch::randn({300, k}, opts) * 0.1, Tensor()};
     for (int64_t rows : {1, 3, 8}) {
-      const std::string what = std::string(c10::toString(dtype)) + ", " + std::to_string(rows) + " rows";
+      const std::string what =
+          std::string(c10::toString(dtype)) + ", k=" + std::to_string(k) + ", " + std::to_string(rows) + " rows";
       const Tensor x = torch::randn({rows, 1, k}, opts);
       std::vector<Tensor> pieces;
       for (const auto& p : parts) pieces.push_back(torch::linear(x, p.weight, p.bias));
@@ -379,6 +382,7 @@ TEST(InferenceKernels, FusedProductsMatchTheUnfusedOps) {
                 1e-2)
           << what << ": residual";
     }
+    if (k != 264) continue;
     for (int64_t d : {2048, 5000}) {  // 5000: beyond the channels a thread keeps in registers (read back)
       Norm norm(NormKind::RMSNorm, d, 1e-6);
       norm->to(torch::kCUDA, dtype);
@@ -394,6 +398,51 @@ TEST(InferenceKernels, FusedProductsMatchTheUnfusedOps) {
       EXPECT_LT(relative_error(normed, want_normed), 1e-2) << c10::toString(dtype) << " d=" << d;
     }
   }
+}
+
+// A norm in the products' prologue (the layer's input norm before the mixer's products, the residual add and post
+// norm before the MLP's gate and up) against the norm kernel and then the product. The normed x is rounded the
+// same way; only rstd's summation order differs, so a rare element may round the other way.
+TEST(InferenceKernels, NormInTheProductsPrologueMatchesNormThenProduct) {
+  REQUIRE_KERNELS();
+  PoisonScope scope;
+  torch::manual_seed(9);
+  torch::NoGradGuard no_grad;
+  for (auto dtype : {torch::kBFloat16, torch::kHalf})
+  for (const int64_t k : {264, 2048}) {
+    auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+    const std::vector<GemvWeight> parts = {{torch::randn({96, k}, opts) * 0.05, torch::randn({96}, opts)},
+                                           {torch::randn({1000, k}, opts) * 0.05, Tensor()}};
+    const GemvWeight gate{torch::randn({300, k}, opts) * 0.05, Tensor()};
+    const GemvWeight up{torch::randn({300, k}, opts) * 0.05, torch::randn({300}, opts)};
+    const Tensor weight = torch::empty({k}, opts).uniform_(0.5, 1.5);
+    for (int64_t rows : {1, 3, 8}) {
+      const std::string what =
+          std::string(c10::toString(dtype)) + ", k=" + std::to_string(k) + ", " + std::to_string(rows) + " rows";
+      const Tensor x = torch::randn({rows, 1, k}, opts) * 3, delta = torch::randn({rows, 1, k}, opts);
+      GemvNormStep norm;
+      norm.weight = weight, norm.eps = 1e-6;
+      ASSERT_TRUE(fused::gemv_applies(x, parts, &norm)) << what;
+      const Tensor want = fused::gemv_parts(fused::rms_norm(x, weight, 1e-6), parts);
+      const Tensor got = fused::gemv_parts(x, parts, nullptr, {}, &norm);
+      EXPECT_LT(relative_error(got, want), 1e-2) << what << ": norm, then the parts";
+
+      Tensor sum;
+      GemvNormStep add_norm = norm;
+      add_norm.delta = delta, add_norm.sum = &sum;
+      const auto [want_sum, normed] = fused::add_rms_norm(x, delta, weight, 1e-6);
+      const Tensor got_swiglu = fused::gemv_swiglu(x, gate, up, &add_norm);
+      EXPECT_TRUE(torch::equal(sum, want_sum)) << what << ": x + delta";
+      EXPECT_LT(relative_error(got_swiglu, fused::gemv_swiglu(normed, gate, up)), 1e-2) << what << ": add, norm, swiglu";
+      // A mutation check of the test itself: without the norm the products differ by far more than rounding.
+      EXPECT_GT(relative_error(fused::gemv_parts(x, parts), want), 0.5) << what;
+    }
+  }
+  // Rows of x that do not fit the kernel's shared memory (8 x 8192 x 2 bytes) are not taken.
+  auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  GemvNormStep wide;
+  wide.weight = torch::ones({8192}, opts);
+  EXPECT_FALSE(fused::gemv_applies(torch::randn({8, 8192}, opts), {{torch::randn({16, 8192}, opts), Tensor()}}, &wide));
 }
 
 // The fused Mamba-2 step (SSD recurrence, D, gated norm) against float64 on the same inputs, y rounded to the

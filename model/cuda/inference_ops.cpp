@@ -69,11 +69,14 @@ namespace {
 
 bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-// x as [rows, k] with the unit channel stride and 16-byte rows the kernel reads.
-torch::Tensor gemv_input(const torch::Tensor& x_in) {
+// x as [rows, k] with the unit channel stride and 16-byte rows the kernel reads (contiguous when a norm adds delta:
+// delta and the sum are laid out as x).
+torch::Tensor gemv_input(const torch::Tensor& x_in, const GemvNormStep* norm = nullptr) {
   const int64_t k = x_in.size(-1);
   torch::Tensor x = x_in.reshape({x_in.numel() / k, k});
-  if (x.stride(1) != 1 || x.stride(0) % 8 != 0 || !aligned16(x)) x = x.contiguous();
+  if (x.stride(1) != 1 || x.stride(0) % 8 != 0 || !aligned16(x) || (norm && norm->delta.defined()))
+    x = x.contiguous();
+  if (!aligned16(x)) x = x.clone();  // a contiguous view at an odd offset stays where it is under contiguous()
   return x;
 }
 
@@ -96,11 +99,29 @@ kernels::Gemv gemv_args(const torch::Tensor& x, const std::vector<GemvWeight>& p
   return g;
 }
 
-void require_gemv(const torch::Tensor& x, const std::vector<GemvWeight>& parts, const char* what) {
-  if (gemv_applies(x, parts)) return;
+void require_gemv(const torch::Tensor& x, const std::vector<GemvWeight>& parts, const GemvNormStep* norm,
+                  const char* what) {
+  if (gemv_applies(x, parts, norm)) return;
   std::string got = describe_tensor(x);
   for (const auto& p : parts) got += ", " + describe_tensor(p.weight);
+  if (norm) got += ", norm " + describe_tensor(norm->weight) + ", delta " + describe_tensor(norm->delta);
   throw Error(std::string(what) + ": unsupported operands " + got);
+}
+
+// The norm's operands for the kernel; x + delta goes to a fresh *norm->sum of x's shape. Returns the delta the
+// kernel reads, to be kept until the launch.
+torch::Tensor set_norm(kernels::Gemv& g, const torch::Tensor& x, const torch::Tensor& x_in, const GemvNormStep* norm) {
+  if (!norm) return {};
+  g.norm.weight = norm->weight.data_ptr();
+  g.norm.eps = static_cast<float>(norm->eps);
+  if (!norm->delta.defined()) return {};
+  // The kernel reads delta and writes the sum with x's row stride (x is contiguous here: gemv_input).
+  torch::Tensor delta = norm->delta.reshape(x.sizes()).contiguous();
+  if (!aligned16(delta)) delta = delta.clone();
+  *norm->sum = fresh(x_in.sizes(), x.options());
+  g.norm.delta = delta.data_ptr();
+  g.norm.sum = norm->sum->data_ptr();
+  return delta;
 }
 
 }  // namespace
@@ -118,12 +139,24 @@ bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const tor
          weight.is_contiguous() && aligned16(weight) && weight.size(0) <= std::numeric_limits<int>::max();
 }
 
-bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts) {
+bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts, const GemvNormStep* norm) {
   if (parts.empty() || parts.size() > static_cast<size_t>(kernels::kGemvMaxParts)) return false;
   int64_t columns = 0;
   for (const auto& p : parts) {
     if (!gemv_applies(x, p.weight, p.bias)) return false;
     columns += p.weight.size(0);
+  }
+  if (norm) {
+    const int64_t k = x.size(-1), rows = x.numel() / std::max<int64_t>(1, k);
+    const auto& w = norm->weight;
+    if (!w.defined() || w.dim() != 1 || w.size(0) != k || w.scalar_type() != x.scalar_type() ||
+        w.device() != x.device() || !w.is_contiguous() || !aligned16(w) ||
+        !kernels::gemv_norm_supports(static_cast<int>(rows), static_cast<int>(k)))
+      return false;
+    const auto& d = norm->delta;
+    if (d.defined() && (d.sizes() != x.sizes() || d.scalar_type() != x.scalar_type() || d.device() != x.device() ||
+                        !norm->sum))
+      return false;
   }
   return columns <= std::numeric_limits<int>::max();
 }
@@ -133,10 +166,10 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const to
 }
 
 torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight>& parts, const GemvConvStep* conv,
-                         const torch::Tensor& out) {
+                         const torch::Tensor& out, const GemvNormStep* norm) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  require_gemv(x_in, parts, "gemv");
-  const torch::Tensor x = gemv_input(x_in);
+  require_gemv(x_in, parts, norm, "gemv");
+  const torch::Tensor x = gemv_input(x_in, norm);
   int64_t columns = 0;
   for (const auto& p : parts) columns += p.weight.size(0);
   const auto shape = with_last(x_in, columns);
@@ -151,6 +184,7 @@ torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight
   }
   kernels::Gemv g = gemv_args(x, parts);
   g.y = y.data_ptr(), g.y_row = columns;
+  const torch::Tensor delta = set_norm(g, x, x_in, norm);
   if (conv) {
     const int64_t channels = conv->end - conv->begin, kernel = conv->weight.size(-1);
     CARVE_CHECK(conv->begin >= 0 && channels > 0 && conv->end <= columns, "gemv: conv columns [", conv->begin, ", ",
@@ -179,24 +213,26 @@ torch::Tensor gemv_parts(const torch::Tensor& x_in, const std::vector<GemvWeight
   return y;
 }
 
-torch::Tensor gemv_swiglu(const torch::Tensor& x_in, const GemvWeight& gate, const GemvWeight& up) {
+torch::Tensor gemv_swiglu(const torch::Tensor& x_in, const GemvWeight& gate, const GemvWeight& up,
+                          const GemvNormStep* norm) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  require_gemv(x_in, {gate, up}, "gemv_swiglu");
+  require_gemv(x_in, {gate, up}, norm, "gemv_swiglu");
   CARVE_CHECK(gate.weight.sizes() == up.weight.sizes(), "gemv_swiglu: gate ", describe_tensor(gate.weight),
               " and up ", describe_tensor(up.weight), " differ");
-  const torch::Tensor x = gemv_input(x_in);
+  const torch::Tensor x = gemv_input(x_in, norm);
   const int64_t n = gate.weight.size(0);
   torch::Tensor y = fresh(with_last(x_in, n), x.options());
   kernels::Gemv g = gemv_args(x, {gate, up});
   g.epilogue = kernels::GemvEpilogue::swiglu;
   g.y = y.data_ptr(), g.y_row = n;
+  const torch::Tensor delta = set_norm(g, x, x_in, norm);
   kernels::gemv(g, stream());
   return y;
 }
 
 torch::Tensor gemv_residual(const torch::Tensor& x_in, const GemvWeight& w, const torch::Tensor& residual_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  require_gemv(x_in, {w}, "gemv_residual");
+  require_gemv(x_in, {w}, nullptr, "gemv_residual");
   const torch::Tensor x = gemv_input(x_in);
   const int64_t n = w.weight.size(0);
   const auto shape = with_last(x_in, n);

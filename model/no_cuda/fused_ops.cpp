@@ -27,13 +27,15 @@ torch::Tensor gated_norm(const torch::Tensor&, const torch::Tensor&, const torch
 torch::Tensor decode_attention(const DecodeAttentionInputs&) { absent(); }
 bool decode_attention_supports(int64_t, int64_t, int64_t) { return false; }
 bool gemv_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
-bool gemv_applies(const torch::Tensor&, const std::vector<GemvWeight>&) { return false; }
+bool gemv_applies(const torch::Tensor&, const std::vector<GemvWeight>&, const GemvNormStep*) { return false; }
 torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { absent(); }
 torch::Tensor gemv_parts(const torch::Tensor&, const std::vector<GemvWeight>&, const GemvConvStep*,
-                         const torch::Tensor&) {
+                         const torch::Tensor&, const GemvNormStep*) {
   absent();
 }
-torch::Tensor gemv_swiglu(const torch::Tensor&, const GemvWeight&, const GemvWeight&) { absent(); }
+torch::Tensor gemv_swiglu(const torch::Tensor&, const GemvWeight&, const GemvWeight&, const GemvNormStep*) {
+  absent();
+}
 torch::Tensor gemv_residual(const torch::Tensor&, const GemvWeight&, const torch::Tensor&) { absent(); }
 torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { absent(); }
 torch::Tensor silu_mul(const torch::Tensor&, const torch::Tensor&) { absent(); }
