@@ -73,6 +73,9 @@ bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim
 bool gemv_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
 bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts, const GemvNormStep* norm = nullptr);
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+// Whether x's rows fit a norm in the products' prologue (shared memory bounds rows x k); a caller that hands a norm
+// to the products checks this first, as the products without a norm have no such bound.
+bool gemv_norm_fits(const torch::Tensor& x);
 // Several products of one x in one launch, side by side: [..., sum of the parts' outputs]; with `conv`, its columns
 // come out of the conv step instead; with `norm`, the products read the normed x. Written into `out` when it is
 // given (contiguous, of that shape).

@@ -42,7 +42,9 @@ std::pair<torch::Tensor, torch::Tensor> NormImpl::forward_add(const torch::Tenso
 }
 
 bool NormImpl::fuses_into_products(const torch::Tensor& x) const {
-  return kind == NormKind::RMSNorm && weight.scalar_type() == x.scalar_type() && uses_inference_kernels(x);
+  // Rows that do not fit the prologue keep the norm as its own launch: the products after it then still fuse.
+  return kind == NormKind::RMSNorm && weight.scalar_type() == x.scalar_type() && uses_inference_kernels(x) &&
+         fused::gemv_norm_fits(x);
 }
 
 GemvNormStep NormImpl::product_step(const torch::Tensor& delta, torch::Tensor* sum) const {

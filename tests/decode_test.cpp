@@ -443,6 +443,11 @@ TEST(InferenceKernels, NormInTheProductsPrologueMatchesNormThenProduct) {
   GemvNormStep wide;
   wide.weight = torch::ones({8192}, opts);
   EXPECT_FALSE(fused::gemv_applies(torch::randn({8, 8192}, opts), {{torch::randn({16, 8192}, opts), Tensor()}}, &wide));
+  // A decoder layer then keeps its norm as a launch of its own, so the products after it still take the kernels.
+  Norm norm(NormKind::RMSNorm, 8192, 1e-6);
+  norm->to(torch::kCUDA, torch::kBFloat16);
+  EXPECT_FALSE(norm->fuses_into_products(torch::randn({8, 1, 8192}, opts)));
+  EXPECT_TRUE(norm->fuses_into_products(torch::randn({2, 1, 8192}, opts)));
 }
 
 // The fused Mamba-2 step (SSD recurrence, D, gated norm) against float64 on the same inputs, y rounded to the

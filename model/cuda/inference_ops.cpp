@@ -147,11 +147,9 @@ bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts, 
     columns += p.weight.size(0);
   }
   if (norm) {
-    const int64_t k = x.size(-1), rows = x.numel() / std::max<int64_t>(1, k);
     const auto& w = norm->weight;
-    if (!w.defined() || w.dim() != 1 || w.size(0) != k || w.scalar_type() != x.scalar_type() ||
-        w.device() != x.device() || !w.is_contiguous() || !aligned16(w) ||
-        !kernels::gemv_norm_supports(static_cast<int>(rows), static_cast<int>(k)))
+    if (!w.defined() || w.dim() != 1 || w.size(0) != x.size(-1) || w.scalar_type() != x.scalar_type() ||
+        w.device() != x.device() || !w.is_contiguous() || !aligned16(w) || !gemv_norm_fits(x))
       return false;
     const auto& d = norm->delta;
     if (d.defined() && (d.sizes() != x.sizes() || d.scalar_type() != x.scalar_type() || d.device() != x.device() ||
@@ -159,6 +157,13 @@ bool gemv_applies(const torch::Tensor& x, const std::vector<GemvWeight>& parts, 
       return false;
   }
   return columns <= std::numeric_limits<int>::max();
+}
+
+bool gemv_norm_fits(const torch::Tensor& x) {
+  if (x.dim() < 1 || x.size(-1) == 0) return false;
+  const int64_t k = x.size(-1), rows = x.numel() / k;
+  return rows <= kernels::kGemvMaxRows && k <= std::numeric_limits<int>::max() &&
+         kernels::gemv_norm_supports(static_cast<int>(rows), static_cast<int>(k));
 }
 
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {

@@ -29,6 +29,7 @@ bool decode_attention_supports(int64_t, int64_t, int64_t) { return false; }
 bool gemv_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
 bool gemv_applies(const torch::Tensor&, const std::vector<GemvWeight>&, const GemvNormStep*) { return false; }
 torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { absent(); }
+bool gemv_norm_fits(const torch::Tensor&) { return false; }
 torch::Tensor gemv_parts(const torch::Tensor&, const std::vector<GemvWeight>&, const GemvConvStep*,
                          const torch::Tensor&, const GemvNormStep*) {
   absent();
