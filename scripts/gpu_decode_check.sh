@@ -5,39 +5,62 @@
 #
 #   scripts/gpu_decode_check.sh [OUT]        # carry .deps (scripts/gpu_host_build.sh bundle)
 #   QUICK=1: batch-1 latency at 1K and 103K only (no largest-batch search, no plot)
+#   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
+#     without tests, in parallel, and run the quick bench this tree, DIR, this tree again: a before/after in one call
+#   NCU=1: per-kernel times of one decode step (ncu, 4 layers, 1K, launched one by one) for teacher and linear
+# Logs (and the quick benches' raw files) are packed into logs.tgz so that few files come back.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-${OUT:?give an output folder or set OUT}}
 build=${BUILD_DIR:-/tmp/bg}
+base_build=/tmp/carve-base
 mkdir -p "$out"
+summary="$out/summary.txt"
 
-step() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$out/summary.txt"; }
+step() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$summary"; }
 
 step build
+if [ -n "${BASE_SRC:-}" ]; then
+  [ -f "$BASE_SRC/CMakeLists.txt" ] || { echo "BASE_SRC=$BASE_SRC: no CMakeLists.txt there" >&2; exit 2; }
+  (CARVE_DEPS="$ROOT/.deps" CARVE_CMAKE_ARGS=-DCARVE_TESTS=OFF "$BASE_SRC/scripts/gpu_host_build.sh" build \
+     "$base_build" > "$out/build_base.log" 2>&1; echo "base build rc=$?" >> "$out/build_base.log") &
+fi
 "$ROOT/scripts/gpu_host_build.sh" build "$build" > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+wait
+[ -n "${BASE_SRC:-}" ] && tail -1 "$out/build_base.log" | tee -a "$summary"
 # shellcheck source=/dev/null
 source "$ROOT/scripts/gpu_host_env.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/summary.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
 
 filter='*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*'
 step "tests $filter"
 "$build/tests/carve_tests" --gtest_filter="$filter" > "$out/tests.log" 2>&1
-echo "tests rc=$?" | tee -a "$out/summary.txt"
-grep -E "^\[  (PASSED|FAILED|SKIPPED) \]|Failure" "$out/tests.log" | head -40 | tee -a "$out/summary.txt"
+echo "tests rc=$?" | tee -a "$summary"
+grep -E "^\[  (PASSED|FAILED|SKIPPED) \]" "$out/tests.log" | head -40 | tee -a "$summary"
+grep -E -A6 "Failure$" "$out/tests.log" | head -80 | tee -a "$summary"
 
 step memcheck
 compute-sanitizer --tool memcheck "$build/tests/carve_tests" \
   --gtest_filter='InferenceKernels*:MambaStep*:DecodeAttention*:DecodeGraph.Students*:DecodeGraph.Ragged*' \
   > "$out/memcheck.log" 2>&1
-echo "memcheck rc=$?" | tee -a "$out/summary.txt"
-grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$out/summary.txt"
+echo "memcheck rc=$?" | tee -a "$summary"
+grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
 
-if [ "${QUICK:-0}" = 1 ]; then
-  step "bench decode (quick)"
-  "$build/carve" bench decode --contexts 1024,103000 --batch-contexts '' --prompt 0 --json "$out/bench_decode.json" \
-    > "$out/bench_decode.txt" 2>&1
-  echo "bench rc=$?" | tee -a "$out/summary.txt"
+quick_bench() {  # BINARY_DIR NAME
+  step "bench decode (quick) $2"
+  "$1/carve" bench decode --contexts 1024,103000 --batch-contexts '' --prompt 0 --json "$out/bench_$2.json" \
+    > "$out/bench_$2.txt" 2>&1
+  echo "bench rc=$?" | tee -a "$summary"
+  grep -E "^(teacher|hybrid|linear)|^ +[0-9]" "$out/bench_$2.txt" | tee -a "$summary"
+}
+
+if [ -n "${BASE_SRC:-}" ]; then
+  quick_bench "$build" this1
+  quick_bench "$base_build" base
+  quick_bench "$build" this2
+elif [ "${QUICK:-0}" = 1 ]; then
+  quick_bench "$build" decode
 else
   hf=()
   if [ "${HF:-0}" = 1 ]; then
@@ -48,8 +71,24 @@ else
   step "bench decode"
   "$build/carve" bench decode --batch-contexts 1024,32768,103000 --steps 16 "${hf[@]}" --json "$out/bench_decode.json" \
     > "$out/bench_decode.txt" 2>&1
-  echo "bench rc=$?" | tee -a "$out/summary.txt"
-  python3 "$ROOT/scripts/plot_decode.py" "$out/bench_decode.json" "$out/decode.png" >> "$out/summary.txt" 2>&1
+  echo "bench rc=$?" | tee -a "$summary"
+  python3 "$ROOT/scripts/plot_decode.py" "$out/bench_decode.json" "$out/decode.png" >> "$summary" 2>&1
+  tail -40 "$out/bench_decode.txt"
 fi
-tail -40 "$out/bench_decode.txt"
-step done
+
+if [ "${NCU:-0}" = 1 ]; then
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for model in teacher linear; do
+    step "ncu $model"
+    timeout 150 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv "$build/carve" bench decode \
+      --models "$model" --layers 4 --contexts 1024 --steps 1 --warmup 2 --prompt 0 --batch-contexts '' \
+      --cuda-graphs false > "$out/ncu_$model.csv" 2> "$out/ncu_$model.err"
+    echo "ncu rc=$?" | tee -a "$summary"
+    python3 "$ROOT/scripts/ncu_kernel_times.py" "$out/ncu_$model.csv" --last 40 > "$out/ncu_$model.txt" 2>&1
+  done
+fi
+
+# The quick benches' files are in the summary; the full run's JSON, text and plot stay as they are.
+(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err bench_this* bench_base* 2>/dev/null;
+ rm -f -- *.log *.csv *.err bench_this* bench_base*)
+step "done"
