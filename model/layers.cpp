@@ -54,8 +54,7 @@ GemvNormStep NormImpl::product_step(const torch::Tensor& delta, torch::Tensor* s
 }
 
 torch::Tensor normed_input(const torch::Tensor& u, const MixerContext& ctx) {
-  // The const_cast: Module::forward is not const, the norm's parameters are only read.
-  return ctx.input_norm ? const_cast<NormImpl*>(ctx.input_norm)->forward(u) : u;
+  return ctx.input_norm ? ctx.input_norm->forward(u) : u;
 }
 
 std::optional<GemvNormStep> input_norm_step(const MixerContext& ctx) {

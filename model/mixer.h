@@ -38,7 +38,7 @@ struct MixerContext {
   bool skip_output_projection = false;
   // Set by a decoder layer on the inference kernels: u is the layer input before this RMSNorm, which the mixer's
   // first product applies in its prologue (model/layers.h normed_input is the mixer's way when it cannot).
-  const NormImpl* input_norm = nullptr;
+  NormImpl* input_norm = nullptr;
 };
 
 class Mixer : public torch::nn::Module {

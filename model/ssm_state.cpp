@@ -87,9 +87,9 @@ torch::Tensor fused_ssm_step(const torch::Tensor& u, FusedSsmStep spec, const Mi
   const auto norm = input_norm_step(ctx);  // the layer's input norm, in the products' prologue
   const GemvNormStep* norm_ptr = norm ? &*norm : nullptr;
   if (!fused::gemv_applies(u, spec.products, norm_ptr) || !w.defined() || !like_u(w) || w.dim() != 2 ||
-      w.size(0) != channels || !like_u(spec.conv_bias) || (spec.conv_bias.defined() && spec.conv_bias.numel() != channels) ||
-      !like_u(s->conv) || s->conv.dim() != 3 || s->conv.size(0) != b || s->conv.size(1) != channels ||
-      s->conv.size(2) != w.size(1) - 1)
+      w.size(0) != channels || !like_u(spec.conv_bias) ||
+      (spec.conv_bias.defined() && spec.conv_bias.numel() != channels) || !like_u(s->conv) || s->conv.dim() != 3 ||
+      s->conv.size(0) != b || s->conv.size(1) != channels || s->conv.size(2) != w.size(1) - 1)
     return {};
   int64_t columns = 0;
   for (const auto& p : spec.products) columns += p.weight.size(0);

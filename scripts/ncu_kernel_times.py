@@ -30,7 +30,8 @@ def launches(path):
             unit = rec.get("Metric Unit", "")
             if unit not in UNIT_TO_US:
                 sys.exit(f"{path}: unknown time unit {unit!r} for {rec['Kernel Name'][:60]}")
-            yield rec["Kernel Name"], rec.get("Grid Size", ""), float(rec["Metric Value"].replace(",", "")) * UNIT_TO_US[unit]
+            us = float(rec["Metric Value"].replace(",", "")) * UNIT_TO_US[unit]
+            yield rec["Kernel Name"], rec.get("Grid Size", ""), us
 
 
 def main():

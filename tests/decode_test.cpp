@@ -433,7 +433,8 @@ TEST(InferenceKernels, NormInTheProductsPrologueMatchesNormThenProduct) {
       const auto [want_sum, normed] = fused::add_rms_norm(x, delta, weight, 1e-6);
       const Tensor got_swiglu = fused::gemv_swiglu(x, gate, up, &add_norm);
       EXPECT_TRUE(torch::equal(sum, want_sum)) << what << ": x + delta";
-      EXPECT_LT(relative_error(got_swiglu, fused::gemv_swiglu(normed, gate, up)), 1e-2) << what << ": add, norm, swiglu";
+      EXPECT_LT(relative_error(got_swiglu, fused::gemv_swiglu(normed, gate, up)), 1e-2)
+          << what << ": add, norm, swiglu";
       // A mutation check of the test itself: without the norm the products differ by far more than rounding.
       EXPECT_GT(relative_error(fused::gemv_parts(x, parts), want), 0.5) << what;
     }
