@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/element.cuh"
+#include "kernels/launch.cuh"
 
 namespace carve::kernels {
 namespace {
@@ -65,6 +66,8 @@ __device__ __forceinline__ float group_sum(float v) {
 // cache. grid (heads + kv_heads, b).
 template <typename T>
 __global__ void rope_append_kernel(DecodeAttention a) {
+  let_next_kernel_launch();
+  wait_for_previous_kernel();  // the positions and the projections come from earlier kernels of the step
   const int row = blockIdx.y, head = blockIdx.x;
   const long pos = a.positions[row];
   if (pos < 0 || pos >= a.capacity) return;  // the host checked; never write outside the cache
@@ -102,6 +105,8 @@ __global__ void rope_append_kernel(DecodeAttention a) {
 // log2 units (q pre-scaled by log2(e) / sqrt(head_dim)).
 template <typename T, int LANES, int GMAX>
 __global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttention a, float q_scale) {
+  let_next_kernel_launch();
+  wait_for_previous_kernel();
   constexpr int KG = kThreads / LANES;
   const int split = blockIdx.x, kh = blockIdx.y, row = blockIdx.z;
   const long length = a.positions[row] + 1;
@@ -212,6 +217,8 @@ constexpr int kCombineMaxSplits = 1024;
 
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttention a) {
+  let_next_kernel_launch();
+  wait_for_previous_kernel();
   const int head = blockIdx.x, row = blockIdx.y, d = a.head_dim;
   const int active = static_cast<int>(active_splits(a.positions[row] + 1, a.splits));
   const float* part = a.partial + (static_cast<long>(row) * a.heads + head) * a.splits * (d + 2);
@@ -250,15 +257,17 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttentio
 
 template <typename T, int LANES>
 void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStream_t stream) {
-  const dim3 grid(a.splits, a.kv_heads, a.b);
+  LaunchShape shape;
+  shape.grid = dim3(a.splits, a.kv_heads, a.b);
+  shape.block = dim3(kThreads);
   if (groups <= 1) {
-    attention_split_kernel<T, LANES, 1><<<grid, kThreads, 0, stream>>>(a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 1>, shape, stream, a, q_scale);
   } else if (groups <= 2) {
-    attention_split_kernel<T, LANES, 2><<<grid, kThreads, 0, stream>>>(a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 2>, shape, stream, a, q_scale);
   } else if (groups <= 4) {
-    attention_split_kernel<T, LANES, 4><<<grid, kThreads, 0, stream>>>(a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 4>, shape, stream, a, q_scale);
   } else {
-    attention_split_kernel<T, LANES, 8><<<grid, kThreads, 0, stream>>>(a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 8>, shape, stream, a, q_scale);
   }
 }
 
@@ -290,7 +299,10 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
   const int lanes_needed = a.head_dim / 8;
   dispatch_element(a.dtype, [&](auto t) {
     using T = decltype(t);
-    rope_append_kernel<T><<<dim3(a.heads + a.kv_heads, a.b), 128, 0, stream>>>(a);
+    LaunchShape rope;
+    rope.grid = dim3(a.heads + a.kv_heads, a.b);
+    rope.block = dim3(128);
+    launch_kernel(rope_append_kernel<T>, rope, stream, a);
     CARVE_CUDA_CHECK_LAUNCH();
     if (lanes_needed <= 1) {
       launch_split<T, 1>(a, q_scale, groups, stream);
@@ -306,7 +318,10 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
       launch_split<T, 32>(a, q_scale, groups, stream);
     }
     CARVE_CUDA_CHECK_LAUNCH();
-    combine_kernel<T><<<dim3(a.heads, a.b), kCombineThreads, 0, stream>>>(a);
+    LaunchShape combine;
+    combine.grid = dim3(a.heads, a.b);
+    combine.block = dim3(kCombineThreads);
+    launch_kernel(combine_kernel<T>, combine, stream, a);
     CARVE_CUDA_CHECK_LAUNCH();
   });
 }

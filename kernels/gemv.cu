@@ -1,6 +1,7 @@
 #include "kernels/gemv.h"
 
 #include "kernels/element.cuh"
+#include "kernels/launch.cuh"
 
 namespace carve::kernels {
 namespace {
@@ -104,18 +105,11 @@ __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x
 // other epilogues take two consecutive rows of one part. With grid.split > 1, that many warps share the rows.
 template <typename T, int B, GemvEpilogue E>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid) {
+  let_next_kernel_launch();
   extern __shared__ uint4 normed_x[];  // [B][k / 8] when g.norm.weight is set
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int split = grid.split, slice = warp % split;
   const int chunks = g.k / 8;
-  // x as 16-byte chunks: normed in shared memory, or read from global memory as it is.
-  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(g.x));
-  long x_row = g.x_row / 8;
-  if (g.norm.weight) {
-    norm_rows<T, B>(g.norm, g.rows, g.k, g.x, g.x_row, normed_x);
-    x = normed_x;
-    x_row = chunks;
-  }
   // This block's part, selected with constant indices only (indexing the parameters with a variable copies them
   // to local memory).
   GemvPart pt = g.parts[0];
@@ -141,14 +135,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
     second = row0 + 1 < pt.n;
     w1 = w0 + chunks;
   }
-  float acc[kRowsPerWarp][B];
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r)
-#pragma unroll
-    for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
   const int stride = 32 * split;  // between one lane's consecutive chunks
-  for (int c0 = slice * 32 + lane; active && c0 < chunks; c0 += stride * kUnroll) {
-    uint4 raw[kUnroll][kRowsPerWarp];
+  const int step = stride * kUnroll;
+  uint4 raw[kUnroll][kRowsPerWarp];
+  auto load_weights = [&](int c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * stride;
@@ -156,6 +146,28 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
       raw[u][0] = in ? __ldg(w0 + c) : make_uint4(0, 0, 0, 0);
       raw[u][1] = in && second ? __ldg(w1 + c) : make_uint4(0, 0, 0, 0);
     }
+  };
+  int c0 = slice * 32 + lane;
+  // The weights are constant while decoding: their first loads are in flight while the previous kernel finishes.
+  // (Measured against prefetching them into L2 only, and against no preload: docs/kernels.md.)
+  if (active) load_weights(c0);
+  wait_for_previous_kernel();
+
+  // x as 16-byte chunks: normed in shared memory, or read from global memory as it is.
+  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(g.x));
+  long x_row = g.x_row / 8;
+  if (g.norm.weight) {
+    norm_rows<T, B>(g.norm, g.rows, g.k, g.x, g.x_row, normed_x);
+    x = normed_x;
+    x_row = chunks;
+  }
+  float acc[kRowsPerWarp][B];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
+  for (bool loaded = true; active && c0 < chunks; c0 += step, loaded = false) {
+    if (!loaded) load_weights(c0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * stride;
@@ -230,12 +242,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
 
 template <typename T, GemvEpilogue E>
 void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>(grid.first_block[grid.parts]);
-  const size_t shared = g.norm.weight ? static_cast<size_t>(g.rows) * g.k * sizeof(T) : 0;
-  if (g.rows <= 1) gemv_kernel<T, 1, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
-  else if (g.rows <= 2) gemv_kernel<T, 2, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
-  else if (g.rows <= 4) gemv_kernel<T, 4, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
-  else gemv_kernel<T, 8, E><<<blocks, kWarps * 32, shared, stream>>>(g, grid);
+  LaunchShape shape;
+  shape.grid = dim3(static_cast<unsigned>(grid.first_block[grid.parts]));
+  shape.block = dim3(kWarps * 32);
+  shape.shared = g.norm.weight ? static_cast<size_t>(g.rows) * g.k * sizeof(T) : 0;
+  if (g.rows <= 1) launch_kernel(gemv_kernel<T, 1, E>, shape, stream, g, grid);
+  else if (g.rows <= 2) launch_kernel(gemv_kernel<T, 2, E>, shape, stream, g, grid);
+  else if (g.rows <= 4) launch_kernel(gemv_kernel<T, 4, E>, shape, stream, g, grid);
+  else launch_kernel(gemv_kernel<T, 8, E>, shape, stream, g, grid);
 }
 
 template <typename T>

@@ -1,26 +1,82 @@
 #include "kernels/mamba_step.h"
 
+#include <cooperative_groups.h>
+
 #include "kernels/element.cuh"
+#include "kernels/launch.cuh"
 
 namespace carve::kernels {
 namespace {
 
-constexpr int kWarps = 16;
+constexpr int kWarps = 4;
 constexpr int kRowsInFlight = 4;  // state rows a warp loads before it updates any
+constexpr int kRowsPerPass = kWarps * kRowsInFlight;
+constexpr int kMaxSlices = 8;  // the portable cluster size
 
-// kPerLane = ceil(n / 32) state values per lane and row, all loaded before any is used: a batch-1 step has only
-// b * h blocks, so each warp keeps kRowsInFlight * kPerLane loads in flight to stream the state.
+// Blocks per (row, head): one per kRowsPerPass state rows, up to a cluster of kMaxSlices, where the device has
+// clusters. One block per head streamed a 128 x 128 state at a few hundred GB/s: a batch-1 step has only h blocks.
+int slices_of(int p) { return clusters_supported() ? std::min(kMaxSlices, static_cast<int>(ceil_div(p, kRowsPerPass))) : 1; }
+
+// The sum of `v` over the blocks of this block's cluster (one value per block, in `mine`).
+__device__ float cluster_sum(float* mine, int slices) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every block's value is written
+  float total = 0.f;
+  for (int r = 0; r < slices; ++r) total += *cluster.map_shared_rank(mine, r);
+  cluster.sync();  // no block exits (freeing its shared memory) before the others have read it
+  return total;
+#else
+  __trap();  // slices_of() gives 1 below compute capability 9.0
+  return 0.f;
+#endif
+}
+
+// kPerLane = ceil(n / 32) state values per lane and row, all loaded before any is used, so each warp keeps
+// kRowsInFlight * kPerLane loads in flight. Block `slice` of a (row, head) takes state rows [begin, end).
 template <typename T, int kPerLane>
-__global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s) {
+__global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s, int slices) {
+  let_next_kernel_launch();
   __shared__ float xs[kMambaStepMax], Bs[kMambaStepMax], Cs[kMambaStepMax], ys[kMambaStepMax];
-  __shared__ float rstd;
-  const int bi = blockIdx.x / s.h, hi = blockIdx.x % s.h;
+  __shared__ float gates[kMambaStepMax], weights[kMambaStepMax];  // silu(z) and the norm weight of this block's rows
+  __shared__ float warp_ss[kWarps], block_ss;
+  const int head_block = blockIdx.x / slices, slice = blockIdx.x % slices;
+  const int bi = head_block / s.h, hi = head_block % s.h;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int per_slice = (s.p + slices - 1) / slices;
+  const int begin = slice * per_slice, end = min(s.p, begin + per_slice);
+  float* state = s.state + (static_cast<long>(bi) * s.h + hi) * s.p * s.n;
+  // The state's rows are this kernel's own (no earlier kernel of the step writes them): they come to L2 while the
+  // input product finishes.
+  for (long i = static_cast<long>(threadIdx.x) * 32; i < static_cast<long>(end - begin) * s.n; i += blockDim.x * 32)
+    prefetch_l2(state + static_cast<long>(begin) * s.n + i);
+  wait_for_previous_kernel();
+
+  // The first pass's state rows are loaded before the inputs, and the gate and norm weight of this block's rows
+  // with them, so that all their latencies overlap: a batch-1 step is a few round trips to memory, not bandwidth.
+  float v[kRowsInFlight][kPerLane];
+  auto load_rows = [&](int p0) {
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r)
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int ni = lane + 32 * j;
+        v[r][j] = p0 + r < end && ni < s.n ? state[static_cast<long>(p0 + r) * s.n + ni] : 0.f;
+      }
+  };
+  int p0 = begin + warp * kRowsInFlight;
+  load_rows(p0);
   const T* x = static_cast<const T*>(s.x) + bi * s.x_row + static_cast<long>(hi / (s.h / s.x_heads)) * s.p;
   const T* B = static_cast<const T*>(s.B) + bi * s.B_row + static_cast<long>(hi / (s.h / s.b_heads)) * s.n;
   const T* C = static_cast<const T*>(s.C) + bi * s.C_row + static_cast<long>(hi / (s.h / s.c_heads)) * s.n;
   const T* z = static_cast<const T*>(s.z) + bi * s.z_row + static_cast<long>(hi) * s.p;
-  for (int i = threadIdx.x; i < s.p; i += blockDim.x) xs[i] = to_float(x[i]);
+  const T* w = static_cast<const T*>(s.norm_weight) + (s.norm_weight_shared ? 0 : static_cast<long>(hi) * s.p);
+  for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    xs[i] = to_float(x[i]);
+    gates[i] = siluf(to_float(z[i]));
+    weights[i] = to_float(w[i]);
+  }
   for (int i = threadIdx.x; i < s.n; i += blockDim.x) Bs[i] = to_float(B[i]), Cs[i] = to_float(C[i]);
   float dt = to_float(static_cast<const T*>(s.dt)[bi * s.dt_row + hi]);
   if (s.dt_bias) dt += to_float(static_cast<const T*>(s.dt_bias)[hi]);
@@ -29,19 +85,11 @@ __global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s) {
   const float D = s.D ? to_float(static_cast<const T*>(s.D)[hi]) : 0.f;
   __syncthreads();
 
-  float* state = s.state + (static_cast<long>(bi) * s.h + hi) * s.p * s.n;
-  for (int p0 = warp * kRowsInFlight; p0 < s.p; p0 += kWarps * kRowsInFlight) {
-    float v[kRowsInFlight][kPerLane];
-#pragma unroll
-    for (int r = 0; r < kRowsInFlight; ++r)
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int ni = lane + 32 * j;
-        v[r][j] = p0 + r < s.p && ni < s.n ? state[static_cast<long>(p0 + r) * s.n + ni] : 0.f;
-      }
+  for (; p0 < end; p0 += kRowsPerPass) {
+    if (p0 != begin + warp * kRowsInFlight) load_rows(p0);
 #pragma unroll
     for (int r = 0; r < kRowsInFlight; ++r) {
-      if (p0 + r >= s.p) break;
+      if (p0 + r >= end) break;
       const float dtx = dt * xs[p0 + r];
       float y = 0.f;
 #pragma unroll
@@ -59,34 +107,45 @@ __global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s) {
   }
   __syncthreads();
 
-  // Gated RMSNorm over the head's p channels: one warp sums the squares, as the gated norm kernel does per group.
-  if (warp == 0) {
-    float ss = 0.f;
-    for (int i = lane; i < s.p; i += 32) {
-      const float v = s.norm_before_gate ? ys[i] : ys[i] * siluf(to_float(z[i]));
-      ss += v * v;
-    }
-    ss = warp_sum(ss);
-    if (lane == 0) rstd = rsqrtf(ss / s.p + s.eps);
+  // Gated RMSNorm over the head's p channels (group size p), as the gated norm kernel computes it: the sum of
+  // squares of this block's rows, then of the cluster's blocks.
+  float ss = 0.f;
+  for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float v = s.norm_before_gate ? ys[i] : ys[i] * gates[i];
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  if (lane == 0) warp_ss[warp] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += warp_ss[w];
+    block_ss = total;
   }
   __syncthreads();
+  const float total = slices > 1 ? cluster_sum(&block_ss, slices) : block_ss;
+  const float rstd = rsqrtf(total / s.p + s.eps);
   T* out = static_cast<T*>(s.out) + (static_cast<long>(bi) * s.h + hi) * s.p;
-  const T* w = static_cast<const T*>(s.norm_weight) + (s.norm_weight_shared ? 0 : static_cast<long>(hi) * s.p);
-  for (int i = threadIdx.x; i < s.p; i += blockDim.x) {
-    const float gate = siluf(to_float(z[i]));
+  for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float gate = gates[i];
     const float v = s.norm_before_gate ? ys[i] : ys[i] * gate;
-    const float after = to_float(w[i]) * (s.norm_before_gate ? gate : 1.f);
+    const float after = weights[i] * (s.norm_before_gate ? gate : 1.f);
     out[i] = from_float<T>(v * rstd * after);
   }
 }
 
 template <typename T>
 void launch(const MambaStep& s, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>(static_cast<long>(s.b) * s.h);
+  const int slices = slices_of(s.p);
+  LaunchShape shape;
+  shape.grid = dim3(static_cast<unsigned>(static_cast<long>(s.b) * s.h * slices));
+  shape.block = dim3(kWarps * 32);
+  shape.cluster = slices;
   const int per_lane = (s.n + 31) / 32;
-  if (per_lane <= 2) mamba_step_kernel<T, 2><<<blocks, kWarps * 32, 0, stream>>>(s);
-  else if (per_lane <= 4) mamba_step_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(s);
-  else mamba_step_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(s);
+  if (per_lane <= 2) launch_kernel(mamba_step_kernel<T, 2>, shape, stream, s, slices);
+  else if (per_lane <= 4) launch_kernel(mamba_step_kernel<T, 4>, shape, stream, s, slices);
+  else launch_kernel(mamba_step_kernel<T, 8>, shape, stream, s, slices);
 }
 
 }  // namespace

@@ -3,9 +3,10 @@
  * recurrence of every head, the skip term D x and the gated RMSNorm, in one kernel. Unfused it is an SSD step
  * kernel, a gated norm kernel and the float32 conversions of their parameters, every token and layer.
  *
- * One block per (row, head) holds the head's x, B and C in shared memory and streams its [p, n] float32 state once
- * (read, update, write back), several rows per warp in flight; then it normalizes the head's p outputs (group size
- * p). Numerics follow kernels/ssd_scan.cu's step and kernels/gated_norm.cu's forward, rounding y to the element
+ * Each (row, head) is a cluster of up to 8 blocks on compute capability 9.0+ (one block elsewhere), each block
+ * taking 16 of the head's p state rows: it holds the head's B and C in shared memory and streams its rows of the
+ * [p, n] float32 state once (read, update, write back), several rows per warp in flight. The gated RMSNorm over
+ * the head's p outputs (group size p) then adds the blocks' sums of squares through distributed shared memory. Numerics follow kernels/ssd_scan.cu's step and kernels/gated_norm.cu's forward, rounding y to the element
  * type between them as the unfused path does.
  */
 #pragma once

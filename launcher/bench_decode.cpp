@@ -23,6 +23,7 @@
 #include "model/attention.h"
 #include "model/config.h"
 #include "model/decode_graph.h"
+#include "model/sampling.h"
 #include "model/student.h"
 #include "trainer/device_memory.h"
 #include "trainer/generate.h"
@@ -160,10 +161,10 @@ DecodeRun time_decode(model::CausalLMImpl& lm, int64_t batch, int64_t context, i
   model::DecodeStepper stepper(lm, state, batch, max_positions, graphs);
   r.graph = stepper.graphed();
   Tensor next = torch::randint(lm.config.vocab_size, {batch}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  for (int i = 0; i < warmup; ++i) next = stepper.step(next).argmax(-1);
+  for (int i = 0; i < warmup; ++i) next = model::greedy_tokens(stepper.step(next));
   synchronize(device);
   const auto start = Clock::now();
-  for (int i = 0; i < steps; ++i) next = stepper.step(next).argmax(-1);
+  for (int i = 0; i < steps; ++i) next = model::greedy_tokens(stepper.step(next));
   synchronize(device);
   r.ms_per_token = seconds_since(start) * 1e3 / steps;
   r.peak_bytes = trainer::peak_device_bytes(device);
@@ -222,11 +223,11 @@ ShortPromptRun time_short_prompt(model::CausalLMImpl& lm, int64_t prompt, int64_
   synchronize(device);
   auto start = Clock::now();
   auto filled = trainer::prefill(lm, tokens, max_positions, {});
-  Tensor next = filled.logits.argmax(-1);  // the last prompt position's greedy token
+  Tensor next = model::greedy_tokens(filled.logits);  // the last prompt position's greedy token
   synchronize(device);
   r.prefill_ms = seconds_since(start) * 1e3;
   model::DecodeStepper stepper(lm, filled.state, 1, max_positions, graphs);
-  auto step = [&] { next = stepper.step(next).argmax(-1); };
+  auto step = [&] { next = model::greedy_tokens(stepper.step(next)); };
   const int64_t first = std::min<int64_t>(2, generate - 1);  // the eager step and the captured one
   start = Clock::now();
   for (int64_t i = 0; i < first; ++i) step();

@@ -96,6 +96,8 @@ torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& delta,
                                                      const torch::Tensor& weight, double eps);
 
+// logits.argmax(-1) of [b, vocab] logits with unit stride along the vocabulary (greedy decoding), as int64.
+torch::Tensor argmax(const torch::Tensor& logits);
 bool mamba_step_applies(const MambaStepInputs& in);
 torch::Tensor mamba_step(const MambaStepInputs& in);  // [b, heads * head_dim]
 }  // namespace fused

@@ -3,15 +3,21 @@
 #include <limits>
 
 #include "base/error.h"
+#include "model/inference_ops.h"
 
 namespace carve::model {
+
+torch::Tensor greedy_tokens(const torch::Tensor& logits) {
+  CARVE_CHECK(logits.dim() == 2, "logits must be [batch, vocab]");
+  return uses_inference_kernels(logits) ? fused::argmax(logits) : logits.argmax(-1);
+}
 
 torch::Tensor choose_next_token(const torch::Tensor& logits, const SamplingOptions& o, torch::Generator& gen) {
   CARVE_CHECK(logits.dim() == 2, "logits must be [batch, vocab]");
   CARVE_CHECK(o.temperature >= 0, "temperature must be >= 0, got ", o.temperature);
   CARVE_CHECK(o.top_p > 0 && o.top_p <= 1, "top-p must be in (0, 1], got ", o.top_p);
   CARVE_CHECK(o.top_k >= 0, "top-k must be >= 0, got ", o.top_k);
-  if (o.temperature == 0) return logits.argmax(-1);
+  if (o.temperature == 0) return greedy_tokens(logits);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   auto scaled = logits.to(torch::kFloat32) / o.temperature;
   if (o.top_k > 0 && o.top_k < scaled.size(-1)) {

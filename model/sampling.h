@@ -11,6 +11,9 @@ struct SamplingOptions {
   double top_p = 1.0;        // 1: no nucleus cut
 };
 
+// logits.argmax(-1) as int64 [b]: on the inference kernels one launch (kernels/inference_ops.h argmax_rows).
+torch::Tensor greedy_tokens(const torch::Tensor& logits);
+
 // logits [b, vocab] -> next token ids [b] int64. `generator` makes sampling reproducible.
 torch::Tensor choose_next_token(const torch::Tensor& logits, const SamplingOptions& options,
                                 torch::Generator& generator);

@@ -6,7 +6,8 @@
 #   scripts/gpu_decode_check.sh [OUT]        # carry .deps (scripts/gpu_host_build.sh bundle)
 #   QUICK=1: batch-1 latency at 1K and 103K only (no largest-batch search, no plot)
 #   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
-#     without tests, in parallel, and run the quick bench this tree, DIR, this tree again: a before/after in one call
+#     without tests, in parallel, and run the quick bench this tree, DIR, this tree with CARVE_DEPENDENT_LAUNCH=0,
+#     this tree again: a before/after in one call, and what the overlapped launches alone give
 #   NCU=1: per-kernel times of one decode step (ncu, 4 layers, 1K, launched one by one) for teacher and linear
 # Logs (and the quick benches' raw files) are packed into logs.tgz so that few files come back.
 set -uo pipefail
@@ -47,9 +48,9 @@ compute-sanitizer --tool memcheck "$build/tests/carve_tests" \
 echo "memcheck rc=$?" | tee -a "$summary"
 grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
 
-quick_bench() {  # BINARY_DIR NAME
-  step "bench decode (quick) $2"
-  "$1/carve" bench decode --contexts 1024,103000 --batch-contexts '' --prompt 0 --json "$out/bench_$2.json" \
+quick_bench() {  # BINARY_DIR NAME [VAR=VALUE...]: the variables are set for the bench
+  step "bench decode (quick) $2 ${*:3}"
+  env "${@:3}" "$1/carve" bench decode --contexts 1024,103000 --batch-contexts '' --prompt 0 --json "$out/bench_$2.json" \
     > "$out/bench_$2.txt" 2>&1
   echo "bench rc=$?" | tee -a "$summary"
   grep -E "^(teacher|hybrid|linear)|^ +[0-9]" "$out/bench_$2.txt" | tee -a "$summary"
@@ -58,6 +59,7 @@ quick_bench() {  # BINARY_DIR NAME
 if [ -n "${BASE_SRC:-}" ]; then
   quick_bench "$build" this1
   quick_bench "$base_build" base
+  quick_bench "$build" this_serial CARVE_DEPENDENT_LAUNCH=0
   quick_bench "$build" this2
 elif [ "${QUICK:-0}" = 1 ]; then
   quick_bench "$build" decode

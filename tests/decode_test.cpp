@@ -22,6 +22,7 @@
 #include "model/mamba2_mixer.h"
 #include "model/rope.h"
 #include "model/safetensors.h"
+#include "model/sampling.h"
 #include "model/seeded_mixer.h"
 #include "model/ssd.h"
 #include "model/student.h"
@@ -327,6 +328,31 @@ TEST(InferenceKernels, RmsNormAndSiluMulMatchTheReference) {
     torch::NoGradGuard no_grad;
     EXPECT_LT(relative_error(fused::silu_mul(gate, up), torch::silu(gate) * up), dtype == torch::kFloat ? 1e-6 : 1e-2)
         << c10::toString(dtype);
+  }
+}
+
+// Greedy decoding's argmax against LibTorch's on the CPU: a vocabulary of HoVLE's odd size, values from a small set
+// (ties: the first index wins), a NaN (it wins), rows starting off a 16-byte boundary, a row stride above the length.
+TEST(InferenceKernels, ArgmaxMatchesTorch) {
+  REQUIRE_KERNELS();
+  torch::manual_seed(5);
+  torch::NoGradGuard no_grad;
+  for (auto dtype : {torch::kBFloat16, torch::kHalf, torch::kFloat}) {
+    auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+    const Tensor dense = torch::randn({4, 92553}, opts) * 4;
+    const Tensor ties = torch::randint(-3, 4, {3, 1001}, opts);  // every value many times over
+    Tensor with_nan = torch::randn({2, 777}, opts);
+    with_nan.index_put_({1, 500}, std::numeric_limits<float>::quiet_NaN());
+    with_nan.index_put_({1, 600}, std::numeric_limits<float>::quiet_NaN());
+    const Tensor wide = torch::randn({3, 4099}, opts);
+    for (const Tensor& logits : {dense, ties, with_nan, wide.narrow(1, 3, 4000), wide.narrow(1, 1, 7)}) {
+      const Tensor want = logits.to(torch::kCPU).to(torch::kFloat).argmax(-1);
+      const Tensor got = greedy_tokens(logits);
+      ASSERT_EQ(got.scalar_type(), torch::kInt64);
+      EXPECT_TRUE(torch::equal(got.to(torch::kCPU), want))
+          << c10::toString(dtype) << " " << logits.sizes() << ": " << got.to(torch::kCPU) << " vs " << want;
+    }
+    EXPECT_EQ(greedy_tokens(with_nan)[1].item<int64_t>(), 500);
   }
 }
 

@@ -291,6 +291,18 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x_in, 
   return {sum, out};
 }
 
+torch::Tensor argmax(const torch::Tensor& logits) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  CARVE_CHECK(logits.dim() == 2 && logits.size(1) > 0, "argmax: logits must be [batch, vocab]; got ",
+              describe_tensor(logits));
+  torch::Tensor x = logits.stride(1) == 1 ? logits : logits.contiguous();
+  torch::Tensor out = fresh({x.size(0)}, x.options().dtype(torch::kInt64));
+  if (x.size(0) == 0) return out;
+  kernels::argmax_rows(x.size(0), x.size(1), x.stride(0), element_of(x), x.data_ptr(),
+                       reinterpret_cast<long long*>(out.data_ptr<int64_t>()), stream());
+  return out;
+}
+
 namespace {
 
 // A [b, columns] view the step kernel reads: unit channel stride, at least `columns` per row.

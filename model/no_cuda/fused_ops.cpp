@@ -44,6 +44,7 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const
                                                      double) {
   absent();
 }
+torch::Tensor argmax(const torch::Tensor&) { absent(); }
 bool mamba_step_applies(const MambaStepInputs&) { return false; }
 torch::Tensor mamba_step(const MambaStepInputs&) { absent(); }
 

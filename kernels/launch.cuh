@@ -1,0 +1,69 @@
+// Device side of kernels/launch.h and the launch of a kernel with its attributes.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "kernels/cuda_check.h"
+#include "kernels/launch.h"
+
+namespace carve::kernels {
+
+// Blocks until the kernel before this one in the stream has finished and its writes are visible. Every kernel that
+// launch_kernel starts calls it before its first read of data an earlier kernel may write, and before its first
+// write. That one kernel finished implies the one before it did too, since that one waited in turn.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel in the stream launch once every block of this one has called it: its blocks then fill the
+// SMs this kernel's blocks leave, and wait there.
+__device__ __forceinline__ void let_next_kernel_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// A prefetch of one L2 line: never stale (L2 is where the device's memory is coherent), so it can be issued before
+// wait_for_previous_kernel for data the previous kernels may still write.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+struct LaunchShape {
+  dim3 grid, block;
+  size_t shared = 0;  // dynamic shared memory bytes
+  int cluster = 1;    // blocks per cluster along x (> 1 needs clusters_supported() and grid.x a multiple of it)
+};
+
+// kernel<<<shape>>>(args...) on `stream`, as a dependent launch where the device has it.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), const LaunchShape& shape, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attributes[2] = {};
+  unsigned count = 0;
+  if (dependent_launch_enabled()) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  if (shape.cluster > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = static_cast<unsigned>(shape.cluster);
+    attributes[count].val.clusterDim.y = 1;
+    attributes[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = shape.grid;
+  config.blockDim = shape.block;
+  config.dynamicSmemBytes = shape.shared;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = count;
+  CARVE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace carve::kernels

@@ -1,0 +1,23 @@
+/*
+ * How the decode kernels are launched. A batch-1 decode step is a chain of a few hundred kernels of a few
+ * microseconds each, and the gap between two of them (the next grid's launch, its first loads' latency, the tail
+ * of the one before) costs about as much as a small product's bytes.
+ *
+ * Programmatic dependent launch (compute capability 9.0+) lets a kernel start while the one before it in the
+ * stream is still running: every decode kernel lets the next one launch as soon as all its blocks are running,
+ * issues the loads that depend on nothing earlier (weights) and then waits for the previous kernel to finish
+ * before it reads anything that kernel may write. Kernels launched without it behave as usual, and the wait is
+ * then a no-op. CUDA graphs keep the programmatic edges when they capture these launches.
+ */
+#pragma once
+
+namespace carve::kernels {
+
+// Whether the current device overlaps dependent launches: compute capability 9.0 or newer, unless the environment
+// sets CARVE_DEPENDENT_LAUNCH=0 (for comparisons).
+bool dependent_launch_enabled();
+
+// Whether the current device runs thread block clusters (compute capability 9.0 or newer).
+bool clusters_supported();
+
+}  // namespace carve::kernels
