@@ -257,9 +257,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttentio
 
 template <typename T, int LANES>
 void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStream_t stream) {
-  LaunchShape shape;
-  shape.grid = dim3(a.splits, a.kv_heads, a.b);
-  shape.block = dim3(kThreads);
+  const LaunchShape shape(dim3(a.splits, a.kv_heads, a.b), dim3(kThreads));
   if (groups <= 1) {
     launch_kernel(attention_split_kernel<T, LANES, 1>, shape, stream, a, q_scale);
   } else if (groups <= 2) {
@@ -299,10 +297,7 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
   const int lanes_needed = a.head_dim / 8;
   dispatch_element(a.dtype, [&](auto t) {
     using T = decltype(t);
-    LaunchShape rope;
-    rope.grid = dim3(a.heads + a.kv_heads, a.b);
-    rope.block = dim3(128);
-    launch_kernel(rope_append_kernel<T>, rope, stream, a);
+    launch_kernel(rope_append_kernel<T>, LaunchShape(dim3(a.heads + a.kv_heads, a.b), dim3(128)), stream, a);
     CARVE_CUDA_CHECK_LAUNCH();
     if (lanes_needed <= 1) {
       launch_split<T, 1>(a, q_scale, groups, stream);
@@ -318,10 +313,7 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
       launch_split<T, 32>(a, q_scale, groups, stream);
     }
     CARVE_CUDA_CHECK_LAUNCH();
-    LaunchShape combine;
-    combine.grid = dim3(a.heads, a.b);
-    combine.block = dim3(kCombineThreads);
-    launch_kernel(combine_kernel<T>, combine, stream, a);
+    launch_kernel(combine_kernel<T>, LaunchShape(dim3(a.heads, a.b), dim3(kCombineThreads)), stream, a);
     CARVE_CUDA_CHECK_LAUNCH();
   });
 }

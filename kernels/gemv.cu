@@ -242,10 +242,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
 
 template <typename T, GemvEpilogue E>
 void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
-  LaunchShape shape;
-  shape.grid = dim3(static_cast<unsigned>(grid.first_block[grid.parts]));
-  shape.block = dim3(kWarps * 32);
-  shape.shared = g.norm.weight ? static_cast<size_t>(g.rows) * g.k * sizeof(T) : 0;
+  const LaunchShape shape(dim3(static_cast<unsigned>(grid.first_block[grid.parts])), dim3(kWarps * 32),
+                          g.norm.weight ? static_cast<size_t>(g.rows) * g.k * sizeof(T) : 0);
   if (g.rows <= 1) launch_kernel(gemv_kernel<T, 1, E>, shape, stream, g, grid);
   else if (g.rows <= 2) launch_kernel(gemv_kernel<T, 2, E>, shape, stream, g, grid);
   else if (g.rows <= 4) launch_kernel(gemv_kernel<T, 4, E>, shape, stream, g, grid);

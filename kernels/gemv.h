@@ -17,7 +17,8 @@
  * Every intermediate is rounded to the element type where the unfused LibTorch code rounds it.
  *
  * Launched as dependent launches (kernels/launch.h): a block issues its first weight loads before it waits for the
- * previous kernel, so the weights must not be written by the kernels just before it (a decode step's are constant).
+ * previous kernel, and several earlier dependent kernels may still be running then, so the weights must not be
+ * written by any kernel not yet finished when this one is launched (a decode step's weights are constant).
  *
  * Products with few output rows split k across the warps of a block (partial sums added in shared memory): 256
  * blocks of one warp per row pair read a 2048 x 2048 weight at 1 TB/s, too few loads in flight.

@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(long n, long row
   const T* row = x + static_cast<long>(blockIdx.x) * row_stride;
   float best = -INFINITY;
   long best_i = n;  // ranks after every real index among equal values
-  // Elements before the first 16-byte boundary and after the last one one at a time; the rest 8 per load.
+  // Elements before the first 16-byte boundary and after the last one one at a time; the rest 16 bytes per load.
   constexpr int kPerChunk = 16 / sizeof(T);
   const long head = min(n, static_cast<long>((16 - reinterpret_cast<std::uintptr_t>(row) % 16) % 16 / sizeof(T)));
   const long chunks = (n - head) / kPerChunk;
@@ -143,9 +143,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(long n, long row
 void argmax_rows(long rows, long n, long row_stride, ElementType dtype, const void* x, long long* out,
                  cudaStream_t stream) {
   CARVE_KERNEL_REQUIRE(rows > 0 && n > 0 && row_stride >= n, "argmax_rows: empty rows or a stride below n");
-  LaunchShape shape;
-  shape.grid = dim3(static_cast<unsigned>(rows));
-  shape.block = dim3(kArgmaxThreads);
+  const LaunchShape shape(dim3(static_cast<unsigned>(rows)), dim3(kArgmaxThreads));
   dispatch_element(dtype, [&](auto t) {
     using T = decltype(t);
     launch_kernel(argmax_kernel<T>, shape, stream, n, row_stride, static_cast<const T*>(x), out);
@@ -164,9 +162,7 @@ void add_rms_norm(long rows, int d, ElementType dtype, const void* x, const void
   CARVE_KERNEL_REQUIRE(!delta || sum, "add_rms_norm: the sum's output is required with delta");
   dispatch_element(dtype, [&](auto t) {
     using T = decltype(t);
-    LaunchShape shape;
-    shape.grid = dim3(static_cast<unsigned>(rows));
-    shape.block = dim3(kNormThreads);
+    const LaunchShape shape(dim3(static_cast<unsigned>(rows)), dim3(kNormThreads));
     launch_kernel(rms_norm_kernel<T>, shape, stream, d, static_cast<const T*>(x), static_cast<const T*>(delta),
                   static_cast<const T*>(weight), eps, static_cast<T*>(sum), static_cast<T*>(out));
   });
@@ -178,11 +174,8 @@ void silu_mul(long n, ElementType dtype, const void* gate, const void* up, void*
   const unsigned blocks = std::min<unsigned>(ceil_div(n, 256), 65535u);
   dispatch_element(dtype, [&](auto t) {
     using T = decltype(t);
-    LaunchShape shape;
-    shape.grid = dim3(blocks);
-    shape.block = dim3(256);
-    launch_kernel(silu_mul_kernel<T>, shape, stream, n, static_cast<const T*>(gate), static_cast<const T*>(up),
-                  static_cast<T*>(out));
+    launch_kernel(silu_mul_kernel<T>, LaunchShape(dim3(blocks), dim3(256)), stream, n, static_cast<const T*>(gate),
+                  static_cast<const T*>(up), static_cast<T*>(out));
   });
   CARVE_CUDA_CHECK_LAUNCH();
 }

@@ -34,10 +34,25 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 }
 
 struct LaunchShape {
+  LaunchShape(dim3 grid_, dim3 block_, size_t shared_ = 0, int cluster_ = 1)
+      : grid(grid_), block(block_), shared(shared_), cluster(cluster_) {}
   dim3 grid, block;
-  size_t shared = 0;  // dynamic shared memory bytes
-  int cluster = 1;    // blocks per cluster along x (> 1 needs clusters_supported() and grid.x a multiple of it)
+  size_t shared;  // dynamic shared memory bytes
+  int cluster;    // blocks per cluster along x (> 1: the kernel was compiled for clusters, grid.x a multiple of it)
 };
+
+// Whether Kernel's code as it runs on the current device has clusters: the device is 9.0+ and the binary chosen
+// for it was compiled for 9.0+ (a build for sm_80 alone runs its PTX, JIT-compiled for 8.0, on an H100). Looked up
+// once per kernel, on the first device that asks.
+template <auto Kernel>
+bool runs_clusters() {
+  static const bool compiled = [] {
+    cudaFuncAttributes attributes = {};
+    CARVE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, Kernel));
+    return attributes.binaryVersion >= 90;
+  }();
+  return compiled && clusters_supported();
+}
 
 // kernel<<<shape>>>(args...) on `stream`, as a dependent launch where the device has it.
 template <typename... Params, typename... Args>

@@ -8,16 +8,19 @@
 namespace carve::kernels {
 namespace {
 
-constexpr int kWarps = 4;
 constexpr int kRowsInFlight = 4;  // state rows a warp loads before it updates any
-constexpr int kRowsPerPass = kWarps * kRowsInFlight;
-constexpr int kMaxSlices = 8;  // the portable cluster size
+constexpr int kClusterWarps = 4;  // per block when a head is a cluster of blocks
+constexpr int kMaxWarps = 16;     // per block when a head is one block (below compute capability 9.0)
+constexpr int kMaxSlices = 8;     // the portable cluster size
 
-// Blocks per (row, head): one per kRowsPerPass state rows, up to a cluster of kMaxSlices, where the device has
-// clusters. One block per head streamed a 128 x 128 state at a few hundred GB/s: a batch-1 step has only h blocks.
-int slices_of(int p) { return clusters_supported() ? std::min(kMaxSlices, static_cast<int>(ceil_div(p, kRowsPerPass))) : 1; }
+// Blocks per (row, head): one per kClusterWarps * kRowsInFlight state rows, up to a cluster of kMaxSlices, where
+// the kernel runs clusters. One block per head streamed a 128 x 128 state at a few hundred GB/s, since a batch-1
+// step has only h blocks.
+int slices_of(int p, bool clusters) {
+  return clusters ? std::min(kMaxSlices, static_cast<int>(ceil_div(p, kClusterWarps * kRowsInFlight))) : 1;
+}
 
-// The sum of `v` over the blocks of this block's cluster (one value per block, in `mine`).
+// The sum over the blocks of this block's cluster of the value each holds in `mine` (shared memory).
 __device__ float cluster_sum(float* mine, int slices) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
@@ -28,7 +31,7 @@ __device__ float cluster_sum(float* mine, int slices) {
   cluster.sync();  // no block exits (freeing its shared memory) before the others have read it
   return total;
 #else
-  __trap();  // slices_of() gives 1 below compute capability 9.0
+  __trap();  // runs_clusters() is false for code compiled below 9.0, and then slices is 1
   return 0.f;
 #endif
 }
@@ -36,19 +39,19 @@ __device__ float cluster_sum(float* mine, int slices) {
 // kPerLane = ceil(n / 32) state values per lane and row, all loaded before any is used, so each warp keeps
 // kRowsInFlight * kPerLane loads in flight. Block `slice` of a (row, head) takes state rows [begin, end).
 template <typename T, int kPerLane>
-__global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s, int slices) {
+__global__ void __launch_bounds__(kMaxWarps * 32) mamba_step_kernel(MambaStep s, int slices) {
   let_next_kernel_launch();
   __shared__ float xs[kMambaStepMax], Bs[kMambaStepMax], Cs[kMambaStepMax], ys[kMambaStepMax];
   __shared__ float gates[kMambaStepMax], weights[kMambaStepMax];  // silu(z) and the norm weight of this block's rows
-  __shared__ float warp_ss[kWarps], block_ss;
+  __shared__ float warp_ss[kMaxWarps], block_ss;
   const int head_block = blockIdx.x / slices, slice = blockIdx.x % slices;
   const int bi = head_block / s.h, hi = head_block % s.h;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int rows_per_pass = warps * kRowsInFlight;
   const int per_slice = (s.p + slices - 1) / slices;
   const int begin = slice * per_slice, end = min(s.p, begin + per_slice);
   float* state = s.state + (static_cast<long>(bi) * s.h + hi) * s.p * s.n;
-  // The state's rows are this kernel's own (no earlier kernel of the step writes them): they come to L2 while the
-  // input product finishes.
+  // The state's rows come to L2 while the input product finishes (an L2 prefetch is never stale: launch.cuh).
   for (long i = static_cast<long>(threadIdx.x) * 32; i < static_cast<long>(end - begin) * s.n; i += blockDim.x * 32)
     prefetch_l2(state + static_cast<long>(begin) * s.n + i);
   wait_for_previous_kernel();
@@ -85,8 +88,8 @@ __global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s, in
   const float D = s.D ? to_float(static_cast<const T*>(s.D)[hi]) : 0.f;
   __syncthreads();
 
-  for (; p0 < end; p0 += kRowsPerPass) {
-    if (p0 != begin + warp * kRowsInFlight) load_rows(p0);
+  for (bool loaded = true; p0 < end; p0 += rows_per_pass, loaded = false) {
+    if (!loaded) load_rows(p0);
 #pragma unroll
     for (int r = 0; r < kRowsInFlight; ++r) {
       if (p0 + r >= end) break;
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s, in
   if (threadIdx.x == 0) {
     float total = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += warp_ss[w];
+    for (int w = 0; w < kMaxWarps; ++w) total += w < warps ? warp_ss[w] : 0.f;
     block_ss = total;
   }
   __syncthreads();
@@ -135,17 +138,22 @@ __global__ void __launch_bounds__(kWarps * 32) mamba_step_kernel(MambaStep s, in
   }
 }
 
+template <typename T, int kPerLane>
+void launch(const MambaStep& s, cudaStream_t stream) {
+  constexpr auto kernel = mamba_step_kernel<T, kPerLane>;
+  const bool clusters = runs_clusters<kernel>();
+  const int slices = slices_of(s.p, clusters);
+  const LaunchShape shape(dim3(static_cast<unsigned>(static_cast<long>(s.b) * s.h * slices)),
+                          dim3((clusters ? kClusterWarps : kMaxWarps) * 32), 0, slices);
+  launch_kernel(kernel, shape, stream, s, slices);
+}
+
 template <typename T>
 void launch(const MambaStep& s, cudaStream_t stream) {
-  const int slices = slices_of(s.p);
-  LaunchShape shape;
-  shape.grid = dim3(static_cast<unsigned>(static_cast<long>(s.b) * s.h * slices));
-  shape.block = dim3(kWarps * 32);
-  shape.cluster = slices;
   const int per_lane = (s.n + 31) / 32;
-  if (per_lane <= 2) launch_kernel(mamba_step_kernel<T, 2>, shape, stream, s, slices);
-  else if (per_lane <= 4) launch_kernel(mamba_step_kernel<T, 4>, shape, stream, s, slices);
-  else launch_kernel(mamba_step_kernel<T, 8>, shape, stream, s, slices);
+  if (per_lane <= 2) launch<T, 2>(s, stream);
+  else if (per_lane <= 4) launch<T, 4>(s, stream);
+  else launch<T, 8>(s, stream);
 }
 
 }  // namespace

@@ -3,11 +3,12 @@
  * recurrence of every head, the skip term D x and the gated RMSNorm, in one kernel. Unfused it is an SSD step
  * kernel, a gated norm kernel and the float32 conversions of their parameters, every token and layer.
  *
- * Each (row, head) is a cluster of up to 8 blocks on compute capability 9.0+ (one block elsewhere), each block
- * taking 16 of the head's p state rows: it holds the head's B and C in shared memory and streams its rows of the
- * [p, n] float32 state once (read, update, write back), several rows per warp in flight. The gated RMSNorm over
- * the head's p outputs (group size p) then adds the blocks' sums of squares through distributed shared memory. Numerics follow kernels/ssd_scan.cu's step and kernels/gated_norm.cu's forward, rounding y to the element
- * type between them as the unfused path does.
+ * Each (row, head) is a cluster of up to 8 blocks of 4 warps where the kernel runs clusters (compute capability
+ * 9.0+), one block of 16 warps elsewhere. Each block takes an equal share of the head's p state rows (16 at p =
+ * 128): it holds the head's B and C in shared memory and streams its rows of the [p, n] float32 state once (read,
+ * update, write back), several rows per warp in flight. The gated RMSNorm over the head's p outputs (group size p)
+ * then adds the blocks' sums of squares through distributed shared memory. Numerics follow kernels/ssd_scan.cu's
+ * step and kernels/gated_norm.cu's forward, rounding y to the element type between them as the unfused path does.
  */
 #pragma once
 

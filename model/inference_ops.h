@@ -98,6 +98,7 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, con
 
 // logits.argmax(-1) of [b, vocab] logits with unit stride along the vocabulary (greedy decoding), as int64.
 torch::Tensor argmax(const torch::Tensor& logits);
+
 bool mamba_step_applies(const MambaStepInputs& in);
 torch::Tensor mamba_step(const MambaStepInputs& in);  // [b, heads * head_dim]
 }  // namespace fused

@@ -345,7 +345,9 @@ TEST(InferenceKernels, ArgmaxMatchesTorch) {
     with_nan.index_put_({1, 500}, std::numeric_limits<float>::quiet_NaN());
     with_nan.index_put_({1, 600}, std::numeric_limits<float>::quiet_NaN());
     const Tensor wide = torch::randn({3, 4099}, opts);
-    for (const Tensor& logits : {dense, ties, with_nan, wide.narrow(1, 3, 4000), wide.narrow(1, 1, 7)}) {
+    const Tensor column = torch::randn({300, 1}, opts);
+    for (const Tensor& logits : {dense, ties, with_nan, wide.narrow(1, 3, 4000), wide.narrow(1, 1, 7), column.t(),
+                                 column.t().expand({2, 300})}) {
       const Tensor want = logits.to(torch::kCPU).to(torch::kFloat).argmax(-1);
       const Tensor got = greedy_tokens(logits);
       ASSERT_EQ(got.scalar_type(), torch::kInt64);
@@ -490,9 +492,11 @@ TEST(MambaStepKernel, MatchesFloat64) {
     int64_t b, h, kv, p, n;
     bool shared_weight, norm_before_gate, with_D;
   };
+  // p = 200 and 256 give blocks of more than one pass of state rows (25 and 32 rows in 8 blocks).
   const std::vector<Shape> shapes = {{1, 16, 8, 128, 128, true, true, false}, {3, 4, 2, 80, 80, false, false, true},
                                      {2, 6, 6, 64, 64, true, false, true},    {1, 8, 1, 128, 128, false, true, false},
-                                     {2, 4, 2, 64, 160, true, true, true},    {1, 2, 1, 96, 256, false, false, false}};
+                                     {2, 4, 2, 64, 160, true, true, true},    {1, 2, 1, 96, 256, false, false, false},
+                                     {1, 3, 3, 200, 64, false, true, true},   {2, 2, 1, 256, 32, true, false, false}};
   for (const auto& sh : shapes) {
     for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
       const std::string what = std::string(c10::toString(dtype)) + " b=" + std::to_string(sh.b) +

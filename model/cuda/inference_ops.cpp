@@ -295,10 +295,14 @@ torch::Tensor argmax(const torch::Tensor& logits) {
   const c10::cuda::CUDAGuard guard(logits.device());
   CARVE_CHECK(logits.dim() == 2 && logits.size(1) > 0, "argmax: logits must be [batch, vocab]; got ",
               describe_tensor(logits));
-  torch::Tensor x = logits.stride(1) == 1 ? logits : logits.contiguous();
+  // Rows the kernel reads in place: unit stride along the vocabulary and rows that do not overlap (a row's stride
+  // means nothing when there is one row; expanded rows have stride 0).
+  const bool in_place = logits.stride(1) == 1 && (logits.size(0) == 1 || logits.stride(0) >= logits.size(1));
+  torch::Tensor x = in_place ? logits : logits.contiguous();
   torch::Tensor out = fresh({x.size(0)}, x.options().dtype(torch::kInt64));
   if (x.size(0) == 0) return out;
-  kernels::argmax_rows(x.size(0), x.size(1), x.stride(0), element_of(x), x.data_ptr(),
+  const int64_t row_stride = x.size(0) == 1 ? x.size(1) : x.stride(0);
+  kernels::argmax_rows(x.size(0), x.size(1), row_stride, element_of(x), x.data_ptr(),
                        reinterpret_cast<long long*>(out.data_ptr<int64_t>()), stream());
   return out;
 }
