@@ -1,5 +1,7 @@
 #include "comm/mpi_session.h"
 
+#include <dlfcn.h>
+
 #include <cstdlib>
 #include <exception>
 #include <algorithm>
@@ -102,15 +104,30 @@ int local_rank() {
 
 int local_size() { return node_local_size; }
 
+namespace {
+
+// LibTorch's threads and, where LibTorch's BLAS is OpenBLAS (Debian's LibTorch), OpenBLAS's own pool, which
+// torch::set_num_threads leaves alone. OpenBLAS otherwise sizes its pool by the CPUs the process may run on, so two
+// runs of one command under different CPU bindings (one rank vs two under mpirun, two SLURM jobs) split the same
+// product differently and round differently. Looked up at run time: other BLAS builds do not have the symbol.
+void set_cpu_threads(int threads) {
+  torch::set_num_threads(threads);
+  using SetThreads = void (*)(int);
+  if (auto set_openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+    set_openblas(threads);
+}
+
+}  // namespace
+
 void default_cpu_threads(int requested) {
   if (requested > 0) {
-    torch::set_num_threads(requested);
+    set_cpu_threads(requested);
     return;
   }
   // LibTorch starts one thread per core in every process; processes sharing a node would oversubscribe it, and a
   // GPU rank's launch thread then competes with the others' spinning workers. Share the cores instead.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  if (node_local_size > 1 && cores > 0) torch::set_num_threads(std::max(1, cores / node_local_size));
+  if (node_local_size > 1 && cores > 0) set_cpu_threads(std::max(1, cores / node_local_size));
 }
 
 void barrier() { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
