@@ -9,6 +9,8 @@
 #     without tests, in parallel, and run the quick bench this tree, DIR, this tree with CARVE_DEPENDENT_LAUNCH=0,
 #     this tree again: a before/after in one call, and what the overlapped launches alone give
 #   NCU=1: per-kernel times of one decode step (ncu, 4 layers, 1K, launched one by one) for teacher and linear
+#   NCU_DETAIL=1: ncu's speed-of-light, memory, occupancy and warp-stall sections for the products of the linear
+#     student's last decode step (2 layers, launched one by one): why a product reads below the copy bandwidth
 # Logs (and the quick benches' raw files) are packed into logs.tgz so that few files come back.
 set -uo pipefail
 
@@ -88,6 +90,17 @@ if [ "${NCU:-0}" = 1 ]; then
     echo "ncu rc=$?" | tee -a "$summary"
     python3 "$ROOT/scripts/ncu_kernel_times.py" "$out/ncu_$model.csv" --last 40 > "$out/ncu_$model.txt" 2>&1
   done
+fi
+
+if [ "${NCU_DETAIL:-0}" = 1 ]; then
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  step "ncu detail linear"
+  # 2 layers: 9 products a step (4 a layer and the LM head); 3 steps (2 warm-up), so the last step's are 19-27.
+  timeout 200 "$ncu" --clock-control none -k regex:gemv_kernel --launch-skip 18 --launch-count 9 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    --section WarpStateStats "$build/carve" bench decode --models linear --layers 2 --contexts 1024 --steps 1 \
+    --warmup 2 --prompt 0 --batch-contexts '' --cuda-graphs false > "$out/ncu_detail_linear.txt" 2>&1
+  echo "ncu detail rc=$?" | tee -a "$summary"
 fi
 
 # The quick benches' files are in the summary; the full run's JSON, text and plot stay as they are.
