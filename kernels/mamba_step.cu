@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) mamba_step_kernel(MambaStep s,
 template <typename T, int kPerLane>
 void launch(const MambaStep& s, cudaStream_t stream) {
   constexpr auto kernel = mamba_step_kernel<T, kPerLane>;
-  const bool clusters = runs_clusters<kernel>();
+  const bool clusters = s.allow_clusters && runs_clusters<kernel>();
   const int slices = slices_of(s.p, clusters);
   const LaunchShape shape(dim3(static_cast<unsigned>(static_cast<long>(s.b) * s.h * slices)),
                           dim3((clusters ? kClusterWarps : kMaxWarps) * 32), 0, slices);

@@ -38,6 +38,7 @@ struct MambaStep {
   bool norm_before_gate = true;   // out = rmsnorm(y) * w * silu(z); otherwise rmsnorm(y * silu(z)) * w
   float eps = 1e-5f;
   float* state = nullptr;  // [b, h, p, n] float32, advanced in place
+  bool allow_clusters = true;  // false: one block per head even where clusters run (the sm_80 path, for tests)
   void* out = nullptr;     // [b, h * p]
 };
 

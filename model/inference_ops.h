@@ -59,6 +59,7 @@ struct MambaStepInputs {
   bool norm_before_gate = true;
   double eps = 1e-5;
   torch::Tensor state;  // [b, heads, head_dim, state_size] float32, advanced in place
+  bool allow_clusters = true;  // false: the kernel's one-block-per-head path (compute capability < 9.0), for tests
 };
 
 namespace fused {

@@ -537,9 +537,17 @@ TEST(MambaStepKernel, MatchesFloat64) {
       const Tensor y = ssd_step(ref, state64).to(dtype).to(torch::kDouble).reshape({b, h * p});
       const Tensor want = gated_rmsnorm(y, f64(in.z), f64(in.norm_weight), p, in.eps, sh.norm_before_gate);
 
-      const Tensor got = fused::mamba_step(in);
-      EXPECT_LT(relative_error(got, want), dtype == torch::kFloat ? 1e-4 : 2e-2) << what << ": output";
-      EXPECT_LT(relative_error(in.state, state64), 1e-5) << what << ": state";
+      // Both of the kernel's layouts: a cluster of blocks per head where clusters run, one block per head (the
+      // path below compute capability 9.0).
+      const Tensor state0 = in.state.clone();
+      for (bool clusters : {true, false}) {
+        in.state = state0.clone();
+        in.allow_clusters = clusters;
+        const std::string how = what + (clusters ? " (clusters where they run)" : " (one block per head)");
+        const Tensor got = fused::mamba_step(in);
+        EXPECT_LT(relative_error(got, want), dtype == torch::kFloat ? 1e-4 : 2e-2) << how << ": output";
+        EXPECT_LT(relative_error(in.state, state64), 1e-5) << how << ": state";
+      }
     }
   }
 }

@@ -365,6 +365,7 @@ torch::Tensor mamba_step(const MambaStepInputs& in) {
   s.norm_before_gate = in.norm_before_gate;
   s.eps = static_cast<float>(in.eps);
   s.state = in.state.data_ptr<float>(), s.out = out.data_ptr();
+  s.allow_clusters = in.allow_clusters;
   kernels::mamba_step(s, stream());
   return out;
 }
