@@ -45,6 +45,17 @@ int env_local_rank() {
 int node_local_rank = 0;
 int node_local_size = 1;
 
+// LibTorch's threads and, where LibTorch's BLAS is OpenBLAS (Debian's LibTorch), OpenBLAS's own pool, which
+// torch::set_num_threads leaves alone. OpenBLAS otherwise sizes its pool by the CPUs the process may run on, so two
+// runs of one command under different CPU bindings (one rank vs two under mpirun, two SLURM jobs) split the same
+// product differently and round differently. Looked up at run time: other BLAS builds do not have the symbol.
+void set_cpu_threads(int threads) {
+  torch::set_num_threads(threads);
+  using SetThreads = void (*)(int);
+  if (auto set_openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+    set_openblas(threads);
+}
+
 }  // namespace
 
 MpiSession::MpiSession(int* argc, char*** argv) {
@@ -103,21 +114,6 @@ int local_rank() {
 }
 
 int local_size() { return node_local_size; }
-
-namespace {
-
-// LibTorch's threads and, where LibTorch's BLAS is OpenBLAS (Debian's LibTorch), OpenBLAS's own pool, which
-// torch::set_num_threads leaves alone. OpenBLAS otherwise sizes its pool by the CPUs the process may run on, so two
-// runs of one command under different CPU bindings (one rank vs two under mpirun, two SLURM jobs) split the same
-// product differently and round differently. Looked up at run time: other BLAS builds do not have the symbol.
-void set_cpu_threads(int threads) {
-  torch::set_num_threads(threads);
-  using SetThreads = void (*)(int);
-  if (auto set_openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
-    set_openblas(threads);
-}
-
-}  // namespace
 
 void default_cpu_threads(int requested) {
   if (requested > 0) {

@@ -298,7 +298,6 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
   dispatch_element(a.dtype, [&](auto t) {
     using T = decltype(t);
     launch_kernel(rope_append_kernel<T>, LaunchShape(dim3(a.heads + a.kv_heads, a.b), dim3(128)), stream, a);
-    CARVE_CUDA_CHECK_LAUNCH();
     if (lanes_needed <= 1) {
       launch_split<T, 1>(a, q_scale, groups, stream);
     } else if (lanes_needed <= 2) {
@@ -312,9 +311,7 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
     } else {
       launch_split<T, 32>(a, q_scale, groups, stream);
     }
-    CARVE_CUDA_CHECK_LAUNCH();
     launch_kernel(combine_kernel<T>, LaunchShape(dim3(a.heads, a.b), dim3(kCombineThreads)), stream, a);
-    CARVE_CUDA_CHECK_LAUNCH();
   });
 }
 

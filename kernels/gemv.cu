@@ -333,7 +333,6 @@ void gemv(const Gemv& g, cudaStream_t stream) {
   const GemvGrid grid = grid_of(g);
   if (g.dtype == ElementType::bf16) launch<__nv_bfloat16>(g, grid, stream);
   else launch<__half>(g, grid, stream);
-  CARVE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace carve::kernels

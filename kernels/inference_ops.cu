@@ -148,7 +148,6 @@ void argmax_rows(long rows, long n, long row_stride, ElementType dtype, const vo
     using T = decltype(t);
     launch_kernel(argmax_kernel<T>, shape, stream, n, row_stride, static_cast<const T*>(x), out);
   });
-  CARVE_CUDA_CHECK_LAUNCH();
 }
 
 void rms_norm(long rows, int d, ElementType dtype, const void* x, const void* weight, float eps, void* out,
@@ -166,7 +165,6 @@ void add_rms_norm(long rows, int d, ElementType dtype, const void* x, const void
     launch_kernel(rms_norm_kernel<T>, shape, stream, d, static_cast<const T*>(x), static_cast<const T*>(delta),
                   static_cast<const T*>(weight), eps, static_cast<T*>(sum), static_cast<T*>(out));
   });
-  CARVE_CUDA_CHECK_LAUNCH();
 }
 
 void silu_mul(long n, ElementType dtype, const void* gate, const void* up, void* out, cudaStream_t stream) {
@@ -177,7 +175,6 @@ void silu_mul(long n, ElementType dtype, const void* gate, const void* up, void*
     launch_kernel(silu_mul_kernel<T>, LaunchShape(dim3(blocks), dim3(256)), stream, n, static_cast<const T*>(gate),
                   static_cast<const T*>(up), static_cast<T*>(out));
   });
-  CARVE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace carve::kernels

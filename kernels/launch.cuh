@@ -54,7 +54,8 @@ bool runs_clusters() {
   return compiled && clusters_supported();
 }
 
-// kernel<<<shape>>>(args...) on `stream`, as a dependent launch where the device has it.
+// kernel<<<shape>>>(args...) on `stream`, as a dependent launch where the device has it. Launch errors throw here
+// (cudaLaunchKernelEx returns them), so callers need no CARVE_CUDA_CHECK_LAUNCH after it.
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), const LaunchShape& shape, cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute attributes[2] = {};

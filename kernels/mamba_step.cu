@@ -122,8 +122,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) mamba_step_kernel(MambaStep s,
   __syncthreads();
   if (threadIdx.x == 0) {
     float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < kMaxWarps; ++w) total += w < warps ? warp_ss[w] : 0.f;
+    for (int w = 0; w < warps; ++w) total += warp_ss[w];
     block_ss = total;
   }
   __syncthreads();
@@ -168,7 +167,6 @@ void mamba_step(const MambaStep& s, cudaStream_t stream) {
   CARVE_KERNEL_REQUIRE(s.x && s.B && s.C && s.dt && s.z && s.A_log && s.norm_weight && s.state && s.out,
                        "mamba_step: a required pointer is null");
   dispatch_element(s.dtype, [&](auto tag) { launch<decltype(tag)>(s, stream); });
-  CARVE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace carve::kernels

@@ -52,8 +52,8 @@ grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
 
 quick_bench() {  # BINARY_DIR NAME [VAR=VALUE...]: the variables are set for the bench
   step "bench decode (quick) $2 ${*:3}"
-  env "${@:3}" "$1/carve" bench decode --contexts 1024,103000 --batch-contexts '' --prompt 0 --json "$out/bench_$2.json" \
-    > "$out/bench_$2.txt" 2>&1
+  env "${@:3}" "$1/carve" bench decode --contexts 1024,103000 --batch-contexts '' --prompt 0 \
+    --json "$out/bench_$2.json" > "$out/bench_$2.txt" 2>&1
   echo "bench rc=$?" | tee -a "$summary"
   grep -E "^(teacher|hybrid|linear)|^ +[0-9]" "$out/bench_$2.txt" | tee -a "$summary"
 }
@@ -80,8 +80,8 @@ else
   tail -40 "$out/bench_decode.txt"
 fi
 
+ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 if [ "${NCU:-0}" = 1 ]; then
-  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   for model in teacher linear; do
     step "ncu $model"
     timeout 150 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv "$build/carve" bench decode \
@@ -93,7 +93,6 @@ if [ "${NCU:-0}" = 1 ]; then
 fi
 
 if [ "${NCU_DETAIL:-0}" = 1 ]; then
-  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   step "ncu detail linear"
   # 2 layers: 9 products a step (4 a layer and the LM head); 3 steps (2 warm-up), so the last step's are 19-27.
   timeout 200 "$ncu" --clock-control none -k regex:gemv_kernel --launch-skip 18 --launch-count 9 \
