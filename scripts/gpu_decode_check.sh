@@ -8,6 +8,8 @@
 #   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
 #     without tests, in parallel, and run the quick bench this tree, DIR, this tree with CARVE_DEPENDENT_LAUNCH=0,
 #     this tree again: a before/after in one call, and what the overlapped launches alone give
+#   VARIANTS='VAR=VALUE ...': after the quick or full bench, the quick bench once more with each setting in turn,
+#     then once more as it is (e.g. VARIANTS='CARVE_GEMV_BLOCKS_PER_SM=0 CARVE_GEMV_BLOCKS_PER_SM=2')
 #   NCU=1: per-kernel times of one decode step (ncu, 4 layers, 1K, launched one by one) for teacher and linear
 #   NCU_DETAIL=1: ncu's speed-of-light, memory, occupancy and warp-stall sections for the products of the linear
 #     student's last decode step (2 layers, launched one by one): why a product reads below the copy bandwidth
@@ -78,6 +80,13 @@ else
   echo "bench rc=$?" | tee -a "$summary"
   python3 "$ROOT/scripts/plot_decode.py" "$out/bench_decode.json" "$out/decode.png" >> "$summary" 2>&1
   tail -40 "$out/bench_decode.txt"
+fi
+
+if [ -n "${VARIANTS:-}" ]; then
+  for variant in $VARIANTS; do
+    quick_bench "$build" "this_${variant//[^A-Za-z0-9]/_}" "$variant"
+  done
+  quick_bench "$build" this_again
 fi
 
 ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
