@@ -9,7 +9,8 @@
 #     without tests, in parallel, and run the quick bench this tree, DIR, this tree with CARVE_DEPENDENT_LAUNCH=0,
 #     this tree again: a before/after in one call, and what the overlapped launches alone give
 #   VARIANTS='VAR=VALUE ...': after the quick or full bench, the quick bench once more with each setting in turn,
-#     then once more as it is (e.g. VARIANTS='CARVE_GEMV_BLOCKS_PER_SM=0 CARVE_GEMV_BLOCKS_PER_SM=2')
+#     then once more as it is (e.g. VARIANTS='CARVE_DEPENDENT_LAUNCH=0'; branch gemv-persistent-grid used
+#     CARVE_GEMV_BLOCKS_PER_SM=0, 2 and 6)
 #   NCU=1: per-kernel times of one decode step (ncu, 4 layers, 1K, launched one by one) for teacher and linear
 #   NCU_DETAIL=1: ncu's speed-of-light, memory, occupancy and warp-stall sections for the products of the linear
 #     student's last decode step (2 layers, launched one by one): why a product reads below the copy bandwidth
