@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) mamba_step_kernel(MambaStep s,
   let_next_kernel_launch();
   __shared__ float xs[kMambaStepMax], Bs[kMambaStepMax], Cs[kMambaStepMax], ys[kMambaStepMax];
   __shared__ float gates[kMambaStepMax], weights[kMambaStepMax];  // silu(z) and the norm weight of this block's rows
-  __shared__ float warp_ss[kMaxWarps], block_ss;
+  __shared__ float warp_ss[kMaxWarps], block_ss;  // block_ss: what the cluster's other blocks read
   const int head_block = blockIdx.x / slices, slice = blockIdx.x % slices;
   const int bi = head_block / s.h, hi = head_block % s.h;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -117,16 +117,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) mamba_step_kernel(MambaStep s,
     const float v = s.norm_before_gate ? ys[i] : ys[i] * gates[i];
     ss += v * v;
   }
-  ss = warp_sum(ss);
-  if (lane == 0) warp_ss[warp] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.f;
-    for (int w = 0; w < warps; ++w) total += warp_ss[w];
-    block_ss = total;
-  }
-  __syncthreads();
-  const float total = slices > 1 ? cluster_sum(&block_ss, slices) : block_ss;
+  const float block_total = block_sum(ss, warp_ss);
+  if (threadIdx.x == 0) block_ss = block_total;  // cluster_sum's first cluster barrier publishes it
+  const float total = slices > 1 ? cluster_sum(&block_ss, slices) : block_total;
   const float rstd = rsqrtf(total / s.p + s.eps);
   T* out = static_cast<T*>(s.out) + (static_cast<long>(bi) * s.h + hi) * s.p;
   for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {

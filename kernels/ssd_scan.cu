@@ -51,17 +51,6 @@ __device__ V block_inclusive_scan(V v, V* warp_totals) {
   return v;
 }
 
-// Sum over the block, returned to every thread.
-__device__ float block_sum(float v, float* scratch) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float t = lane < warps ? scratch[lane] : 0.f;
-  t = warp_sum(t);
-  __syncthreads();
-  return t;
-}
 
 template <typename T>
 __global__ void dt_prepare_kernel(ScanDims d, const T* dt, const float* A, const float* dt_bias, bool softplus,

@@ -97,7 +97,8 @@ torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& delta,
                                                      const torch::Tensor& weight, double eps);
 
-// logits.argmax(-1) of [b, vocab] logits with unit stride along the vocabulary (greedy decoding), as int64.
+// logits.argmax(-1) of [b, vocab] logits (greedy decoding), as int64; read in place when rows have unit stride and
+// do not overlap, else from a contiguous copy.
 torch::Tensor argmax(const torch::Tensor& logits);
 
 bool mamba_step_applies(const MambaStepInputs& in);
