@@ -8,6 +8,7 @@
 #   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
 #     without tests, in parallel, and run the quick bench this tree, DIR, this tree with CARVE_DEPENDENT_LAUNCH=0,
 #     this tree again: a before/after in one call, and what the overlapped launches alone give
+#     (SERIAL=0 leaves out the run with CARVE_DEPENDENT_LAUNCH=0 when the call is short of time)
 #   VARIANTS='VAR=VALUE ...': after the quick or full bench, the quick bench once more with each setting in turn,
 #     then once more as it is (e.g. VARIANTS='CARVE_DEPENDENT_LAUNCH=0'; branch gemv-persistent-grid used
 #     CARVE_GEMV_BLOCKS_PER_SM=0, 2 and 6)
@@ -64,7 +65,7 @@ quick_bench() {  # BINARY_DIR NAME [VAR=VALUE...]: the variables are set for the
 if [ -n "${BASE_SRC:-}" ]; then
   quick_bench "$build" this1
   quick_bench "$base_build" base
-  quick_bench "$build" this_serial CARVE_DEPENDENT_LAUNCH=0
+  [ "${SERIAL:-1}" = 1 ] && quick_bench "$build" this_serial CARVE_DEPENDENT_LAUNCH=0
   quick_bench "$build" this2
 elif [ "${QUICK:-0}" = 1 ]; then
   quick_bench "$build" decode
