@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# One device call's worth of checks for the SSD training kernels (issue 7) on a GPU host; docs/gpu-results.md records
+# what it gave. Results go to OUT (default $OUT); carry .deps (scripts/gpu_host_build.sh bundle).
+#
+#   scripts/gpu_kernels_check.sh [OUT]
+#   TESTS=0: build without tests and skip them and memcheck (a speed-only call)
+#   SHAPES=hovle,long: the shapes of `carve bench kernels` (default: all four of the issue)
+#   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
+#     without tests, in parallel, and bench this tree, DIR, this tree again: a before/after in one call
+#   TRITON=1: also run mamba_ssm's Triton kernel first (.third_party/mamba and .third_party/einops, carried)
+#   NCU=1: per-kernel times of one forward and backward at hovle (ncu, one launch at a time)
+#   NCU_KERNEL=REGEX: ncu's speed-of-light, memory, occupancy, warp-stall and source sections for the first
+#     launch matching REGEX at hovle, and its per-line SASS table (where the stalls are)
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=${1:-${OUT:?give an output folder or set OUT}}
+build=${BUILD_DIR:-/tmp/bg}
+base_build=/tmp/carve-base
+shapes=${SHAPES:-hovle,phi2,mamba2-2.7b,long}
+mkdir -p "$out"
+summary="$out/summary.txt"
+
+step() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$summary"; }
+
+step build
+if [ -n "${BASE_SRC:-}" ]; then
+  [ -f "$BASE_SRC/CMakeLists.txt" ] || { echo "BASE_SRC=$BASE_SRC: no CMakeLists.txt there" >&2; exit 2; }
+  (CARVE_DEPS="$ROOT/.deps" CARVE_CMAKE_ARGS=-DCARVE_TESTS=OFF "$BASE_SRC/scripts/gpu_host_build.sh" build \
+     "$base_build" > "$out/build_base.log" 2>&1; echo "base build rc=$?" >> "$out/build_base.log") &
+fi
+tests_arg=()
+[ "${TESTS:-1}" = 0 ] && tests_arg=(-DCARVE_TESTS=OFF)
+CARVE_CMAKE_ARGS="${tests_arg[*]:-}" "$ROOT/scripts/gpu_host_build.sh" build "$build" > "$out/build.log" 2>&1 \
+  || { tail -40 "$out/build.log"; exit 1; }
+wait
+[ -n "${BASE_SRC:-}" ] && tail -1 "$out/build_base.log" | tee -a "$summary"
+# shellcheck source=/dev/null
+source "$ROOT/scripts/gpu_host_env.sh"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+
+if [ "${TESTS:-1}" != 0 ]; then
+  filter='SsdKernel.*:ConvKernel.*:GatedNormKernel.*:*Mixer*:*Student*'
+  step "tests $filter"
+  "$build/tests/carve_tests" --gtest_filter="$filter" > "$out/tests.log" 2>&1
+  echo "tests rc=$?" | tee -a "$summary"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) \]" "$out/tests.log" | head -40 | tee -a "$summary"
+  grep -E -A6 "Failure$" "$out/tests.log" | head -80 | tee -a "$summary"
+  step memcheck
+  compute-sanitizer --tool memcheck "$build/tests/carve_tests" --gtest_filter='SsdKernel.*:ConvKernel.*:GatedNormKernel.*' \
+    > "$out/memcheck.log" 2>&1
+  echo "memcheck rc=$?" | tee -a "$summary"
+  grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
+fi
+
+triton=()
+if [ "${TRITON:-0}" = 1 ]; then
+  step "triton"
+  PYTHONPATH="$ROOT/.third_party/mamba:$ROOT/.third_party/einops" python3 "$ROOT/scripts/bench_triton_ssd.py" \
+    --shapes "$shapes" --json "$out/triton.json" > "$out/triton.txt" 2>&1 && triton=(--triton-json "$out/triton.json")
+  tail -8 "$out/triton.txt" | tee -a "$summary"
+fi
+
+bench() {  # BINARY_DIR NAME
+  step "bench kernels $2"
+  "$1/carve" bench kernels --shapes "$shapes" --reference false "${triton[@]}" --json "$out/bench_$2.json" \
+    > "$out/bench_$2.txt" 2>&1
+  echo "bench rc=$?" | tee -a "$summary"
+  grep -v '^ *$' "$out/bench_$2.txt" | tail -14 | tee -a "$summary"
+}
+bench "$build" this
+if [ -n "${BASE_SRC:-}" ]; then
+  bench "$base_build" base
+  bench "$build" this_again
+fi
+
+ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+one_run=(bench kernels --shapes hovle --reference false --warmup 0 --repeat 1)
+if [ "${NCU:-0}" = 1 ]; then
+  step "ncu kernel times, hovle"
+  timeout 200 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv "$build/carve" "${one_run[@]}" \
+    > "$out/ncu_times.csv" 2> "$out/ncu_times.err"
+  echo "ncu rc=$?" | tee -a "$summary"
+  python3 "$ROOT/scripts/ncu_kernel_times.py" "$out/ncu_times.csv" --last 60 > "$out/ncu_times.txt" 2>&1
+  tail -30 "$out/ncu_times.txt" | tee -a "$summary"
+fi
+
+if [ -n "${NCU_KERNEL:-}" ]; then
+  step "ncu detail $NCU_KERNEL"
+  timeout 240 "$ncu" --clock-control none -k "regex:$NCU_KERNEL" --launch-count 1 --import-source yes \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section SourceCounters -o "$out/detail" "$build/carve" "${one_run[@]}" \
+    > "$out/ncu_detail.log" 2>&1
+  echo "ncu detail rc=$?" | tee -a "$summary"
+  "$ncu" -i "$out/detail.ncu-rep" --print-details all > "$out/ncu_detail.txt" 2>&1
+  # Per SASS line: where the warps stall (the columns of the source page).
+  "$ncu" -i "$out/detail.ncu-rep" --page source --csv --print-source sass > "$out/ncu_source_sass.csv" 2>&1
+  "$ncu" -i "$out/detail.ncu-rep" --page source --csv --print-source cuda > "$out/ncu_source_cuda.csv" 2>&1
+  echo "source pages: $(wc -l < "$out/ncu_source_sass.csv") sass lines, $(wc -l < "$out/ncu_source_cuda.csv") cuda lines" \
+    | tee -a "$summary"
+fi
+
+(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err 2>/dev/null; rm -f -- *.log *.csv *.err)
+step "done"
