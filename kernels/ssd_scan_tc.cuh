@@ -84,7 +84,8 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
 __device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
 
 // Shared memory of chunk_output_tc: per-token cum (float64), dt', segment ids, then 16-bit row-major tiles: C rows
-// [64, n], B rows of the source tile [64, n], x rows of the source tile [64, p].
+// [64, n], B rows of the source tile [64, n], x rows of the source tile [64, p]. Before the source tiles, the B and x
+// tiles hold the hi and lo parts of 64 rows of the entering state [64 of p, n] (so x's tile is at least [64, n]).
 struct TcOutputLayout {
   int n16, p16, ldn, ldp;
   size_t per_token_bytes, cs, bs, xs, bytes;
@@ -97,7 +98,7 @@ __host__ __device__ inline TcOutputLayout tc_output_layout(const ScanDims& d) {
   L.cs = 0;
   L.bs = L.cs + static_cast<size_t>(kTcRows) * L.ldn;
   L.xs = L.bs + static_cast<size_t>(kTcRows) * L.ldn;
-  L.bytes = L.per_token_bytes + (L.xs + static_cast<size_t>(kTcRows) * L.ldp) * 2;
+  L.bytes = L.per_token_bytes + (L.xs + static_cast<size_t>(kTcRows) * (L.ldp > L.ldn ? L.ldp : L.ldn)) * 2;
   return L;
 }
 
@@ -243,15 +244,23 @@ __device__ __forceinline__ void cb_tile(float sc[kTcRows / 8][4], const T* cs, c
   }
 }
 
-// Writes a cb_tile result to the [q, q] block `cb`: this thread's rows r0 and r0 + 8, columns from s0.
+// Writes a cb_tile result to the [q, q] block `cb`: this thread's rows r0 and r0 + 8, columns from s0, two
+// neighbouring columns at once when q is even (c is even, so c + 1 < q).
 __device__ __forceinline__ void store_cb_tile(const float sc[kTcRows / 8][4], float* cb, int q, int r0, int s0) {
   const int tig = threadIdx.x % 4;
 #pragma unroll
   for (int j = 0; j < kTcRows / 8; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = r0 + (e < 2 ? 0 : 8), c = s0 + 8 * j + 2 * tig + (e & 1);
-      if (r < q && c < q) cb[(long)r * q + c] = sc[j][e];
+    for (int half = 0; half < 2; ++half) {
+      const int r = r0 + 8 * half, c = s0 + 8 * j + 2 * tig;
+      if (r >= q || c >= q) continue;
+      float* to = cb + (long)r * q + c;
+      if (q % 2 == 0) {
+        *reinterpret_cast<float2*>(to) = make_float2(sc[j][2 * half], sc[j][2 * half + 1]);
+      } else {
+        to[0] = sc[j][2 * half];
+        if (c + 1 < q) to[1] = sc[j][2 * half + 1];
+      }
     }
 }
 
@@ -290,6 +299,27 @@ __global__ void __launch_bounds__(kTcThreads) chunk_cb_tc_kernel(ChunkCbTc<T> a)
   store_cb_tile(sc, a.cb + cx.cb(cx.hi), d.q, m0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4, s0);
 }
 
+// store_output for channels pc and pc + 1 of element offset o (even) at once: 8-byte and 4-byte accesses instead
+// of 4- and 2-byte ones, and one test of each optional input per pair. x is given (the caller has it in shared
+// memory).
+template <typename T>
+__device__ __forceinline__ void store_output_pair(long o, int head, int pc, int p, float y0, float y1, float x0,
+                                                  float x1, const T* z, const float* D, bool D_per_channel,
+                                                  float* y_ssm, T* out) {
+  using TC = TensorCore<T>;
+  if (y_ssm) *reinterpret_cast<float2*>(y_ssm + o) = make_float2(y0, y1);
+  if (D) {
+    const float2 dv = D_per_channel ? *reinterpret_cast<const float2*>(D + head * p + pc) : make_float2(D[head], D[head]);
+    y0 += dv.x * x0, y1 += dv.y * x1;
+  }
+  if (z) {
+    const uint32_t zz = *reinterpret_cast<const uint32_t*>(z + o);
+    const T* zv = reinterpret_cast<const T*>(&zz);
+    y0 *= siluf(to_float(zv[0])), y1 *= siluf(to_float(zv[1]));
+  }
+  *reinterpret_cast<uint32_t*>(out + o) = TC::pack(y0, y1);
+}
+
 // Where the output kernel gets C_l . B_s: computed in the block (and stored for the backward), or read from the
 // buffer a separate product filled (heads sharing a group would otherwise each recompute it).
 enum class CbSource { ComputeAndStore, Load };
@@ -311,6 +341,7 @@ struct ChunkOutputTc {
   T* out;
   float* y_ssm;
   bool vector;  // 16-byte row copies (p and n multiples of 8, aligned bases)
+  bool pairs;   // the epilogue stores two channels at once (vector, and out, z, y_ssm, D aligned for it)
 };
 
 template <typename T>
@@ -355,34 +386,53 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
     for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
 
   // Inter-chunk term, C_l . S^T, then scaled per row by exp(L_l) (rows of the sample running when the chunk began).
-  // The state's B fragments come straight from global memory (float32, split into hi + lo): every warp of the
-  // block reads the same [p, n] state, which stays in L1.
+  // The float32 state is split into hi + lo once per element by the whole block, 64 rows of p at a time, into the B
+  // and x tiles (free until the source tiles): every warp needs all of it, and when each warp split its own
+  // fragments from global memory this product was 60% of the kernel's time (ncu, hovle).
   const float* S = a.states + cx.state(cx.hi);
+  T* st_hi = bs;
+  T* st_lo = xs;
 #pragma unroll
-  for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
-    if (16 * kk >= lay.n16) break;
-    uint32_t af[4];
-    load_a_fragment(af, cs, lay.ldn, 16 * warp, 16 * kk);
-#pragma unroll
-    for (int j = 0; j < kTcMaxDim / 8; ++j) {
-      if (8 * j >= lay.p16) break;
-      const int pr = 8 * j + gid;
-      float hi[4], lo[4];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int col = 16 * kk + 8 * half + 2 * tig;  // even, and n is even when rows are vectorizable
-        float2 v = make_float2(0.f, 0.f);
-        if (pr < d.p && col + 1 < d.n && a.vector) {
-          v = *reinterpret_cast<const float2*>(S + (long)pr * d.n + col);
-        } else if (pr < d.p) {
-          v.x = col < d.n ? S[(long)pr * d.n + col] : 0.f;
-          v.y = col + 1 < d.n ? S[(long)pr * d.n + col + 1] : 0.f;
-        }
-        split<T>(v.x, hi[2 * half], lo[2 * half]);
-        split<T>(v.y, hi[2 * half + 1], lo[2 * half + 1]);
+  for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
+    const int pr0 = half * kTcRows;
+    if (pr0 >= lay.p16) break;
+    __syncthreads();  // the previous half's readers are done
+    // Rows pr0.. of S into [64, n16] hi and lo tiles, 4 elements per thread at a time (zeros past p and n).
+    if (a.vector) {
+      const int per_row = lay.n16 / 4;
+#pragma unroll 2
+      for (int e = tid; e < kTcRows * per_row; e += kTcThreads) {
+        const int r = e / per_row, c = 4 * (e % per_row), pr = pr0 + r;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (pr < d.p && c < d.n) v = *reinterpret_cast<const float4*>(S + (long)pr * d.n + c);
+        float hi[4], lo[4];
+        split<T>(v.x, hi[0], lo[0]), split<T>(v.y, hi[1], lo[1]);
+        split<T>(v.z, hi[2], lo[2]), split<T>(v.w, hi[3], lo[3]);
+        *reinterpret_cast<uint2*>(st_hi + r * lay.ldn + c) = make_uint2(TC::pack(hi[0], hi[1]), TC::pack(hi[2], hi[3]));
+        *reinterpret_cast<uint2*>(st_lo + r * lay.ldn + c) = make_uint2(TC::pack(lo[0], lo[1]), TC::pack(lo[2], lo[3]));
       }
-      TC::mma(acc[j], af, TC::pack(hi[0], hi[1]), TC::pack(hi[2], hi[3]));
-      TC::mma(acc[j], af, TC::pack(lo[0], lo[1]), TC::pack(lo[2], lo[3]));
+    } else {
+      for (int e = tid; e < kTcRows * lay.n16; e += kTcThreads) {
+        const int r = e / lay.n16, c = e % lay.n16, pr = pr0 + r;
+        split_store(pr < d.p && c < d.n ? S[(long)pr * d.n + c] : 0.f, st_hi + r * lay.ldn + c, st_lo + r * lay.ldn + c);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
+      if (16 * kk >= lay.n16) break;
+      uint32_t af[4];
+      load_a_fragment(af, cs, lay.ldn, 16 * warp, 16 * kk);
+#pragma unroll
+      for (int jj = 0; jj < kTcRows / 8; ++jj) {
+        const int j = half * (kTcRows / 8) + jj;
+        if (8 * j >= lay.p16) break;
+        uint32_t b0, b1;
+        load_b_fragment(b0, b1, st_hi, lay.ldn, 16 * kk, 8 * jj);
+        TC::mma(acc[j], af, b0, b1);
+        load_b_fragment(b0, b1, st_lo, lay.ldn, 16 * kk, 8 * jj);
+        TC::mma(acc[j], af, b0, b1);
+      }
     }
   }
   const float in0 = live0 && seg_s[r0] == cx.seg_prev ? expf(static_cast<float>(cum_s[r0])) : 0.f;
@@ -455,16 +505,27 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
     }
   }
 
-  // Epilogue: y before D kept for the backward, then D x and the gate.
+  // Epilogue: y before D kept for the backward, then D x and the gate, for the two neighbouring channels a thread
+  // holds at once (element by element it was a fifth of the kernel's time). x of the output rows is the last source
+  // tile's (s0 = m0), still in shared memory.
 #pragma unroll
   for (int j = 0; j < kTcMaxDim / 8; ++j) {
     if (8 * j >= lay.p16) break;
+    const int pc = 8 * j + 2 * tig;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e < 2 ? r0 : r1, pc = 8 * j + 2 * tig + (e & 1);
-      if (!(e < 2 ? live0 : live1) || pc >= d.p) continue;
-      store_output(cx.token(r, d.h, cx.hi, d.p) + pc, cx.hi, pc, d.p, acc[j][e], a.x, a.z, a.D, a.D_per_channel,
-                   a.y_ssm, a.out);
+    for (int half = 0; half < 2; ++half) {
+      const int r = half ? r1 : r0;
+      if (!(half ? live1 : live0) || pc >= d.p) continue;
+      const long o = cx.token(r, d.h, cx.hi, d.p) + pc;
+      const float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
+      if (a.pairs) {  // p even: pc + 1 < p, and o is even
+        const T* xr = xs + (r - m0) * lay.ldp + pc;
+        store_output_pair(o, cx.hi, pc, d.p, y0, y1, to_float(xr[0]), to_float(xr[1]), a.z, a.D, a.D_per_channel,
+                          a.y_ssm, a.out);
+      } else {
+        store_output(o, cx.hi, pc, d.p, y0, a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
+        if (pc + 1 < d.p) store_output(o + 1, cx.hi, pc + 1, d.p, y1, a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
+      }
     }
   }
 }

@@ -168,6 +168,8 @@ const std::vector<ScanCase>& scan_cases() {
       {1, 50, 2, 1, 128, 64, 128, 2, true, true, false, true},
       {1, 640, 8, 1, 64, 128, 256, 1, false, true, true, false},
       {2, 129, 2, 2, 80, 128, 64, 1, true, true, true, true},
+      // p and n not multiples of 8: the element-by-element copies and stores of the tensor-core kernels
+      {2, 150, 3, 3, 36, 20, 64, 2, true, true, true, true},
   };
   return cases;
 }
