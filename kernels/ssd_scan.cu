@@ -574,9 +574,9 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   out.cb_source = d.r > 1 ? CbSource::Load : CbSource::ComputeAndStore;
   out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
   out.vector = x_rows && bc_rows;
-  // Alignment of the pairs the epilogue stores: 4 bytes for out and z, 8 for y_ssm and a per-channel D.
+  // The epilogue's pairs: 4-byte stores of out, 8-byte ones of y_ssm, z's rows copied 16 bytes at a time.
   const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
-  out.pairs = out.vector && aligned(f.out, 4) && aligned(f.z, 4) && aligned(f.y_ssm, 8) && aligned(f.D, 8);
+  out.pairs = out.vector && aligned(f.out, 4) && aligned(f.y_ssm, 8) && (!f.z || rows_vectorizable(f.z, d.p));
   chunk_output_tc(with_chunk(out, d, f.seg), stream);
 }
 

@@ -16,6 +16,7 @@
  */
 #pragma once
 
+#include <climits>
 #include <cstdint>
 
 #include "kernels/element.cuh"
@@ -35,21 +36,44 @@ inline bool ssd_tensor_core_shape(const SsdScanShape& s) {
 
 __host__ __device__ inline int round16(int v) { return (v + 15) / 16 * 16; }
 
-// A computed operand (decay-weighted values, float32 states) as the sum of two 16-bit values, hi + lo, each taken
-// through the tensor cores: about 16 significant bits instead of 8. y_ssm needs them: the backward's decay gradient
-// is a small difference of sums of y_ssm and of the dx product's terms, and 8 bits left it at 5-20% error.
+// A computed operand (decay-weighted values, float32 states) as the sum of kParts 16-bit values, each taken through
+// the tensor cores. y_ssm needs them: the backward's decay gradient is a small difference of sums of y_ssm and of
+// the dx product's terms. One bfloat16 (8 significant bits) left it at 5-20% error; two (16 bits) passed at every
+// shape until a small one (p 36, n 20, 150 tokens) reached 1.3e-2; three bfloat16 parts carry all 24 bits of the
+// float32 value. Two float16 parts carry 22.
 template <typename T>
-__device__ __forceinline__ void split(float v, float& hi, float& lo) {
-  hi = to_float(from_float<T>(v));
-  lo = v - hi;
-}
+struct SplitParts {
+  static constexpr int value = 2;
+};
+template <>
+struct SplitParts<__nv_bfloat16> {
+  static constexpr int value = 3;
+};
 template <typename T>
-__device__ __forceinline__ void split_store(float v, T* hi, T* lo) {
-  float h, l;
-  split<T>(v, h, l);
-  *hi = from_float<T>(h);
-  *lo = from_float<T>(l);
+constexpr int kParts = SplitParts<T>::value;
+
+// v as part[0] + part[1] + ..., each part exactly a 16-bit value (the last one rounded).
+template <typename T>
+__device__ __forceinline__ void split(float v, float (&part)[kParts<T>]) {
+#pragma unroll
+  for (int i = 0; i < kParts<T>; ++i) {
+    part[i] = to_float(from_float<T>(v));
+    v -= part[i];
+  }
 }
+
+// Walks the rows of a tile `per_row` items wide with the threads of the block, without a division per step: thread
+// t takes item t % per_row of rows t / per_row, t / per_row + rows_per_pass, ... (threads past the last whole row of
+// a pass stay idle; per_row <= blockDim.x).
+struct RowWalk {
+  int row, item, rows_per_pass;
+  __device__ explicit RowWalk(int per_row) {
+    rows_per_pass = blockDim.x / per_row;
+    row = threadIdx.x / per_row;
+    item = threadIdx.x % per_row;
+    if (row >= rows_per_pass) row = INT_MAX;  // idle
+  }
+};
 
 // Copies token rows into a row-major shared tile of `rows` x `width` 16-bit elements (ld per row): row r from
 // src(r) (null: a row of zeros), `cols` real columns, zeros up to `width` (a multiple of 16). When every row start
@@ -59,9 +83,9 @@ __device__ __forceinline__ void split_store(float v, T* hi, T* lo) {
 template <typename T, typename Src>
 __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, int width, bool vector, Src src) {
   if (vector) {
-    const int per_row = width / 8;
-    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
-      const int r = e / per_row, c = 8 * (e % per_row);
+    const RowWalk walk(width / 8);
+    const int c = 8 * walk.item;
+    for (int r = walk.row; r < rows; r += walk.rows_per_pass) {
       const T* row = src(r);
       const bool real = row && c < cols;
       const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(tile + r * ld + c));
@@ -83,38 +107,42 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
 // Waits for this thread's cp.async copies (see stage_rows).
 __device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
 
-// Shared memory of chunk_output_tc: per-token cum (float64), dt', segment ids, then 16-bit row-major tiles: C rows
-// [64, n], B rows of the source tile [64, n], x rows of the source tile [64, p]. Before the source tiles, the B and x
-// tiles hold the hi and lo parts of 64 rows of the entering state [64 of p, n] (so x's tile is at least [64, n]).
+// Shared memory of chunk_output_tc: per-token cum (float64), dt', segment ids, the head's D per channel, then
+// 16-bit row-major tiles: C rows [64, n], B rows of the source tile [64, n], x rows of the source tile [64, p], z
+// rows of the output tile [64, p]. Before the source tiles, the B, x and z tiles hold the parts of 64 rows of the
+// entering state [64 of p, n] (so the x and z tiles are at least [64, n]).
 struct TcOutputLayout {
   int n16, p16, ldn, ldp;
-  size_t per_token_bytes, cs, bs, xs, bytes;
+  size_t per_token_bytes, cs, bs, xs, zs, bytes;
 };
 __host__ __device__ inline TcOutputLayout tc_output_layout(const ScanDims& d) {
   TcOutputLayout L{};
   L.n16 = round16(d.n), L.p16 = round16(d.p), L.ldn = L.n16 + 8, L.ldp = L.p16 + 8;
-  L.per_token_bytes = static_cast<size_t>(d.q) * (sizeof(double) + sizeof(float) + sizeof(int));
+  L.per_token_bytes = static_cast<size_t>(d.q) * (sizeof(double) + sizeof(float) + sizeof(int)) +
+                      static_cast<size_t>(kTcMaxDim) * sizeof(float);
   L.per_token_bytes = (L.per_token_bytes + 15) / 16 * 16;
+  const size_t wide = static_cast<size_t>(kTcRows) * (L.ldp > L.ldn ? L.ldp : L.ldn);
   L.cs = 0;
   L.bs = L.cs + static_cast<size_t>(kTcRows) * L.ldn;
   L.xs = L.bs + static_cast<size_t>(kTcRows) * L.ldn;
-  L.bytes = L.per_token_bytes + (L.xs + static_cast<size_t>(kTcRows) * (L.ldp > L.ldn ? L.ldp : L.ldn)) * 2;
+  L.zs = L.xs + wide;
+  L.bytes = L.per_token_bytes + (L.zs + wide) * 2;
   return L;
 }
 
-// Shared memory of chunk_state_tc: per-token weights, then row-major tiles of the source tile: w x split in two
-// 16-bit parts [64, 64 of p] each, B [64, n].
+// Shared memory of chunk_state_tc: per-token weights, then row-major tiles of the source tile: w x split in `parts`
+// 16-bit parts [64, 64 of p] each (xw, part i at xw + i * xw_part), B [64, n].
 struct TcStateLayout {
   int n16, ldx, ldn;
-  size_t per_token_bytes, xw_hi, xw_lo, bs, bytes;
+  size_t per_token_bytes, xw, xw_part, bs, bytes;
 };
-__host__ __device__ inline TcStateLayout tc_state_layout(const ScanDims& d) {
+__host__ __device__ inline TcStateLayout tc_state_layout(const ScanDims& d, int parts) {
   TcStateLayout L{};
   L.n16 = round16(d.n), L.ldx = kTcRows + 8, L.ldn = L.n16 + 8;
   L.per_token_bytes = (static_cast<size_t>(d.q) * sizeof(float) + 15) / 16 * 16;
-  L.xw_hi = 0;
-  L.xw_lo = static_cast<size_t>(kTcRows) * L.ldx;
-  L.bs = L.xw_lo + static_cast<size_t>(kTcRows) * L.ldx;
+  L.xw = 0;
+  L.xw_part = static_cast<size_t>(kTcRows) * L.ldx;
+  L.bs = L.xw + parts * L.xw_part;
   L.bytes = L.per_token_bytes + (L.bs + static_cast<size_t>(kTcRows) * L.ldn) * 2;
   return L;
 }
@@ -137,11 +165,11 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
   Chunk cx = a.cx;
   cx.select(blockIdx.x, cx.d.h);
   const ScanDims& d = cx.d;
-  const TcStateLayout lay = tc_state_layout(d);
+  constexpr int P = kParts<T>;
+  const TcStateLayout lay = tc_state_layout(d, P);
   float* w_s = reinterpret_cast<float*>(smem);
   T* tiles = reinterpret_cast<T*>(smem + lay.per_token_bytes);
-  T* xw_hi = tiles + lay.xw_hi;
-  T* xw_lo = tiles + lay.xw_lo;
+  T* xw = tiles + lay.xw;
   T* bs = tiles + lay.bs;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
   const int p0 = blockIdx.y * kTcRows, gi = cx.hi / d.r;
@@ -166,11 +194,11 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
     stage_rows(bs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
       return token_row(r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
     });
-    // w_s x_s, split into hi + lo, 8 elements at a time (unrolled: the loads of all iterations are in flight at once).
+    // w_s x_s, split into parts, 8 elements at a time (unrolled: the loads of all iterations are in flight at once).
 #pragma unroll
     for (int e = tid; e < kTcRows * (kTcRows / 8); e += kTcThreads) {
       const int r = e / (kTcRows / 8), c = 8 * (e % (kTcRows / 8));
-      T in[8], hi[8], lo[8];
+      T in[8];
       const T* row = token_row(r) ? a.x + cx.token(s0 + r, d.h, cx.hi, d.p) + p0 : nullptr;
       const float w = row ? w_s[s0 + r] : 0.f;
       if (row && a.vector && c + 8 <= p_cols) {
@@ -179,30 +207,29 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
 #pragma unroll
         for (int i = 0; i < 8; ++i) in[i] = from_float<T>(row && c + i < p_cols ? to_float(row[c + i]) : 0.f);
       }
+      float part[8][P];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const float v = w * to_float(in[i]);
-        float h, l;
-        split<T>(v, h, l);
-        hi[i] = from_float<T>(h), lo[i] = from_float<T>(l);
-      }
-      *reinterpret_cast<uint4*>(xw_hi + r * lay.ldx + c) = *reinterpret_cast<const uint4*>(hi);
-      *reinterpret_cast<uint4*>(xw_lo + r * lay.ldx + c) = *reinterpret_cast<const uint4*>(lo);
+      for (int i = 0; i < 8; ++i) split<T>(w * to_float(in[i]), part[i]);
+#pragma unroll
+      for (int k = 0; k < P; ++k)
+        *reinterpret_cast<uint4*>(xw + k * lay.xw_part + r * lay.ldx + c) =
+            make_uint4(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]),
+                       TC::pack(part[4][k], part[5][k]), TC::pack(part[6][k], part[7][k]));
     }
     staged();
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTcRows / 16; ++kk) {
-      uint32_t a_hi[4], a_lo[4];
-      load_a_fragment_kmajor(a_hi, xw_hi, lay.ldx, 16 * warp, 16 * kk);
-      load_a_fragment_kmajor(a_lo, xw_lo, lay.ldx, 16 * warp, 16 * kk);
+      uint32_t af[P][4];
+#pragma unroll
+      for (int k = 0; k < P; ++k) load_a_fragment_kmajor(af[k], xw + k * lay.xw_part, lay.ldx, 16 * warp, 16 * kk);
 #pragma unroll
       for (int j = 0; j < kTcMaxDim / 8; ++j) {
         if (8 * j >= lay.n16) break;
         uint32_t b0, b1;
         load_b_fragment_kmajor(b0, b1, bs, lay.ldn, 16 * kk, 8 * j);
-        TC::mma(acc[j], a_hi, b0, b1);
-        TC::mma(acc[j], a_lo, b0, b1);
+#pragma unroll
+        for (int k = 0; k < P; ++k) TC::mma(acc[j], af[k], b0, b1);
       }
     }
   }
@@ -299,27 +326,6 @@ __global__ void __launch_bounds__(kTcThreads) chunk_cb_tc_kernel(ChunkCbTc<T> a)
   store_cb_tile(sc, a.cb + cx.cb(cx.hi), d.q, m0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4, s0);
 }
 
-// store_output for channels pc and pc + 1 of element offset o (even) at once: 8-byte and 4-byte accesses instead
-// of 4- and 2-byte ones, and one test of each optional input per pair. x is given (the caller has it in shared
-// memory).
-template <typename T>
-__device__ __forceinline__ void store_output_pair(long o, int head, int pc, int p, float y0, float y1, float x0,
-                                                  float x1, const T* z, const float* D, bool D_per_channel,
-                                                  float* y_ssm, T* out) {
-  using TC = TensorCore<T>;
-  if (y_ssm) *reinterpret_cast<float2*>(y_ssm + o) = make_float2(y0, y1);
-  if (D) {
-    const float2 dv = D_per_channel ? *reinterpret_cast<const float2*>(D + head * p + pc) : make_float2(D[head], D[head]);
-    y0 += dv.x * x0, y1 += dv.y * x1;
-  }
-  if (z) {
-    const uint32_t zz = *reinterpret_cast<const uint32_t*>(z + o);
-    const T* zv = reinterpret_cast<const T*>(&zz);
-    y0 *= siluf(to_float(zv[0])), y1 *= siluf(to_float(zv[1]));
-  }
-  *reinterpret_cast<uint32_t*>(out + o) = TC::pack(y0, y1);
-}
-
 // Where the output kernel gets C_l . B_s: computed in the block (and stored for the backward), or read from the
 // buffer a separate product filled (heads sharing a group would otherwise each recompute it).
 enum class CbSource { ComputeAndStore, Load };
@@ -341,12 +347,13 @@ struct ChunkOutputTc {
   T* out;
   float* y_ssm;
   bool vector;  // 16-byte row copies (p and n multiples of 8, aligned bases)
-  bool pairs;   // the epilogue stores two channels at once (vector, and out, z, y_ssm, D aligned for it)
+  bool pairs;   // the epilogue stores two channels at once (vector, and out, z, y_ssm aligned for it)
 };
 
 template <typename T>
 __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOutputTc<T> a) {
   using TC = TensorCore<T>;
+  constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   Chunk cx = a.cx;
   cx.select(blockIdx.x, cx.d.h);
@@ -355,29 +362,29 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
   double* cum_s = reinterpret_cast<double*>(smem);
   float* dtp_s = reinterpret_cast<float*>(cum_s + d.q);
   int* seg_s = reinterpret_cast<int*>(dtp_s + d.q);
+  float* D_s = reinterpret_cast<float*>(seg_s + d.q);
   T* tiles = reinterpret_cast<T*>(smem + lay.per_token_bytes);
   T* cs = tiles + lay.cs;
   T* bs = tiles + lay.bs;
   T* xs = tiles + lay.xs;
+  T* zs = tiles + lay.zs;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
   const int m0 = blockIdx.y * kTcRows, gi = cx.hi / d.r;
 
+  auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
+  stage_rows(cs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
+    return token_row(m0 + r) ? a.C + cx.token(m0 + r, d.g, gi, d.n) : nullptr;
+  });
   for (int i = tid; i < d.q; i += kTcThreads) {
     const long si = cx.scan(cx.hi, i);
     cum_s[i] = a.cum[si];
     dtp_s[i] = a.dtp[si];
     seg_s[i] = cx.seg_of(i);
   }
-  auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
-  stage_rows(cs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
-    return token_row(m0 + r) ? a.C + cx.token(m0 + r, d.g, gi, d.n) : nullptr;
-  });
-  staged();
-  __syncthreads();
+  for (int i = tid; i < d.p; i += kTcThreads) D_s[i] = a.D ? a.D[a.D_per_channel ? cx.hi * d.p + i : cx.hi] : 0.f;
 
   // This thread's two output rows (tokens of the chunk) and whether they are real tokens.
   const int r0 = m0 + 16 * warp + gid, r1 = r0 + 8;
-  const bool live0 = token_row(r0), live1 = token_row(r1);
 
   float acc[kTcMaxDim / 8][4];
 #pragma unroll
@@ -386,37 +393,54 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
     for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
 
   // Inter-chunk term, C_l . S^T, then scaled per row by exp(L_l) (rows of the sample running when the chunk began).
-  // The float32 state is split into hi + lo once per element by the whole block, 64 rows of p at a time, into the B
-  // and x tiles (free until the source tiles): every warp needs all of it, and when each warp split its own
-  // fragments from global memory this product was 60% of the kernel's time (ncu, hovle).
+  // The float32 state is split into parts once per element by the whole block, 64 rows of p at a time, into the B,
+  // x and z tiles (free until the source tiles): every warp needs all of it, and when each warp split its own
+  // fragments from global memory this product was 60% of the kernel's time (ncu, hovle). Each thread loads 8 x 4
+  // elements before it splits any, so that 8 loads are in flight instead of one.
   const float* S = a.states + cx.state(cx.hi);
-  T* st_hi = bs;
-  T* st_lo = xs;
+  T* const st[3] = {bs, xs, zs};
 #pragma unroll
   for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
     const int pr0 = half * kTcRows;
     if (pr0 >= lay.p16) break;
-    __syncthreads();  // the previous half's readers are done
-    // Rows pr0.. of S into [64, n16] hi and lo tiles, 4 elements per thread at a time (zeros past p and n).
+    __syncthreads();  // the previous half's readers are done (and, the first time, the per-token values written)
+    auto put = [&](int r, int c, const float (&v)[4]) {  // 4 elements of row r from column c, as parts
+      float part[4][P];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) split<T>(v[i], part[i]);
+#pragma unroll
+      for (int k = 0; k < P; ++k)
+        *reinterpret_cast<uint2*>(st[k] + r * lay.ldn + c) =
+            make_uint2(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]));
+    };
     if (a.vector) {
-      const int per_row = lay.n16 / 4;
-#pragma unroll 2
-      for (int e = tid; e < kTcRows * per_row; e += kTcThreads) {
-        const int r = e / per_row, c = 4 * (e % per_row), pr = pr0 + r;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (pr < d.p && c < d.n) v = *reinterpret_cast<const float4*>(S + (long)pr * d.n + c);
-        float hi[4], lo[4];
-        split<T>(v.x, hi[0], lo[0]), split<T>(v.y, hi[1], lo[1]);
-        split<T>(v.z, hi[2], lo[2]), split<T>(v.w, hi[3], lo[3]);
-        *reinterpret_cast<uint2*>(st_hi + r * lay.ldn + c) = make_uint2(TC::pack(hi[0], hi[1]), TC::pack(hi[2], hi[3]));
-        *reinterpret_cast<uint2*>(st_lo + r * lay.ldn + c) = make_uint2(TC::pack(lo[0], lo[1]), TC::pack(lo[2], lo[3]));
+      constexpr int kBatch = 8;
+      const RowWalk walk(lay.n16 / 4);
+      const int c = 4 * walk.item;
+      for (int r = walk.row; r < kTcRows; r += kBatch * walk.rows_per_pass) {
+        float4 v[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int rr = r + u * walk.rows_per_pass, pr = pr0 + rr;
+          v[u] = rr < kTcRows && pr < d.p && c < d.n ? *reinterpret_cast<const float4*>(S + (long)pr * d.n + c)
+                                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int rr = r + u * walk.rows_per_pass;
+          if (rr < kTcRows) put(rr, c, {v[u].x, v[u].y, v[u].z, v[u].w});
+        }
       }
     } else {
-      for (int e = tid; e < kTcRows * lay.n16; e += kTcThreads) {
-        const int r = e / lay.n16, c = e % lay.n16, pr = pr0 + r;
-        split_store(pr < d.p && c < d.n ? S[(long)pr * d.n + c] : 0.f, st_hi + r * lay.ldn + c, st_lo + r * lay.ldn + c);
+      for (int e = tid; e < kTcRows * lay.n16 / 4; e += kTcThreads) {
+        const int r = e / (lay.n16 / 4), c = 4 * (e % (lay.n16 / 4)), pr = pr0 + r;
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = pr < d.p && c + i < d.n ? S[(long)pr * d.n + c + i] : 0.f;
+        put(r, c, v);
       }
     }
+    staged();  // C's rows (the first time)
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
@@ -427,14 +451,16 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
       for (int jj = 0; jj < kTcRows / 8; ++jj) {
         const int j = half * (kTcRows / 8) + jj;
         if (8 * j >= lay.p16) break;
-        uint32_t b0, b1;
-        load_b_fragment(b0, b1, st_hi, lay.ldn, 16 * kk, 8 * jj);
-        TC::mma(acc[j], af, b0, b1);
-        load_b_fragment(b0, b1, st_lo, lay.ldn, 16 * kk, 8 * jj);
-        TC::mma(acc[j], af, b0, b1);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          uint32_t b0, b1;
+          load_b_fragment(b0, b1, st[k], lay.ldn, 16 * kk, 8 * jj);
+          TC::mma(acc[j], af, b0, b1);
+        }
       }
     }
   }
+  const bool live0 = token_row(r0), live1 = token_row(r1);
   const float in0 = live0 && seg_s[r0] == cx.seg_prev ? expf(static_cast<float>(cum_s[r0])) : 0.f;
   const float in1 = live1 && seg_s[r1] == cx.seg_prev ? expf(static_cast<float>(cum_s[r1])) : 0.f;
 #pragma unroll
@@ -447,13 +473,18 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
   float* cb = a.cb + cx.cb(gi);
   const int s_end = min(m0 + kTcRows, d.q);
   for (int s0 = 0; s0 < s_end; s0 += kTcRows) {
-    __syncthreads();  // the previous tile's readers are done
+    __syncthreads();  // the previous tile's (or the state's) readers are done
     stage_rows(xs, lay.ldp, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
       return token_row(s0 + r) ? a.x + cx.token(s0 + r, d.h, cx.hi, d.p) : nullptr;
     });
     if (a.cb_source == CbSource::ComputeAndStore) {
       stage_rows(bs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
         return token_row(s0 + r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
+      });
+    }
+    if (s0 == m0 && a.z && a.pairs) {  // the last tile: the gate's rows for the epilogue fly meanwhile
+      stage_rows(zs, lay.ldp, kTcRows, d.p, lay.p16, true, [&](int r) -> const T* {
+        return token_row(m0 + r) ? a.z + cx.token(m0 + r, d.h, cx.hi, d.p) : nullptr;
       });
     }
     staged();
@@ -474,40 +505,43 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
       store_cb_tile(sc, cb, d.q, r0, s0);
     }
 
-    // Weights (C_l . B_s) exp(L_l - L_s) dt'_s on the causal same-sample part, split into hi + lo and packed as the
-    // next product's A operand.
-    uint32_t w_hi[kTcRows / 16][4], w_lo[kTcRows / 16][4];
-#pragma unroll
-    for (int j = 0; j < kTcRows / 8; ++j) {
-      float hi[4], lo[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
-        const bool keep = (e < 2 ? live0 : live1) && c <= r && seg_s[r] == seg_s[c];
-        split<T>(keep ? sc[j][e] * expf(static_cast<float>(cum_s[r] - cum_s[c])) * dtp_s[c] : 0.f, hi[e], lo[e]);
-      }
-      w_hi[j / 2][2 * (j % 2)] = TC::pack(hi[0], hi[1]);
-      w_hi[j / 2][2 * (j % 2) + 1] = TC::pack(hi[2], hi[3]);
-      w_lo[j / 2][2 * (j % 2)] = TC::pack(lo[0], lo[1]);
-      w_lo[j / 2][2 * (j % 2) + 1] = TC::pack(lo[2], lo[3]);
-    }
+    // For each 16 sources: the weights (C_l . B_s) exp(L_l - L_s) dt'_s on the causal same-sample part, split into
+    // parts and packed as the A operand of the product with x (made per 16 sources so that only one k step's
+    // parts are live).
 #pragma unroll
     for (int kk = 0; kk < kTcRows / 16; ++kk) {
       if (s0 == m0 && kk > warp) break;  // above the diagonal: all zero
+      uint32_t w[P][4];
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * kk + jj;
+        float part[4][P];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
+          const bool keep = (e < 2 ? live0 : live1) && c <= r && seg_s[r] == seg_s[c];
+          split<T>(keep ? sc[j][e] * expf(static_cast<float>(cum_s[r] - cum_s[c])) * dtp_s[c] : 0.f, part[e]);
+        }
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          w[k][2 * jj] = TC::pack(part[0][k], part[1][k]);
+          w[k][2 * jj + 1] = TC::pack(part[2][k], part[3][k]);
+        }
+      }
 #pragma unroll
       for (int j = 0; j < kTcMaxDim / 8; ++j) {
         if (8 * j >= lay.p16) break;
         uint32_t b0, b1;
         load_b_fragment_kmajor(b0, b1, xs, lay.ldp, 16 * kk, 8 * j);
-        TC::mma(acc[j], w_hi[kk], b0, b1);
-        TC::mma(acc[j], w_lo[kk], b0, b1);
+#pragma unroll
+        for (int k = 0; k < P; ++k) TC::mma(acc[j], w[k], b0, b1);
       }
     }
   }
 
-  // Epilogue: y before D kept for the backward, then D x and the gate, for the two neighbouring channels a thread
-  // holds at once (element by element it was a fifth of the kernel's time). x of the output rows is the last source
-  // tile's (s0 = m0), still in shared memory.
+  // Epilogue: y before D kept for the backward, then D x and the gate. With `pairs`, two neighbouring channels at
+  // once, x from the last source tile (s0 = m0: the output rows) and z from their tile in shared memory (element by
+  // element from global memory, each thread waiting on one load at a time, it was a third of the kernel's time).
 #pragma unroll
   for (int j = 0; j < kTcMaxDim / 8; ++j) {
     if (8 * j >= lay.p16) break;
@@ -517,15 +551,18 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
       const int r = half ? r1 : r0;
       if (!(half ? live1 : live0) || pc >= d.p) continue;
       const long o = cx.token(r, d.h, cx.hi, d.p) + pc;
-      const float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
-      if (a.pairs) {  // p even: pc + 1 < p, and o is even
-        const T* xr = xs + (r - m0) * lay.ldp + pc;
-        store_output_pair(o, cx.hi, pc, d.p, y0, y1, to_float(xr[0]), to_float(xr[1]), a.z, a.D, a.D_per_channel,
-                          a.y_ssm, a.out);
-      } else {
+      float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
+      if (!a.pairs) {
         store_output(o, cx.hi, pc, d.p, y0, a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
         if (pc + 1 < d.p) store_output(o + 1, cx.hi, pc + 1, d.p, y1, a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
+        continue;
       }
+      // p is even, so pc + 1 < p, and o is even.
+      if (a.y_ssm) *reinterpret_cast<float2*>(a.y_ssm + o) = make_float2(y0, y1);
+      const int t = (r - m0) * lay.ldp + pc;
+      y0 += D_s[pc] * to_float(xs[t]), y1 += D_s[pc + 1] * to_float(xs[t + 1]);
+      if (a.z) y0 *= siluf(to_float(zs[t])), y1 *= siluf(to_float(zs[t + 1]));
+      *reinterpret_cast<uint32_t*>(a.out + o) = TC::pack(y0, y1);
     }
   }
 }
@@ -547,7 +584,7 @@ template <typename T>
 void chunk_state_tc(const ChunkStateTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.p, kTcRows));
-  launch_with_smem(chunk_state_tc_kernel<T>, grid, tc_state_layout(d).bytes, stream, a);
+  launch_with_smem(chunk_state_tc_kernel<T>, grid, tc_state_layout(d, kParts<T>).bytes, stream, a);
 }
 
 template <typename T>
