@@ -89,16 +89,18 @@ if [ -n "${NCU_KERNEL:-}" ]; then
   step "ncu detail $NCU_KERNEL"
   timeout 240 "$ncu" --clock-control none -k "regex:$NCU_KERNEL" --launch-count 1 --import-source yes \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-    --section WarpStateStats --section SourceCounters -o "$out/detail" "$build/carve" "${one_run[@]}" \
+    --section WarpStateStats --section SourceCounters -f -o /tmp/ncu_detail "$build/carve" "${one_run[@]}" \
     > "$out/ncu_detail.log" 2>&1
   echo "ncu detail rc=$?" | tee -a "$summary"
-  "$ncu" -i "$out/detail.ncu-rep" --print-details all > "$out/ncu_detail.txt" 2>&1
+  "$ncu" -i /tmp/ncu_detail.ncu-rep --print-details all > "$out/ncu_detail.txt" 2>&1
   # Per SASS line: where the warps stall (the columns of the source page).
-  "$ncu" -i "$out/detail.ncu-rep" --page source --csv --print-source sass > "$out/ncu_source_sass.csv" 2>&1
-  "$ncu" -i "$out/detail.ncu-rep" --page source --csv --print-source cuda > "$out/ncu_source_cuda.csv" 2>&1
+  "$ncu" -i /tmp/ncu_detail.ncu-rep --page source --csv --print-source sass > "$out/ncu_source_sass.csv" 2>&1
+  "$ncu" -i /tmp/ncu_detail.ncu-rep --page source --csv --print-source cuda > "$out/ncu_source_cuda.csv" 2>&1
   echo "source pages: $(wc -l < "$out/ncu_source_sass.csv") sass lines, $(wc -l < "$out/ncu_source_cuda.csv") cuda lines" \
     | tee -a "$summary"
 fi
 
-(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err 2>/dev/null; rm -f -- *.log *.csv *.err)
+# Few files come back from a device call: the logs, the ncu tables and the benches' files go into one archive.
+(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err bench_* ncu_detail.txt 2>/dev/null;
+ rm -f -- *.log *.csv *.err bench_* ncu_detail.txt)
 step "done"
