@@ -29,6 +29,9 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 __device__ __forceinline__ float softplusf(float v) { return v > 20.f ? v : log1pf(expf(v)); }
 __device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
 __device__ __forceinline__ float siluf(float v) { return v * sigmoidf(v); }
+// silu with the hardware exponential and reciprocal (a few ulp of float32, far below a 16-bit output's rounding):
+// the IEEE division's slow-path branch made siluf the largest part of an epilogue that stores 16-bit values.
+__device__ __forceinline__ float silu_fast(float v) { return v * __frcp_rn(1.f + __expf(-v)); }
 // d silu(v) / dv
 __device__ __forceinline__ float silu_grad(float v) {
   const float s = sigmoidf(v);

@@ -38,19 +38,11 @@ __host__ __device__ inline int round16(int v) { return (v + 15) / 16 * 16; }
 
 // A computed operand (decay-weighted values, float32 states) as the sum of kParts 16-bit values, each taken through
 // the tensor cores. y_ssm needs them: the backward's decay gradient is a small difference of sums of y_ssm and of
-// the dx product's terms. One bfloat16 (8 significant bits) left it at 5-20% error; two (16 bits) passed at every
-// shape until a small one (p 36, n 20, 150 tokens) reached 1.3e-2; three bfloat16 parts carry all 24 bits of the
-// float32 value. Two float16 parts carry 22.
+// the dx product's terms, and one bfloat16 (8 significant bits) left it at 5-20% error. Two parts carry 16 bits
+// (bfloat16) or 22 (float16), and every gradient passes. Three bfloat16 parts (24 bits) were measured too: outputs
+// 3x closer to float64 (5e-6), no gradient that needed it, and 5-20% slower at hovle and phi2 (docs/kernels.md).
 template <typename T>
-struct SplitParts {
-  static constexpr int value = 2;
-};
-template <>
-struct SplitParts<__nv_bfloat16> {
-  static constexpr int value = 3;
-};
-template <typename T>
-constexpr int kParts = SplitParts<T>::value;
+constexpr int kParts = 2;
 
 // v as part[0] + part[1] + ..., each part exactly a 16-bit value (the last one rounded).
 template <typename T>
@@ -326,6 +318,35 @@ __global__ void __launch_bounds__(kTcThreads) chunk_cb_tc_kernel(ChunkCbTc<T> a)
   store_cb_tile(sc, a.cb + cx.cb(cx.hi), d.q, m0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4, s0);
 }
 
+// The output kernel's epilogue for a p that is a multiple of 8 (so every channel pair a thread holds is real, and
+// its element offset is even): y_ssm as float2, out as two packed 16-bit values, x and z rows from shared memory
+// (tile rows from m0, ld lay.ldp), D per channel from D_s.
+template <typename T, bool kGate>
+__device__ __forceinline__ void output_pairs(const float (&acc)[kTcMaxDim / 8][4], int r0, bool live0, bool live1,
+                                             int m0, const Chunk& cx, const TcOutputLayout& lay, const T* xs,
+                                             const T* zs, const float* D_s, float* y_ssm, T* out) {
+  using TC = TensorCore<T>;
+  const int tig = threadIdx.x % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (!(half ? live1 : live0)) continue;
+    const int r = r0 + 8 * half;
+    const long row = cx.token(r, cx.d.h, cx.hi, cx.d.p);
+    const T* xr = xs + (r - m0) * lay.ldp;
+    const T* zr = zs + (r - m0) * lay.ldp;
+#pragma unroll
+    for (int j = 0; j < kTcMaxDim / 8; ++j) {
+      if (8 * j >= lay.p16) break;
+      const int pc = 8 * j + 2 * tig;
+      float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
+      if (y_ssm) *reinterpret_cast<float2*>(y_ssm + row + pc) = make_float2(y0, y1);
+      y0 += D_s[pc] * to_float(xr[pc]), y1 += D_s[pc + 1] * to_float(xr[pc + 1]);
+      if (kGate) y0 *= silu_fast(to_float(zr[pc])), y1 *= silu_fast(to_float(zr[pc + 1]));
+      *reinterpret_cast<uint32_t*>(out + row + pc) = TC::pack(y0, y1);
+    }
+  }
+}
+
 // Where the output kernel gets C_l . B_s: computed in the block (and stored for the backward), or read from the
 // buffer a separate product filled (heads sharing a group would otherwise each recompute it).
 enum class CbSource { ComputeAndStore, Load };
@@ -540,8 +561,17 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
   }
 
   // Epilogue: y before D kept for the backward, then D x and the gate. With `pairs`, two neighbouring channels at
-  // once, x from the last source tile (s0 = m0: the output rows) and z from their tile in shared memory (element by
-  // element from global memory, each thread waiting on one load at a time, it was a third of the kernel's time).
+  // once, x from the last source tile (s0 = m0: the output rows) and z from their tile in shared memory, the
+  // optional inputs tested once outside the loop. Element by element from global memory, each thread waiting on
+  // one load at a time and testing every pointer per element, it was a third of the kernel's time.
+  if (a.pairs) {
+    if (a.z) {
+      output_pairs<T, true>(acc, r0, live0, live1, m0, cx, lay, xs, zs, D_s, a.y_ssm, a.out);
+    } else {
+      output_pairs<T, false>(acc, r0, live0, live1, m0, cx, lay, xs, zs, D_s, a.y_ssm, a.out);
+    }
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < kTcMaxDim / 8; ++j) {
     if (8 * j >= lay.p16) break;
@@ -551,18 +581,9 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
       const int r = half ? r1 : r0;
       if (!(half ? live1 : live0) || pc >= d.p) continue;
       const long o = cx.token(r, d.h, cx.hi, d.p) + pc;
-      float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
-      if (!a.pairs) {
-        store_output(o, cx.hi, pc, d.p, y0, a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
-        if (pc + 1 < d.p) store_output(o + 1, cx.hi, pc + 1, d.p, y1, a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
-        continue;
-      }
-      // p is even, so pc + 1 < p, and o is even.
-      if (a.y_ssm) *reinterpret_cast<float2*>(a.y_ssm + o) = make_float2(y0, y1);
-      const int t = (r - m0) * lay.ldp + pc;
-      y0 += D_s[pc] * to_float(xs[t]), y1 += D_s[pc + 1] * to_float(xs[t + 1]);
-      if (a.z) y0 *= siluf(to_float(zs[t])), y1 *= siluf(to_float(zs[t + 1]));
-      *reinterpret_cast<uint32_t*>(a.out + o) = TC::pack(y0, y1);
+      store_output(o, cx.hi, pc, d.p, acc[j][2 * half], a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
+      if (pc + 1 < d.p)
+        store_output(o + 1, cx.hi, pc + 1, d.p, acc[j][2 * half + 1], a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
     }
   }
 }
