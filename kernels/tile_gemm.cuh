@@ -5,7 +5,10 @@
  * operands never go to device memory. The epilogue (`store`) fuses the rest (skip term, gate, dtype conversion).
  *
  * Version 1: float32 FMA on CUDA cores, 64 x 64 output tiles, k steps of 16, 256 threads each owning 4 x 4 outputs
- * strided by 16 so that shared-memory reads are conflict-free. Operands go through shared memory in float32.
+ * strided by 16 so that shared-memory reads are conflict-free. Operands go through shared memory in float32, two
+ * buffers of it: each thread computes its share of the next k step's operands (global loads, decay factors) into
+ * registers before it multiplies the current one, so those loads are in flight during the multiply instead of
+ * before it.
  *
  * A problem P provides:
  *   int M, N, K;                                   sizes of one batch entry
@@ -35,8 +38,8 @@ template <typename P>
 __global__ void __launch_bounds__(kGemmThreads) tile_gemm_kernel(P p) {
   p.select(blockIdx.x);
   const int m0 = blockIdx.y * kTile, n0 = blockIdx.z * kTile;
-  __shared__ float a_tile[kTileK][kTile + 4];
-  __shared__ float b_tile[kTileK][kTile + 4];
+  __shared__ float a_tile[2][kTileK][kTile + 4];
+  __shared__ float b_tile[2][kTileK][kTile + 4];
   const int tid = threadIdx.x, tm = tid / 16, tn = tid % 16;
   float acc[4][4], part[4][4];
 #pragma unroll
@@ -61,23 +64,54 @@ __global__ void __launch_bounds__(kGemmThreads) tile_gemm_kernel(P p) {
     }
   };
 
-  for (int k0 = 0; k0 < p.K; k0 += kTileK) {
-    if (p.skip_k_tile(m0, n0, k0)) continue;
+  // This thread's 4 elements of each operand tile: (kk, mm) of a and (kk, nn) of b for element i.
+  auto a_at = [&](int i, int& kk, int& mm) {
+    const int e = tid + kGemmThreads * i;
+    if (P::kAKFast) kk = e % kTileK, mm = e / kTileK;
+    else mm = e % kTile, kk = e / kTile;
+  };
+  auto b_at = [&](int i, int& kk, int& nn) {
+    const int e = tid + kGemmThreads * i;
+    if (P::kBNFast) nn = e % kTile, kk = e / kTile;
+    else kk = e % kTileK, nn = e / kTileK;
+  };
+  float ra[4], rb[4];
+  auto load = [&](int k0) {  // the operands of k step k0 into registers
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int e = tid + kGemmThreads * i;
-      int mm, kk;
-      if (P::kAKFast) kk = e % kTileK, mm = e / kTileK;
-      else mm = e % kTile, kk = e / kTile;
+      int kk, mm, nn;
+      a_at(i, kk, mm);
       const int m = m0 + mm, k = k0 + kk;
-      a_tile[kk][mm] = (m < p.M && k < p.K) ? p.a(m, k) : 0.f;
-      int nn;
-      if (P::kBNFast) nn = e % kTile, kk = e / kTile;
-      else kk = e % kTileK, nn = e / kTileK;
+      ra[i] = (m < p.M && k < p.K) ? p.a(m, k) : 0.f;
+      b_at(i, kk, nn);
       const int n = n0 + nn, k2 = k0 + kk;
-      b_tile[kk][nn] = (n < p.N && k2 < p.K) ? p.b(k2, n) : 0.f;
+      rb[i] = (n < p.N && k2 < p.K) ? p.b(k2, n) : 0.f;
     }
-    __syncthreads();
+  };
+  auto put = [&](int buf) {  // ... and from registers into shared buffer buf
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      int kk, mm, nn;
+      a_at(i, kk, mm);
+      a_tile[buf][kk][mm] = ra[i];
+      b_at(i, kk, nn);
+      b_tile[buf][kk][nn] = rb[i];
+    }
+  };
+  auto next_k = [&](int k0) {  // the first k step from k0 on that is not known to be zero
+    while (k0 < p.K && p.skip_k_tile(m0, n0, k0)) k0 += kTileK;
+    return k0;
+  };
+
+  int k0 = next_k(0), buf = 0;
+  if (k0 < p.K) {
+    load(k0);
+    put(0);
+  }
+  __syncthreads();
+  while (k0 < p.K) {
+    const int k_next = next_k(k0 + kTileK);
+    if (k_next < p.K) load(k_next);  // in flight while this step multiplies
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
       if (P::kSegmented && k0 + kk == next_boundary) {  // a new head's k range starts here
@@ -87,15 +121,19 @@ __global__ void __launch_bounds__(kGemmThreads) tile_gemm_kernel(P p) {
       }
       float av[4], bv[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][tm + 16 * i];
+      for (int i = 0; i < 4; ++i) av[i] = a_tile[buf][kk][tm + 16 * i];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tn + 16 * j];
+      for (int j = 0; j < 4; ++j) bv[j] = b_tile[buf][kk][tn + 16 * j];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) part[i][j] = fmaf(av[i], bv[j], part[i][j]);
     }
+    // The other buffer's last readers passed the barrier at the end of the previous step.
+    if (k_next < p.K) put(buf ^ 1);
     __syncthreads();
+    buf ^= 1;
+    k0 = k_next;
   }
   if (P::kSegmented) {
     if (segment < seg_count) flush(segment);
