@@ -21,9 +21,22 @@ import triton.testing
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
 
+# carve bench kernels' presets (launcher/bench_kernels.cpp), so that both take the same --shapes.
+PRESETS = {
+    "hovle": "4x4096x16x128x16x128x128",
+    "phi2": "4x2048x32x80x32x80x256",
+    "mamba2-2.7b": "8x4096x80x64x1x128x256",
+    "long": "1x32768x16x128x16x128x128",
+}
+
+
 def parse_shapes(text):
     shapes = []
     for item in text.split(","):
+        if "=" not in item:
+            if item not in PRESETS:
+                sys.exit(f"--shapes: '{item}' is neither a preset ({', '.join(PRESETS)}) nor name=BxLxHxPxGxNxCHUNK")
+            item = f"{item}={PRESETS[item]}"
         name, dims = item.split("=")
         b, l, h, p, g, n, chunk = (int(v) for v in dims.split("x"))
         shapes.append(dict(name=name, b=b, l=l, h=h, p=p, g=g, n=n, chunk=chunk))
