@@ -20,25 +20,10 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-${OUT:?give an output folder or set OUT}}
-build=${BUILD_DIR:-/tmp/bg}
-base_build=/tmp/carve-base
-mkdir -p "$out"
-summary="$out/summary.txt"
+# shellcheck source=scripts/gpu_check_common.sh
+source "$ROOT/scripts/gpu_check_common.sh"
 
-step() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$summary"; }
-
-step build
-if [ -n "${BASE_SRC:-}" ]; then
-  [ -f "$BASE_SRC/CMakeLists.txt" ] || { echo "BASE_SRC=$BASE_SRC: no CMakeLists.txt there" >&2; exit 2; }
-  (CARVE_DEPS="$ROOT/.deps" CARVE_CMAKE_ARGS=-DCARVE_TESTS=OFF "$BASE_SRC/scripts/gpu_host_build.sh" build \
-     "$base_build" > "$out/build_base.log" 2>&1; echo "base build rc=$?" >> "$out/build_base.log") &
-fi
-"$ROOT/scripts/gpu_host_build.sh" build "$build" > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
-wait
-[ -n "${BASE_SRC:-}" ] && tail -1 "$out/build_base.log" | tee -a "$summary"
-# shellcheck source=/dev/null
-source "$ROOT/scripts/gpu_host_env.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+gpu_check_build
 
 filter='*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*'
 step "tests $filter"

@@ -1,0 +1,28 @@
+# Sourced by the gpu_*_check.sh scripts (one device call's worth of checks each): the output folder, the summary,
+# and the build of this tree, with the tree in BASE_SRC (when set) built beside it without tests for a
+# before/after in the same call. Expects ROOT (the checkout) and out (the output folder) to be set.
+#   gpu_check_build [CMAKE ARGS...]: builds this tree into $build (extra CMake arguments for it), waits for the base
+#     build, sets up the run-time library path and prints the GPU.
+
+build=${BUILD_DIR:-/tmp/bg}
+base_build=/tmp/carve-base
+mkdir -p "$out"
+summary="$out/summary.txt"
+
+step() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$summary"; }
+
+gpu_check_build() {
+  step build
+  if [ -n "${BASE_SRC:-}" ]; then
+    [ -f "$BASE_SRC/CMakeLists.txt" ] || { echo "BASE_SRC=$BASE_SRC: no CMakeLists.txt there" >&2; exit 2; }
+    (CARVE_DEPS="$ROOT/.deps" CARVE_CMAKE_ARGS=-DCARVE_TESTS=OFF "$BASE_SRC/scripts/gpu_host_build.sh" build \
+       "$base_build" > "$out/build_base.log" 2>&1; echo "base build rc=$?" >> "$out/build_base.log") &
+  fi
+  CARVE_CMAKE_ARGS="${CARVE_CMAKE_ARGS:-} $*" "$ROOT/scripts/gpu_host_build.sh" build "$build" > "$out/build.log" 2>&1 \
+    || { tail -40 "$out/build.log"; exit 1; }
+  wait
+  [ -n "${BASE_SRC:-}" ] && tail -1 "$out/build_base.log" | tee -a "$summary"
+  # shellcheck source=/dev/null
+  source "$ROOT/scripts/gpu_host_env.sh"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+}
