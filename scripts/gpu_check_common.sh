@@ -3,6 +3,8 @@
 # before/after in the same call. Expects ROOT (the checkout) and out (the output folder) to be set.
 #   gpu_check_build [CMAKE ARGS...]: builds this tree into $build (extra CMake arguments for it), waits for the base
 #     build, sets up the run-time library path and prints the GPU.
+#   gpu_check_tests FILTER MEMCHECK_FILTER: the tests matching FILTER (failures into the summary), then
+#     compute-sanitizer memcheck on those matching MEMCHECK_FILTER.
 
 build=${BUILD_DIR:-/tmp/bg}
 base_build=/tmp/carve-base
@@ -25,4 +27,16 @@ gpu_check_build() {
   # shellcheck source=/dev/null
   source "$ROOT/scripts/gpu_host_env.sh"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+}
+
+gpu_check_tests() {
+  step "tests $1"
+  "$build/tests/carve_tests" --gtest_filter="$1" > "$out/tests.log" 2>&1
+  echo "tests rc=$?" | tee -a "$summary"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) \]" "$out/tests.log" | head -40 | tee -a "$summary"
+  grep -E -A6 "Failure$" "$out/tests.log" | head -80 | tee -a "$summary"
+  step memcheck
+  compute-sanitizer --tool memcheck "$build/tests/carve_tests" --gtest_filter="$2" > "$out/memcheck.log" 2>&1
+  echo "memcheck rc=$?" | tee -a "$summary"
+  grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
 }

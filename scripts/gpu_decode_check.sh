@@ -25,19 +25,8 @@ source "$ROOT/scripts/gpu_check_common.sh"
 
 gpu_check_build
 
-filter='*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*'
-step "tests $filter"
-"$build/tests/carve_tests" --gtest_filter="$filter" > "$out/tests.log" 2>&1
-echo "tests rc=$?" | tee -a "$summary"
-grep -E "^\[  (PASSED|FAILED|SKIPPED) \]" "$out/tests.log" | head -40 | tee -a "$summary"
-grep -E -A6 "Failure$" "$out/tests.log" | head -80 | tee -a "$summary"
-
-step memcheck
-compute-sanitizer --tool memcheck "$build/tests/carve_tests" \
-  --gtest_filter='InferenceKernels*:MambaStep*:DecodeAttention*:DecodeGraph.Students*:DecodeGraph.Ragged*' \
-  > "$out/memcheck.log" 2>&1
-echo "memcheck rc=$?" | tee -a "$summary"
-grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
+gpu_check_tests '*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*' \
+  'InferenceKernels*:MambaStep*:DecodeAttention*:DecodeGraph.Students*:DecodeGraph.Ragged*'
 
 quick_bench() {  # BINARY_DIR NAME [VAR=VALUE...]: the variables are set for the bench
   step "bench decode (quick) $2 ${*:3}"

@@ -23,19 +23,8 @@ tests_arg=()
 [ "${TESTS:-1}" = 0 ] && tests_arg=(-DCARVE_TESTS=OFF)
 gpu_check_build "${tests_arg[@]}"
 
-if [ "${TESTS:-1}" != 0 ]; then
-  filter='SsdKernel.*:ConvKernel.*:GatedNormKernel.*:*Mixer*:*Student*'
-  step "tests $filter"
-  "$build/tests/carve_tests" --gtest_filter="$filter" > "$out/tests.log" 2>&1
-  echo "tests rc=$?" | tee -a "$summary"
-  grep -E "^\[  (PASSED|FAILED|SKIPPED) \]" "$out/tests.log" | head -40 | tee -a "$summary"
-  grep -E -A6 "Failure$" "$out/tests.log" | head -80 | tee -a "$summary"
-  step memcheck
-  compute-sanitizer --tool memcheck "$build/tests/carve_tests" --gtest_filter='SsdKernel.*:ConvKernel.*:GatedNormKernel.*' \
-    > "$out/memcheck.log" 2>&1
-  echo "memcheck rc=$?" | tee -a "$summary"
-  grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
-fi
+[ "${TESTS:-1}" != 0 ] && gpu_check_tests 'SsdKernel.*:ConvKernel.*:GatedNormKernel.*:*Mixer*:*Student*' \
+  'SsdKernel.*:ConvKernel.*:GatedNormKernel.*'
 
 triton=()
 if [ "${TRITON:-0}" = 1 ]; then
