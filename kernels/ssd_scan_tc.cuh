@@ -419,6 +419,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOut
   // fragments from global memory this product was 60% of the kernel's time (ncu, hovle). Each thread loads 8 x 4
   // elements before it splits any, so that 8 loads are in flight instead of one.
   const float* S = a.states + cx.state(cx.hi);
+  static_assert(P <= 3, "the state's parts live in the B, x and z tiles");
   T* const st[3] = {bs, xs, zs};
 #pragma unroll
   for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
