@@ -46,6 +46,28 @@ struct Chunk {
   __device__ long cb(int group) const { return (((long)bi * d.c + ci) * d.g + group) * (long)d.q * d.q; }
 };
 
+// The two products over a chunk's tokens that make a [p, n] state per head:
+//   Local:        sum_s exp(L_end - L_s) dt'_s x_s B_s^T   (tokens of the chunk's last sample only)
+//   EnteringGrad: sum_l exp(L_l) dy_l C_l^T                (tokens of the sample running when the chunk began): the
+//                                                          gradient of the state entering the chunk
+enum class StateProduct { Local, EnteringGrad };
+
+// Token i's weight in such a product of block cx (L_end: the cumsum at the chunk's last position).
+__device__ __forceinline__ float state_weight(StateProduct kind, const Chunk& cx, const float* dtp, const double* cum,
+                                              double L_end, int i) {
+  const int keep = kind == StateProduct::Local ? cx.seg_end : cx.seg_prev;
+  if (!cx.valid(i) || cx.seg_of(i) != keep) return 0.f;
+  const long si = cx.scan(cx.hi, i);
+  return kind == StateProduct::Local ? dtp[si] * expf(static_cast<float>(L_end - cum[si]))
+                                     : expf(static_cast<float>(cum[si]));
+}
+
+// A 16-bit value and what rounding it left (lo: null where nothing was left, as for float32): dy in the backward.
+template <typename T>
+__device__ __forceinline__ float with_rest(const T* v, const T* lo, long o) {
+  return to_float(v[o]) + (lo ? to_float(lo[o]) : 0.f);
+}
+
 // The output's epilogue, the same in both versions of the forward: y before D kept for the backward (when y_ssm is
 // given), then D x and the gate. `o` indexes [b, l, h, p], `pc` is the channel within head `head`.
 template <typename T>

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "kernels/ssd_chunk.cuh"
+#include "kernels/ssd_pair_tc.cuh"
 #include "kernels/ssd_scan_tc.cuh"
 #include "kernels/tile_gemm.cuh"
 
@@ -81,35 +82,28 @@ bool ssd_tensor_cores_enabled() {
 unsigned scan_threads(int q) { return static_cast<unsigned>((q + 31) / 32 * 32); }
 
 // ---------------------------------------------------------------------------------------------------------------
-// State products over a chunk's tokens, [p, n] per head:
-//   Local:       sum_s exp(L_end - L_s) dt'_s x_s B_s^T     (tokens of the chunk's last sample only)
-//   EnteringGrad: sum_l exp(L_l) dy_l C_l^T                 (tokens of the previous chunk's sample only)
-enum class StateProduct { Local, EnteringGrad };
-
-template <typename TL, typename TR, StateProduct kind>
+// The state products (StateProduct in ssd_chunk.cuh) on the CUDA-core tile product: [p, n] per head.
+template <typename T, StateProduct kind>
 struct ChunkStateProblem {
   static constexpr bool kAKFast = false, kBNFast = true, kSegmented = false, kRowReduce = false;
   Chunk cx;
-  const TL* left;    // x or dy [b, l, h, p]
-  const TR* right;   // B or C [b, l, g, n]
+  const T* left;     // x or dy [b, l, h, p]
+  const T* left_lo;  // null, or dy_lo
+  const T* right;    // B or C [b, l, g, n]
   const float* dtp;
   const double* cum;
   float* out;        // [b, c, h, p, n]
   int M, N, K;
   double L_end;
-  int seg_keep;
 
   __device__ void select(int idx) {
     cx.select(idx, cx.d.h);
     L_end = cum[cx.scan(cx.hi, cx.d.q - 1)];
-    seg_keep = kind == StateProduct::Local ? cx.seg_end : cx.seg_prev;
   }
   __device__ bool skip_k_tile(int, int, int) const { return false; }
   __device__ float a(int m, int k) const {
-    if (!cx.valid(k) || cx.seg_of(k) != seg_keep) return 0.f;
-    const long si = cx.scan(cx.hi, k);
-    const float w = kind == StateProduct::Local ? dtp[si] * expf(static_cast<float>(L_end - cum[si])) : expf(static_cast<float>(cum[si]));
-    return w * to_float(left[cx.token(k, cx.d.h, cx.hi, cx.d.p) + m]);
+    const float w = state_weight(kind, cx, dtp, cum, L_end, k);
+    return w == 0.f ? 0.f : w * with_rest(left, left_lo, cx.token(k, cx.d.h, cx.hi, cx.d.p) + m);
   }
   __device__ float b(int k, int n) const {
     return cx.valid(k) ? to_float(right[cx.token(k, cx.d.g, cx.hi / cx.d.r, cx.d.n) + n]) : 0.f;
@@ -136,6 +130,7 @@ __device__ float chunk_decay(const ScanDims& d, const int* seg, const double* cu
 // recursion consumes them, so their latencies overlap instead of adding up (one chunk at a time, the pass took
 // longer than the whole tensor-core forward).
 constexpr int kPassBatch = 8;
+constexpr int kPassThreads = 256;
 
 // In place over `states`: local states in, entering states out; one thread per state element of one (b, h).
 __global__ void state_pass_kernel(ScanDims d, const int* seg, const double* cum, const float* initial, float* states,
@@ -235,7 +230,8 @@ struct ChunkOutputProblem {
 // so the warp's dD partial sums stay in registers over many tokens.
 template <typename T>
 __global__ void gate_backward_kernel(ScanDims d, const T* dout, const T* z, const float* y_ssm, const T* x,
-                                     const float* D, bool D_per_channel, float* dy, T* dz, float* dD, float* dyy) {
+                                     const float* D, bool D_per_channel, T* dy, T* dy_lo, T* dz, float* dD,
+                                     float* dyy) {
   constexpr int kMaxPerLane = 8;  // p <= 256
   const int hi = blockIdx.x, lane = threadIdx.x % 32;
   const int warps = blockDim.x / 32;
@@ -255,7 +251,9 @@ __global__ void gate_backward_kernel(ScanDims d, const T* dout, const T* z, cons
         g = go * siluf(zv);
         dz[o + pi] = from_float<T>(go * (ys + Dv * xv) * silu_grad(zv));
       }
-      dy[o + pi] = g;
+      const T g_rounded = from_float<T>(g);  // see SsdScanBackward::dy
+      dy[o + pi] = g_rounded;
+      if (dy_lo) dy_lo[o + pi] = from_float<T>(g - to_float(g_rounded));
       dot += g * ys;
       dD_part[j] += g * xv;
     }
@@ -279,15 +277,22 @@ __global__ void gate_backward_kernel(ScanDims d, const T* dout, const T* z, cons
 // Reverse pass over chunks. In: dstates = gradient of each chunk's entering state through its outputs; out: the
 // gradient of each chunk's local state, the initial state's gradient, and per chunk end <G_{c+1}, S_{c+1}> (the
 // gradient of L_end through the decay and the local state together, see docs/kernels.md).
-__global__ void state_pass_backward_kernel(ScanDims d, const int* seg, const double* cum, const float* states,
-                                           const float* final_state, const float* dfinal, float* dstates,
-                                           float* dinitial, float* end_term) {
+__global__ void __launch_bounds__(kPassThreads)
+    state_pass_backward_kernel(ScanDims d, const int* seg, const double* cum, const float* states,
+                               const float* final_state, const float* dfinal, float* dstates, float* dinitial,
+                               float* end_term) {
   const long pn = (long)d.p * d.n;
   const long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
   const int hi = blockIdx.y % d.h, bi = blockIdx.y / d.h;
   const bool live = e < pn;
   const long bh = ((long)bi * d.h + hi) * pn + e;
   auto at = [&](int ci) { return (((long)bi * d.c + ci) * d.h + hi) * pn + e; };
+  // Per batch of chunks, each warp's share of <G, S> per chunk, summed over the block before one atomic per chunk.
+  // One atomic per warp and chunk put 512 atomics on each end_term element at hovle, and the pass took 4x its
+  // bytes' time.
+  constexpr int kMaxWarps = kPassThreads / 32;
+  __shared__ float warp_part[kPassBatch][kMaxWarps];
+  const int warp = threadIdx.x / 32;
   float g = live && dfinal ? dfinal[bh] : 0.f;
   float next = live ? final_state[bh] : 0.f;
   for (int c0 = d.c - 1; c0 >= 0; c0 -= kPassBatch) {
@@ -308,10 +313,17 @@ __global__ void state_pass_backward_kernel(ScanDims d, const int* seg, const dou
         contrib = g * next;
       }
       contrib = warp_sum(contrib);
-      if (threadIdx.x % 32 == 0) atomicAdd(&end_term[((long)bi * d.h + hi) * d.c + ci], contrib);
+      if (threadIdx.x % 32 == 0) warp_part[k][warp] = contrib;
       g = direct[k] + decay[k] * g;
       next = enter[k];
     }
+    __syncthreads();
+    if (threadIdx.x < kPassBatch && c0 - static_cast<int>(threadIdx.x) >= 0) {
+      float sum = 0.f;
+      for (int w = 0; w < kMaxWarps; ++w) sum += warp_part[threadIdx.x][w];
+      atomicAdd(&end_term[((long)bi * d.h + hi) * d.c + c0 - threadIdx.x], sum);
+    }
+    __syncthreads();  // warp_part is rewritten by the next batch
   }
   if (live && dinitial) dinitial[bh] = g;
 }
@@ -329,7 +341,8 @@ struct ChunkDxProblem {
   const float* dtp;
   const double* cum;
   const float* cb;
-  const float* dy;
+  const T* dy;
+  const T* dy_lo;
   const float* dlocal;
   T* dx;
   float* ddt_u;
@@ -348,14 +361,14 @@ struct ChunkDxProblem {
            to_float(B[cx.token(m, cx.d.g, cx.hi / cx.d.r, cx.d.n) + k - cx.d.q]);
   }
   __device__ float b(int k, int n) const {
-    if (k < cx.d.q) return cx.valid(k) ? dy[cx.token(k, cx.d.h, cx.hi, cx.d.p) + n] : 0.f;
+    if (k < cx.d.q) return cx.valid(k) ? with_rest(dy, dy_lo, cx.token(k, cx.d.h, cx.hi, cx.d.p) + n) : 0.f;
     return dlocal[cx.state(cx.hi) + (long)n * cx.d.n + (k - cx.d.q)];
   }
   __device__ float store(int m, int n, float acc) const {
     if (!cx.valid(m)) return 0.f;
     const long o = cx.token(m, cx.d.h, cx.hi, cx.d.p) + n;
     float g = dtp[cx.scan(cx.hi, m)] * acc;
-    if (D) g += D[D_per_channel ? cx.hi * cx.d.p + n : cx.hi] * dy[o];
+    if (D) g += D[D_per_channel ? cx.hi * cx.d.p + n : cx.hi] * with_rest(dy, dy_lo, o);
     dx[o] = from_float<T>(g);
     return to_float(x[o]) * acc;
   }
@@ -371,7 +384,8 @@ struct ChunkDcbProblem {
   static constexpr bool kAKFast = true, kBNFast = false, kSegmented = true, kRowReduce = false;
   Chunk cx;
   const T* x;
-  const float* dy;
+  const T* dy;
+  const T* dy_lo;
   const float* dtp;
   const double* cum;
   float* dcb;
@@ -381,7 +395,7 @@ struct ChunkDcbProblem {
   __device__ bool skip_k_tile(int, int, int) const { return false; }
   __device__ float a(int m, int k) const {
     const int head = cx.hi * cx.d.r + k / cx.d.p;
-    return cx.valid(m) ? dy[cx.token(m, cx.d.h, head, cx.d.p) + k % cx.d.p] : 0.f;
+    return cx.valid(m) ? with_rest(dy, dy_lo, cx.token(m, cx.d.h, head, cx.d.p) + k % cx.d.p) : 0.f;
   }
   __device__ float b(int k, int n) const {
     const int head = cx.hi * cx.d.r + k / cx.d.p;
@@ -409,7 +423,8 @@ struct ChunkDprojProblem {
   const T* other;        // B for dC, C for dB
   const float* dcb;
   const T* x;            // dB only
-  const float* dy;       // dC only
+  const T* dy;           // dC only
+  const T* dy_lo;
   const float* dtp;
   const double* cum;
   const float* state;    // entering states (dC) or local-state gradients (dB), [b, c, h, p, n]
@@ -432,7 +447,7 @@ struct ChunkDprojProblem {
     const long si = cx.scan(head, m);
     if (which == Projection::C) {
       if (cx.seg_of(m) != cx.seg_prev) return 0.f;
-      return expf(static_cast<float>(cum[si])) * dy[cx.token(m, cx.d.h, head, cx.d.p) + pi];
+      return expf(static_cast<float>(cum[si])) * with_rest(dy, dy_lo, cx.token(m, cx.d.h, head, cx.d.p) + pi);
     }
     if (cx.seg_of(m) != cx.seg_end) return 0.f;
     return expf(static_cast<float>(cum[cx.scan(head, cx.d.q - 1)] - cum[si])) * dtp[si] *
@@ -512,9 +527,27 @@ void launch_dt_prepare(const SsdScanForward& f, const ScanDims& d, cudaStream_t 
 
 void launch_state_pass(const SsdScanForward& f, const ScanDims& d, cudaStream_t stream) {
   const long pn = (long)d.p * d.n;
-  state_pass_kernel<<<dim3(ceil_div(pn, 256), d.b * d.h), 256, 0, stream>>>(d, f.seg, f.cum, f.initial_state,
-                                                                              f.states, f.final_state);
+  state_pass_kernel<<<dim3(ceil_div(pn, kPassThreads), d.b * d.h), kPassThreads, 0, stream>>>(
+      d, f.seg, f.cum, f.initial_state, f.states, f.final_state);
   CARVE_CUDA_CHECK_LAUNCH();
+}
+
+// Token rows of a [b, l, h, p] operand (x, dy) and of a [b, l, g, n] one (B, C), for the tensor-core kernels.
+template <typename T>
+TokenRows<T> head_rows(const T* base, const ScanDims& d) {
+  return {base, d.h, 1, d.p};
+}
+template <typename T>
+TokenRows<T> group_rows(const T* base, const ScanDims& d) {
+  return {base, d.g, d.r, d.n};
+}
+
+bool aligned(const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; }
+
+// Whether 16-bit products take the tensor-core kernels (forward and backward decide alike).
+template <typename T>
+bool use_tensor_cores(const SsdScanShape& s) {
+  return sizeof(T) == 2 && ssd_tensor_core_shape(s) && ssd_tensor_cores_enabled();
 }
 
 // Version 1: every product on the CUDA-core tile product (float32 inputs, and 16-bit ones outside the tensor-core
@@ -527,7 +560,7 @@ void forward_cuda_core(const SsdScanForward& f, const ScanDims& d, cudaStream_t 
   const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
   launch_dt_prepare<T>(f, d, stream);
 
-  ChunkStateProblem<T, T, StateProduct::Local> local{};
+  ChunkStateProblem<T, StateProduct::Local> local{};
   local.left = x, local.right = B, local.dtp = f.dtp, local.cum = f.cum, local.out = f.states;
   local.M = d.p, local.N = d.n, local.K = d.q;
   launch_tile_gemm(with_chunk(local, d, f.seg), heads, stream);
@@ -555,7 +588,8 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   launch_dt_prepare<T>(f, d, stream);
 
   ChunkStateTc<T> local{};
-  local.x = x, local.B = B, local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
+  local.kind = StateProduct::Local, local.left = x, local.right = B;
+  local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
   local.vector = x_rows && bc_rows;
   chunk_state_tc(with_chunk(local, d, f.seg), stream);
   launch_state_pass(f, d, stream);
@@ -568,36 +602,120 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
     chunk_cb_tc(with_chunk(cb, d, f.seg), stream);
   }
 
-  ChunkOutputTc<T> out{};
-  out.x = x, out.B = B, out.C = C, out.z = static_cast<const T*>(f.z), out.D = f.D;
-  out.D_per_channel = f.D_per_channel, out.dtp = f.dtp, out.cum = f.cum, out.states = f.states, out.cb = f.cb;
+  ChunkPairTc<T> out{};
+  out.P = group_rows(C, d), out.Q = group_rows(B, d), out.V = head_rows(x, d);
+  out.inter = f.states, out.dtp = f.dtp, out.cum = f.cum, out.cb = f.cb;
   out.cb_source = d.r > 1 ? CbSource::Load : CbSource::ComputeAndStore;
+  out.x = x, out.z = static_cast<const T*>(f.z), out.extra = out.z, out.D = f.D, out.D_per_channel = f.D_per_channel;
   out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
   out.vector = x_rows && bc_rows;
   // The epilogue's pairs: 4-byte stores of out, 8-byte ones of y_ssm, z's rows copied 16 bytes at a time.
-  const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
   out.pairs = out.vector && aligned(f.out, 4) && aligned(f.y_ssm, 8) && (!f.z || rows_vectorizable(f.z, d.p));
-  chunk_output_tc(with_chunk(out, d, f.seg), stream);
+  chunk_pair_tc<T, PairKind::Output>(with_chunk(out, d, f.seg), stream);
 }
 
 template <typename T>
 void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
   const ScanDims d = dims_of(f.shape);
   if constexpr (sizeof(T) == 2) {
-    if (ssd_tensor_core_shape(f.shape) && ssd_tensor_cores_enabled()) return forward_tensor_core<T>(f, d, stream);
+    if (use_tensor_cores<T>(f.shape)) return forward_tensor_core<T>(f, d, stream);
   }
   forward_cuda_core<T>(f, d, stream);
+}
+
+// The backward's first product: the gradient of each chunk's entering state through its outputs, into dstates.
+template <typename T>
+void backward_entering_grad(const SsdScanBackward& bw, const ScanDims& d, bool tensor_cores, cudaStream_t stream) {
+  const SsdScanForward& f = *bw.fwd;
+  const T* dy = static_cast<const T*>(bw.dy);
+  const T* dy_lo = static_cast<const T*>(bw.dy_lo);
+  const T* C = static_cast<const T*>(f.C);
+  if constexpr (sizeof(T) == 2) {
+    if (tensor_cores) {
+      ChunkStateTc<T> enter{};
+      enter.kind = StateProduct::EnteringGrad, enter.left = dy, enter.left_lo = dy_lo, enter.right = C;
+      enter.dtp = f.dtp, enter.cum = f.cum, enter.states = bw.dstates;
+      enter.vector = rows_vectorizable(dy, d.p) && rows_vectorizable(dy_lo, d.p) && rows_vectorizable(C, d.n);
+      chunk_state_tc(with_chunk(enter, d, f.seg), stream);
+      return;
+    }
+  }
+  ChunkStateProblem<T, StateProduct::EnteringGrad> enter{};
+  enter.left = dy, enter.left_lo = dy_lo, enter.right = C, enter.dtp = f.dtp, enter.cum = f.cum, enter.out = bw.dstates;
+  enter.M = d.p, enter.N = d.n, enter.K = d.q;
+  launch_tile_gemm(with_chunk(enter, d, f.seg), (long)d.b * d.c * d.h, stream);
+}
+
+// The backward's products after the state pass (dstates then holds each chunk's local-state gradient): dx and the
+// dt gradient through dt' x, then dC and dB. On tensor cores (version 4) with the pair kernel; dC and dB need the
+// (dy . x) block summed over a group's heads, which the pair kernel makes only for one head per group, so with more
+// they stay on the CUDA-core products through the dcb buffer.
+template <typename T>
+void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor_cores, cudaStream_t stream) {
+  const SsdScanForward& f = *bw.fwd;
+  const T* x = static_cast<const T*>(f.x);
+  const T* B = static_cast<const T*>(f.B);
+  const T* C = static_cast<const T*>(f.C);
+  const T* dy = static_cast<const T*>(bw.dy);
+  const T* dy_lo = static_cast<const T*>(bw.dy_lo);
+  const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
+  bool projections_done = false;
+  if constexpr (sizeof(T) == 2) {
+    if (tensor_cores) {
+      const bool vector = rows_vectorizable(x, d.p) && rows_vectorizable(dy, d.p) && rows_vectorizable(dy_lo, d.p) &&
+                          rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
+      ChunkPairTc<T> dx{};
+      dx.P = group_rows(B, d), dx.Q = group_rows(C, d), dx.V = head_rows(dy, d), dx.v_lo = dy_lo, dx.extra = x;
+      dx.inter = bw.dstates, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb_source = CbSource::Compute;
+      dx.x = x, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.out = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
+      dx.vector = vector, dx.pairs = vector && aligned(bw.dx, 4);
+      chunk_pair_tc<T, PairKind::Dx>(with_chunk(dx, d, f.seg), stream);
+      if (d.r == 1) {
+        ChunkPairTc<T> dC{};
+        dC.P = head_rows(dy, d), dC.Q = head_rows(x, d), dC.V = group_rows(B, d);
+        dC.inter = f.states, dC.dtp = f.dtp, dC.cum = f.cum, dC.cb_source = CbSource::Compute;
+        dC.out = static_cast<T*>(bw.dC), dC.vector = vector, dC.pairs = vector && aligned(bw.dC, 4);
+        chunk_pair_tc<T, PairKind::DC>(with_chunk(dC, d, f.seg), stream);
+        ChunkPairTc<T> dB = dC;
+        dB.P = head_rows(x, d), dB.Q = head_rows(dy, d), dB.V = group_rows(C, d), dB.inter = bw.dstates;
+        dB.out = static_cast<T*>(bw.dB), dB.pairs = vector && aligned(bw.dB, 4);
+        chunk_pair_tc<T, PairKind::DB>(with_chunk(dB, d, f.seg), stream);
+        projections_done = true;
+      }
+    }
+  }
+  if (!tensor_cores) {
+    ChunkDxProblem<T> dx{};
+    dx.x = x, dx.B = B, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb = f.cb;
+    dx.dy = dy, dx.dy_lo = dy_lo, dx.dlocal = bw.dstates, dx.dx = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
+    dx.M = d.q, dx.N = d.p, dx.K = d.q + d.n;
+    launch_tile_gemm(with_chunk(dx, d, f.seg), heads, stream);
+  }
+  if (projections_done) return;
+
+  ChunkDcbProblem<T> dcb{};
+  dcb.x = x, dcb.dy = dy, dcb.dy_lo = dy_lo, dcb.dtp = f.dtp, dcb.cum = f.cum, dcb.dcb = bw.dcb;
+  dcb.M = d.q, dcb.N = d.q, dcb.K = d.r * d.p;
+  launch_tile_gemm(with_chunk(dcb, d, f.seg), groups, stream);
+
+  ChunkDprojProblem<T, Projection::C> dC{};
+  dC.other = B, dC.dcb = bw.dcb, dC.dy = dy, dC.dy_lo = dy_lo, dC.dtp = f.dtp, dC.cum = f.cum, dC.state = f.states;
+  dC.out = static_cast<T*>(bw.dC), dC.M = d.q, dC.N = d.n, dC.K = d.q + d.r * d.p;
+  launch_tile_gemm(with_chunk(dC, d, f.seg), groups, stream);
+
+  ChunkDprojProblem<T, Projection::B> dB{};
+  dB.other = C, dB.dcb = bw.dcb, dB.x = x, dB.dtp = f.dtp, dB.cum = f.cum, dB.state = bw.dstates;
+  dB.out = static_cast<T*>(bw.dB), dB.M = d.q, dB.N = d.n, dB.K = d.q + d.r * d.p;
+  launch_tile_gemm(with_chunk(dB, d, f.seg), groups, stream);
 }
 
 template <typename T>
 void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
   const SsdScanForward& f = *bw.fwd;
   const ScanDims d = dims_of(f.shape);
-  const T* x = static_cast<const T*>(f.x);
-  const T* B = static_cast<const T*>(f.B);
-  const T* C = static_cast<const T*>(f.C);
-  const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
   const SsdScanWorkspace ws = ssd_scan_workspace(f.shape);
+  bool tensor_cores = false;
+  if constexpr (sizeof(T) == 2) tensor_cores = use_tensor_cores<T>(f.shape);
 
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.ddt_u, 0, ws.per_token * sizeof(float), stream));
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.end_term, 0, sizeof(float) * d.b * d.h * d.c, stream));
@@ -609,40 +727,18 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dyy, 0, ws.per_token * sizeof(float), stream));
   const unsigned slices = std::min<unsigned>(ceil_div((long)d.b * d.l, 64), 1024);
   gate_backward_kernel<T><<<dim3(d.h, slices), 256, 0, stream>>>(
-      d, static_cast<const T*>(bw.dout), static_cast<const T*>(f.z), f.y_ssm, x, f.D,
-      f.D_per_channel, bw.dy, static_cast<T*>(bw.dz), bw.dD, bw.dyy);
+      d, static_cast<const T*>(bw.dout), static_cast<const T*>(f.z), f.y_ssm, static_cast<const T*>(f.x), f.D,
+      f.D_per_channel, static_cast<T*>(bw.dy), static_cast<T*>(bw.dy_lo), static_cast<T*>(bw.dz), bw.dD, bw.dyy);
   CARVE_CUDA_CHECK_LAUNCH();
 
-  ChunkStateProblem<float, T, StateProduct::EnteringGrad> enter{};
-  enter.left = bw.dy, enter.right = C, enter.dtp = f.dtp, enter.cum = f.cum, enter.out = bw.dstates;
-  enter.M = d.p, enter.N = d.n, enter.K = d.q;
-  launch_tile_gemm(with_chunk(enter, d, f.seg), heads, stream);
+  backward_entering_grad<T>(bw, d, tensor_cores, stream);
 
   const long pn = (long)d.p * d.n;
-  state_pass_backward_kernel<<<dim3(ceil_div(pn, 256), d.b * d.h), 256, 0, stream>>>(
+  state_pass_backward_kernel<<<dim3(ceil_div(pn, kPassThreads), d.b * d.h), kPassThreads, 0, stream>>>(
       d, f.seg, f.cum, f.states, f.final_state, bw.dfinal_state, bw.dstates, bw.dinitial_state, bw.end_term);
   CARVE_CUDA_CHECK_LAUNCH();
 
-  ChunkDxProblem<T> dx{};
-  dx.x = x, dx.B = B, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb = f.cb;
-  dx.dy = bw.dy, dx.dlocal = bw.dstates, dx.dx = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
-  dx.M = d.q, dx.N = d.p, dx.K = d.q + d.n;
-  launch_tile_gemm(with_chunk(dx, d, f.seg), heads, stream);
-
-  ChunkDcbProblem<T> dcb{};
-  dcb.x = x, dcb.dy = bw.dy, dcb.dtp = f.dtp, dcb.cum = f.cum, dcb.dcb = bw.dcb;
-  dcb.M = d.q, dcb.N = d.q, dcb.K = d.r * d.p;
-  launch_tile_gemm(with_chunk(dcb, d, f.seg), groups, stream);
-
-  ChunkDprojProblem<T, Projection::C> dC{};
-  dC.other = B, dC.dcb = bw.dcb, dC.dy = bw.dy, dC.dtp = f.dtp, dC.cum = f.cum, dC.state = f.states;
-  dC.out = static_cast<T*>(bw.dC), dC.M = d.q, dC.N = d.n, dC.K = d.q + d.r * d.p;
-  launch_tile_gemm(with_chunk(dC, d, f.seg), groups, stream);
-
-  ChunkDprojProblem<T, Projection::B> dB{};
-  dB.other = C, dB.dcb = bw.dcb, dB.x = x, dB.dtp = f.dtp, dB.cum = f.cum, dB.state = bw.dstates;
-  dB.out = static_cast<T*>(bw.dB), dB.M = d.q, dB.N = d.n, dB.K = d.q + d.r * d.p;
-  launch_tile_gemm(with_chunk(dB, d, f.seg), groups, stream);
+  backward_products<T>(bw, d, tensor_cores, stream);
 
   dt_backward_kernel<T><<<(unsigned)((long)d.b * d.h * d.c), scan_threads(d.q), 0, stream>>>(
       d, static_cast<const T*>(f.dt), f.A, f.dt_bias, f.dt_softplus, f.dtp, bw.dyy, bw.ddt_u, bw.end_term,
@@ -704,6 +800,8 @@ void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream) {
                            b.dstates && b.dcb,
                        "ssd_scan_backward: a required pointer is null");
   CARVE_KERNEL_REQUIRE(!b.fwd->z || b.dz, "ssd_scan_backward: dz is required with z");
+  CARVE_KERNEL_REQUIRE(b.fwd->dtype == ElementType::f32 || b.dy_lo,
+                       "ssd_scan_backward: dy_lo is required for 16-bit types");
   CARVE_KERNEL_REQUIRE(!b.fwd->D || b.dD, "ssd_scan_backward: dD is required with D");
   CARVE_KERNEL_REQUIRE(!b.fwd->dt_bias || b.ddt_bias, "ssd_scan_backward: ddt_bias is required with dt_bias");
   dispatch_element(b.fwd->dtype, [&](auto t) { backward_typed<decltype(t)>(b, stream); });

@@ -76,8 +76,14 @@ struct SsdScanBackward {
   float* dD = nullptr;            // like D, when D is given
   float* ddt_bias = nullptr;      // [h], when dt_bias is given
   float* dinitial_state = nullptr;  // [b, h, p, n], when the initial state is given
-  // Workspace (float32).
-  float* dy = nullptr;        // [b, l, h, p] gradient at the output before the gate
+  // Workspace (float32, but for dy).
+  // The gradient at the output before the gate, [b, l, h, p] in dtype: dy, and for 16-bit types dy_lo, what rounding
+  // it to dtype left (dy + dy_lo carries 16 bits in bfloat16). The tensor-core products take dy as 16-bit operands;
+  // the decay gradient (a small difference of large sums) needs the rest: rounding dy once moved dA by 1.1e-2 on a
+  // small case, as rounding the incoming gradient does (tests/kernels_test.cpp), so the products behind it (dx, the
+  // entering-state gradient) also take dy_lo. dC and dB take dy alone.
+  void* dy = nullptr;
+  void* dy_lo = nullptr;  // 16-bit types only
   float* dyy = nullptr;       // per_token: dy . (y - D x) per token and head
   float* ddt_u = nullptr;     // per_token: dt gradient through dt * x
   float* end_term = nullptr;  // [b, h, c]

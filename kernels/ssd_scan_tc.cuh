@@ -1,16 +1,12 @@
 /*
- * Tensor-core kernels for the SSD forward's two large products, for 16-bit inputs (version 2; the float32 path
- * keeps the CUDA-core tile product, whose accuracy the float32 tests hold to 1e-4).
+ * Tensor-core building blocks of the SSD scan for 16-bit inputs (the float32 path keeps the CUDA-core tile product,
+ * whose accuracy the float32 tests hold to 1e-4), and two of its kernels; ssd_pair_tc.cuh has the other four.
  *
- * chunk_state_tc: per (b, chunk, head) and 64 rows of the head dim, S_loc[p, n] = sum_s w_s x[s, p] B[s, n] with
- *   w_s = dt'_s exp(L_end - L_s) on the chunk's last sample; w is computed once per token, x is scaled on its way
- *   into shared memory.
- * chunk_output_tc: per (b, chunk, head) and 64 target tokens l, everything the output needs in one block:
- *   the inter-chunk term exp(L_l) C_l . S_c (a product over n), then for each 64-token source tile s <= l the C.B
- *   block (a product over n, or read from the C.B buffer when heads share a group), weighted in registers by the
- *   causal same-sample mask, exp(L_l - L_s) and dt'_s, and multiplied into x (a product over s) without leaving
- *   registers (see mma.cuh for why the accumulator layout allows that); D, the gate and y_ssm in the epilogue. With
- *   one head per group the C.B block is written to the buffer for the backward as a by-product.
+ * chunk_state_tc: per (b, chunk, head) and 64 rows of the head dim, S[p, n] = sum_s w_s left[s, p] right[s, n]:
+ *   the local state (x, B, w_s = dt'_s exp(L_end - L_s) on the chunk's last sample) or, in the backward, the
+ *   gradient of the entering state (dy, C, w_l = exp(L_l) on the sample running when the chunk began); w is
+ *   computed once per token, the left operand is scaled on its way into shared memory.
+ * chunk_cb_tc: C_l . B_s per group, for the output kernel when heads share a group.
  * Operands are staged through shared memory as 16-bit values, x and B transposed so that every fragment is a pair
  * of neighbouring elements; rows are padded by 8 elements so a warp's fragment loads hit 32 different banks.
  */
@@ -40,15 +36,16 @@ __host__ __device__ inline int round16(int v) { return (v + 15) / 16 * 16; }
 // the tensor cores. y_ssm needs them: the backward's decay gradient is a small difference of sums of y_ssm and of
 // the dx product's terms, and one bfloat16 (8 significant bits) left it at 5-20% error. Two parts carry 16 bits
 // (bfloat16) or 22 (float16), and every gradient passes. Three bfloat16 parts (24 bits) were measured too: outputs
-// 3x closer to float64 (5e-6), no gradient that needed it, and 5-20% slower at hovle and phi2 (docs/kernels.md).
+// 3x closer to float64 (5e-6), no gradient that needed it, and 5-20% slower at hovle and phi2; in the backward's dx
+// product, 1.5x slower and no gradient closer (docs/kernels.md).
 template <typename T>
 constexpr int kParts = 2;
 
 // v as part[0] + part[1] + ..., each part exactly a 16-bit value (the last one rounded).
-template <typename T>
-__device__ __forceinline__ void split(float v, float (&part)[kParts<T>]) {
+template <typename T, int N>
+__device__ __forceinline__ void split(float v, float (&part)[N]) {
 #pragma unroll
-  for (int i = 0; i < kParts<T>; ++i) {
+  for (int i = 0; i < N; ++i) {
     part[i] = to_float(from_float<T>(v));
     v -= part[i];
   }
@@ -99,29 +96,6 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
 // Waits for this thread's cp.async copies (see stage_rows).
 __device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
 
-// Shared memory of chunk_output_tc: per-token cum (float64), dt', segment ids, the head's D per channel, then
-// 16-bit row-major tiles: C rows [64, n], B rows of the source tile [64, n], x rows of the source tile [64, p], z
-// rows of the output tile [64, p]. Before the source tiles, the B, x and z tiles hold the parts of 64 rows of the
-// entering state [64 of p, n] (so the x and z tiles are at least [64, n]).
-struct TcOutputLayout {
-  int n16, p16, ldn, ldp;
-  size_t per_token_bytes, cs, bs, xs, zs, bytes;
-};
-__host__ __device__ inline TcOutputLayout tc_output_layout(const ScanDims& d) {
-  TcOutputLayout L{};
-  L.n16 = round16(d.n), L.p16 = round16(d.p), L.ldn = L.n16 + 8, L.ldp = L.p16 + 8;
-  L.per_token_bytes = static_cast<size_t>(d.q) * (sizeof(double) + sizeof(float) + sizeof(int)) +
-                      static_cast<size_t>(kTcMaxDim) * sizeof(float);
-  L.per_token_bytes = (L.per_token_bytes + 15) / 16 * 16;
-  const size_t wide = static_cast<size_t>(kTcRows) * (L.ldp > L.ldn ? L.ldp : L.ldn);
-  L.cs = 0;
-  L.bs = L.cs + static_cast<size_t>(kTcRows) * L.ldn;
-  L.xs = L.bs + static_cast<size_t>(kTcRows) * L.ldn;
-  L.zs = L.xs + wide;
-  L.bytes = L.per_token_bytes + (L.zs + wide) * 2;
-  return L;
-}
-
 // Shared memory of chunk_state_tc: per-token weights, then row-major tiles of the source tile: w x split in `parts`
 // 16-bit parts [64, 64 of p] each (xw, part i at xw + i * xw_part), B [64, n].
 struct TcStateLayout {
@@ -142,8 +116,10 @@ __host__ __device__ inline TcStateLayout tc_state_layout(const ScanDims& d, int 
 template <typename T>
 struct ChunkStateTc {
   Chunk cx;
-  const T* x;
-  const T* B;
+  StateProduct kind;
+  const T* left;     // x or dy [b, l, h, p]
+  const T* left_lo;  // null, or dy_lo (added to dy)
+  const T* right;    // B or C [b, l, g, n]
   const float* dtp;
   const double* cum;
   float* states;  // [b, c, h, p, n]
@@ -153,11 +129,11 @@ struct ChunkStateTc {
 template <typename T>
 __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStateTc<T> a) {
   using TC = TensorCore<T>;
+  constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   Chunk cx = a.cx;
   cx.select(blockIdx.x, cx.d.h);
   const ScanDims& d = cx.d;
-  constexpr int P = kParts<T>;
   const TcStateLayout lay = tc_state_layout(d, P);
   float* w_s = reinterpret_cast<float*>(smem);
   T* tiles = reinterpret_cast<T*>(smem + lay.per_token_bytes);
@@ -168,10 +144,7 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
   const int p_cols = min(kTcRows, d.p - p0);
 
   const double L_end = a.cum[cx.scan(cx.hi, d.q - 1)];
-  for (int i = tid; i < d.q; i += kTcThreads) {
-    const long si = cx.scan(cx.hi, i);
-    w_s[i] = cx.valid(i) && cx.seg_of(i) == cx.seg_end ? a.dtp[si] * expf(static_cast<float>(L_end - a.cum[si])) : 0.f;
-  }
+  for (int i = tid; i < d.q; i += kTcThreads) w_s[i] = state_weight(a.kind, cx, a.dtp, a.cum, L_end, i);
 
   float acc[kTcMaxDim / 8][4];
 #pragma unroll
@@ -184,24 +157,30 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
     auto token_row = [&](int r) -> bool { return s0 + r < d.q && cx.valid(s0 + r); };
     // B's copies fly while x is scaled and split below.
     stage_rows(bs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
-      return token_row(r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
+      return token_row(r) ? a.right + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
     });
     // w_s x_s, split into parts, 8 elements at a time (unrolled: the loads of all iterations are in flight at once).
 #pragma unroll
     for (int e = tid; e < kTcRows * (kTcRows / 8); e += kTcThreads) {
       const int r = e / (kTcRows / 8), c = 8 * (e % (kTcRows / 8));
-      T in[8];
-      const T* row = token_row(r) ? a.x + cx.token(s0 + r, d.h, cx.hi, d.p) + p0 : nullptr;
-      const float w = row ? w_s[s0 + r] : 0.f;
-      if (row && a.vector && c + 8 <= p_cols) {
-        *reinterpret_cast<uint4*>(in) = *reinterpret_cast<const uint4*>(row + c);
-      } else {
+      T in[8], lo[8];
+      const long at = token_row(r) ? cx.token(s0 + r, d.h, cx.hi, d.p) + p0 : -1;
+      const float w = at >= 0 ? w_s[s0 + r] : 0.f;
+      // 8 values of `from` at row offset c, zeros past the row's end.
+      auto load8 = [&](const T* from, T (&v)[8]) {
+        if (at >= 0 && a.vector && c + 8 <= p_cols) {
+          *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(from + at + c);
+        } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) in[i] = from_float<T>(row && c + i < p_cols ? to_float(row[c + i]) : 0.f);
-      }
+          for (int i = 0; i < 8; ++i)
+            v[i] = from_float<T>(at >= 0 && c + i < p_cols ? to_float(from[at + c + i]) : 0.f);
+        }
+      };
+      load8(a.left, in);
+      if (a.left_lo) load8(a.left_lo, lo);
       float part[8][P];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) split<T>(w * to_float(in[i]), part[i]);
+      for (int i = 0; i < 8; ++i) split<T>(w * (to_float(in[i]) + (a.left_lo ? to_float(lo[i]) : 0.f)), part[i]);
 #pragma unroll
       for (int k = 0; k < P; ++k)
         *reinterpret_cast<uint4*>(xw + k * lay.xw_part + r * lay.ldx + c) =
@@ -318,277 +297,6 @@ __global__ void __launch_bounds__(kTcThreads) chunk_cb_tc_kernel(ChunkCbTc<T> a)
   store_cb_tile(sc, a.cb + cx.cb(cx.hi), d.q, m0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4, s0);
 }
 
-// The output kernel's epilogue for a p that is a multiple of 8 (so every channel pair a thread holds is real, and
-// its element offset is even): y_ssm as float2, out as two packed 16-bit values, x and z rows from shared memory
-// (tile rows from m0, ld lay.ldp), D per channel from D_s.
-template <typename T, bool kGate>
-__device__ __forceinline__ void output_pairs(const float (&acc)[kTcMaxDim / 8][4], int r0, bool live0, bool live1,
-                                             int m0, const Chunk& cx, const TcOutputLayout& lay, const T* xs,
-                                             const T* zs, const float* D_s, float* y_ssm, T* out) {
-  using TC = TensorCore<T>;
-  const int tig = threadIdx.x % 4;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    if (!(half ? live1 : live0)) continue;
-    const int r = r0 + 8 * half;
-    const long row = cx.token(r, cx.d.h, cx.hi, cx.d.p);
-    const T* xr = xs + (r - m0) * lay.ldp;
-    const T* zr = zs + (r - m0) * lay.ldp;
-#pragma unroll
-    for (int j = 0; j < kTcMaxDim / 8; ++j) {
-      if (8 * j >= lay.p16) break;
-      const int pc = 8 * j + 2 * tig;
-      float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
-      if (y_ssm) *reinterpret_cast<float2*>(y_ssm + row + pc) = make_float2(y0, y1);
-      y0 += D_s[pc] * to_float(xr[pc]), y1 += D_s[pc + 1] * to_float(xr[pc + 1]);
-      if (kGate) y0 *= silu_fast(to_float(zr[pc])), y1 *= silu_fast(to_float(zr[pc + 1]));
-      *reinterpret_cast<uint32_t*>(out + row + pc) = TC::pack(y0, y1);
-    }
-  }
-}
-
-// Where the output kernel gets C_l . B_s: computed in the block (and stored for the backward), or read from the
-// buffer a separate product filled (heads sharing a group would otherwise each recompute it).
-enum class CbSource { ComputeAndStore, Load };
-
-template <typename T>
-struct ChunkOutputTc {
-  Chunk cx;
-  const T* x;
-  const T* B;
-  const T* C;
-  const T* z;
-  const float* D;
-  bool D_per_channel;
-  const float* dtp;
-  const double* cum;
-  const float* states;  // entering states [b, c, h, p, n]
-  float* cb;            // [b, c, g, q, q]
-  CbSource cb_source;
-  T* out;
-  float* y_ssm;
-  bool vector;  // 16-byte row copies (p and n multiples of 8, aligned bases)
-  bool pairs;   // the epilogue stores two channels at once (vector, and out, z, y_ssm aligned for it)
-};
-
-template <typename T>
-__global__ void __launch_bounds__(kTcThreads, 3) chunk_output_tc_kernel(ChunkOutputTc<T> a) {
-  using TC = TensorCore<T>;
-  constexpr int P = kParts<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  Chunk cx = a.cx;
-  cx.select(blockIdx.x, cx.d.h);
-  const ScanDims& d = cx.d;
-  const TcOutputLayout lay = tc_output_layout(d);
-  double* cum_s = reinterpret_cast<double*>(smem);
-  float* dtp_s = reinterpret_cast<float*>(cum_s + d.q);
-  int* seg_s = reinterpret_cast<int*>(dtp_s + d.q);
-  float* D_s = reinterpret_cast<float*>(seg_s + d.q);
-  T* tiles = reinterpret_cast<T*>(smem + lay.per_token_bytes);
-  T* cs = tiles + lay.cs;
-  T* bs = tiles + lay.bs;
-  T* xs = tiles + lay.xs;
-  T* zs = tiles + lay.zs;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
-  const int m0 = blockIdx.y * kTcRows, gi = cx.hi / d.r;
-
-  auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
-  stage_rows(cs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
-    return token_row(m0 + r) ? a.C + cx.token(m0 + r, d.g, gi, d.n) : nullptr;
-  });
-  for (int i = tid; i < d.q; i += kTcThreads) {
-    const long si = cx.scan(cx.hi, i);
-    cum_s[i] = a.cum[si];
-    dtp_s[i] = a.dtp[si];
-    seg_s[i] = cx.seg_of(i);
-  }
-  for (int i = tid; i < d.p; i += kTcThreads) D_s[i] = a.D ? a.D[a.D_per_channel ? cx.hi * d.p + i : cx.hi] : 0.f;
-
-  // This thread's two output rows (tokens of the chunk) and whether they are real tokens.
-  const int r0 = m0 + 16 * warp + gid, r1 = r0 + 8;
-
-  float acc[kTcMaxDim / 8][4];
-#pragma unroll
-  for (int j = 0; j < kTcMaxDim / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
-
-  // Inter-chunk term, C_l . S^T, then scaled per row by exp(L_l) (rows of the sample running when the chunk began).
-  // The float32 state is split into parts once per element by the whole block, 64 rows of p at a time, into the B,
-  // x and z tiles (free until the source tiles): every warp needs all of it, and when each warp split its own
-  // fragments from global memory this product was 60% of the kernel's time (ncu, hovle). Each thread loads 8 x 4
-  // elements before it splits any, so that 8 loads are in flight instead of one.
-  const float* S = a.states + cx.state(cx.hi);
-  static_assert(P <= 3, "the state's parts live in the B, x and z tiles");
-  T* const st[3] = {bs, xs, zs};
-#pragma unroll
-  for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
-    const int pr0 = half * kTcRows;
-    if (pr0 >= lay.p16) break;
-    __syncthreads();  // the previous half's readers are done (and, the first time, the per-token values written)
-    auto put = [&](int r, int c, const float (&v)[4]) {  // 4 elements of row r from column c, as parts
-      float part[4][P];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) split<T>(v[i], part[i]);
-#pragma unroll
-      for (int k = 0; k < P; ++k)
-        *reinterpret_cast<uint2*>(st[k] + r * lay.ldn + c) =
-            make_uint2(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]));
-    };
-    if (a.vector) {
-      constexpr int kBatch = 8;
-      const RowWalk walk(lay.n16 / 4);
-      const int c = 4 * walk.item;
-      for (int r = walk.row; r < kTcRows; r += kBatch * walk.rows_per_pass) {
-        float4 v[kBatch];
-#pragma unroll
-        for (int u = 0; u < kBatch; ++u) {
-          const int rr = r + u * walk.rows_per_pass, pr = pr0 + rr;
-          v[u] = rr < kTcRows && pr < d.p && c < d.n ? *reinterpret_cast<const float4*>(S + (long)pr * d.n + c)
-                                                     : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < kBatch; ++u) {
-          const int rr = r + u * walk.rows_per_pass;
-          if (rr < kTcRows) put(rr, c, {v[u].x, v[u].y, v[u].z, v[u].w});
-        }
-      }
-    } else {
-      for (int e = tid; e < kTcRows * lay.n16 / 4; e += kTcThreads) {
-        const int r = e / (lay.n16 / 4), c = 4 * (e % (lay.n16 / 4)), pr = pr0 + r;
-        float v[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) v[i] = pr < d.p && c + i < d.n ? S[(long)pr * d.n + c + i] : 0.f;
-        put(r, c, v);
-      }
-    }
-    staged();  // C's rows (the first time)
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
-      if (16 * kk >= lay.n16) break;
-      uint32_t af[4];
-      load_a_fragment(af, cs, lay.ldn, 16 * warp, 16 * kk);
-#pragma unroll
-      for (int jj = 0; jj < kTcRows / 8; ++jj) {
-        const int j = half * (kTcRows / 8) + jj;
-        if (8 * j >= lay.p16) break;
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          uint32_t b0, b1;
-          load_b_fragment(b0, b1, st[k], lay.ldn, 16 * kk, 8 * jj);
-          TC::mma(acc[j], af, b0, b1);
-        }
-      }
-    }
-  }
-  const bool live0 = token_row(r0), live1 = token_row(r1);
-  const float in0 = live0 && seg_s[r0] == cx.seg_prev ? expf(static_cast<float>(cum_s[r0])) : 0.f;
-  const float in1 = live1 && seg_s[r1] == cx.seg_prev ? expf(static_cast<float>(cum_s[r1])) : 0.f;
-#pragma unroll
-  for (int j = 0; j < kTcMaxDim / 8; ++j) {
-    acc[j][0] *= in0, acc[j][1] *= in0;
-    acc[j][2] *= in1, acc[j][3] *= in1;
-  }
-
-  // Intra-chunk term over the source tiles up to the diagonal.
-  float* cb = a.cb + cx.cb(gi);
-  const int s_end = min(m0 + kTcRows, d.q);
-  for (int s0 = 0; s0 < s_end; s0 += kTcRows) {
-    __syncthreads();  // the previous tile's (or the state's) readers are done
-    stage_rows(xs, lay.ldp, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
-      return token_row(s0 + r) ? a.x + cx.token(s0 + r, d.h, cx.hi, d.p) : nullptr;
-    });
-    if (a.cb_source == CbSource::ComputeAndStore) {
-      stage_rows(bs, lay.ldn, kTcRows, d.n, lay.n16, a.vector, [&](int r) -> const T* {
-        return token_row(s0 + r) ? a.B + cx.token(s0 + r, d.g, gi, d.n) : nullptr;
-      });
-    }
-    if (s0 == m0 && a.z && a.pairs) {  // the last tile: the gate's rows for the epilogue fly meanwhile
-      stage_rows(zs, lay.ldp, kTcRows, d.p, lay.p16, true, [&](int r) -> const T* {
-        return token_row(m0 + r) ? a.z + cx.token(m0 + r, d.h, cx.hi, d.p) : nullptr;
-      });
-    }
-    staged();
-    __syncthreads();
-
-    // C_l . B_s for this warp's 16 rows and the tile's 64 sources.
-    float sc[kTcRows / 8][4];
-    if (a.cb_source == CbSource::Load) {
-#pragma unroll
-      for (int j = 0; j < kTcRows / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
-          sc[j][e] = r < d.q && c <= r ? cb[(long)r * d.q + c] : 0.f;
-        }
-    } else {
-      cb_tile<T>(sc, cs, bs, lay.ldn, lay.n16);
-      store_cb_tile(sc, cb, d.q, r0, s0);
-    }
-
-    // For each 16 sources: the weights (C_l . B_s) exp(L_l - L_s) dt'_s on the causal same-sample part, split into
-    // parts and packed as the A operand of the product with x (made per 16 sources so that only one k step's
-    // parts are live).
-#pragma unroll
-    for (int kk = 0; kk < kTcRows / 16; ++kk) {
-      if (s0 == m0 && kk > warp) break;  // above the diagonal: all zero
-      uint32_t w[P][4];
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        const int j = 2 * kk + jj;
-        float part[4][P];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
-          const bool keep = (e < 2 ? live0 : live1) && c <= r && seg_s[r] == seg_s[c];
-          split<T>(keep ? sc[j][e] * expf(static_cast<float>(cum_s[r] - cum_s[c])) * dtp_s[c] : 0.f, part[e]);
-        }
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          w[k][2 * jj] = TC::pack(part[0][k], part[1][k]);
-          w[k][2 * jj + 1] = TC::pack(part[2][k], part[3][k]);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kTcMaxDim / 8; ++j) {
-        if (8 * j >= lay.p16) break;
-        uint32_t b0, b1;
-        load_b_fragment_kmajor(b0, b1, xs, lay.ldp, 16 * kk, 8 * j);
-#pragma unroll
-        for (int k = 0; k < P; ++k) TC::mma(acc[j], w[k], b0, b1);
-      }
-    }
-  }
-
-  // Epilogue: y before D kept for the backward, then D x and the gate. With `pairs`, two neighbouring channels at
-  // once, x from the last source tile (s0 = m0: the output rows) and z from their tile in shared memory, the
-  // optional inputs tested once outside the loop. Element by element from global memory, each thread waiting on
-  // one load at a time and testing every pointer per element, it was a third of the kernel's time.
-  if (a.pairs) {
-    if (a.z) {
-      output_pairs<T, true>(acc, r0, live0, live1, m0, cx, lay, xs, zs, D_s, a.y_ssm, a.out);
-    } else {
-      output_pairs<T, false>(acc, r0, live0, live1, m0, cx, lay, xs, zs, D_s, a.y_ssm, a.out);
-    }
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < kTcMaxDim / 8; ++j) {
-    if (8 * j >= lay.p16) break;
-    const int pc = 8 * j + 2 * tig;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = half ? r1 : r0;
-      if (!(half ? live1 : live0) || pc >= d.p) continue;
-      const long o = cx.token(r, d.h, cx.hi, d.p) + pc;
-      store_output(o, cx.hi, pc, d.p, acc[j][2 * half], a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
-      if (pc + 1 < d.p)
-        store_output(o + 1, cx.hi, pc + 1, d.p, acc[j][2 * half + 1], a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
-    }
-  }
-}
-
 // Opts a kernel into `bytes` of dynamic shared memory (above 48 KiB needs it) and launches it.
 template <typename Kernel, typename Args>
 void launch_with_smem(Kernel kernel, dim3 grid, size_t bytes, cudaStream_t stream, const Args& args) {
@@ -616,13 +324,6 @@ void chunk_cb_tc(const ChunkCbTc<T>& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.g), tiles * tiles);
   const size_t bytes = 2 * static_cast<size_t>(kTcRows) * (round16(d.n) + 8) * 2;
   launch_with_smem(chunk_cb_tc_kernel<T>, grid, bytes, stream, a);
-}
-
-template <typename T>
-void chunk_output_tc(const ChunkOutputTc<T>& a, cudaStream_t stream) {
-  const ScanDims& d = a.cx.d;
-  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.q, kTcRows));
-  launch_with_smem(chunk_output_tc_kernel<T>, grid, tc_output_layout(d).bytes, stream, a);
 }
 
 }  // namespace carve::kernels

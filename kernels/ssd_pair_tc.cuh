@@ -1,0 +1,526 @@
+/*
+ * The SSD scan's four products that pair a chunk's tokens with each other, one tensor-core kernel for all of them
+ * (16-bit inputs). For 64 rows of one chunk and head (tokens `row`), with P, Q, V token-row operands and S' a
+ * float32 [width, inner] matrix per chunk and head:
+ *
+ *   out[row, :] = e_row P_row . S'^T  +  sum over sources src on one side of the diagonal of
+ *                 (P_row . Q_src) W(row, src) V_src
+ *
+ *   kind    rows  P   Q   V   S'                      sources     W                       e_row
+ *   Output  l     C   B   x   state [p, n]            src <= row  exp(L_l - L_s) dt'_s    exp(L_l)
+ *   Dx      s     B   C   dy  its gradient [p, n]     src >= row  exp(L_l - L_s)          exp(L_end - L_s)
+ *   DC      l     dy  x   B   state^T                 src <= row  exp(L_l - L_s) dt'_s    exp(L_l)
+ *   DB      s     x   dy  C   gradient^T              src >= row  exp(L_l - L_s)          exp(L_end - L_s)
+ *
+ * (l targets, s sources; W is zero across sample boundaries, e_row zero unless the row's sample ran when the chunk
+ * began (l) or runs at its end (s).) Output then adds D x and the gate and keeps y_ssm; Dx is the gradient U of
+ * dt'_s x_s, so dx = dt'_s U + D dy_s and the row sum x_s . U goes to the dt gradient, and its V is dy + dy_lo (two
+ * 16-bit parts, SsdScanBackward::dy); DB is multiplied by dt'_s.
+ * DC and DB make the (dy . x) block themselves, which needs one head per group: with more, the backward sums it
+ * over the group's heads on the CUDA-core product (ssd_scan.cu).
+ *
+ * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts) once per element by the whole
+ * block, 64 output columns at a time, into the Q, V and extra tiles (free until the source tiles), each thread
+ * loading 8 x 4 elements before it splits any. (When each warp split its own fragments from global memory, this
+ * product was 60% of the output kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block
+ * for the warp's 16 rows (or, for Output with heads sharing a group, read from the C.B buffer), weighted in
+ * registers, split into parts and multiplied into V without leaving registers (mma.cuh says why the accumulator
+ * layout allows that). The diagonal tile comes last, so that V's rows of the block's own tokens (x for Output, dy
+ * for Dx) are in shared memory for the epilogue.
+ */
+#pragma once
+
+#include "kernels/ssd_scan_tc.cuh"
+
+namespace carve::kernels {
+
+enum class PairKind { Output, Dx, DC, DB };
+
+template <PairKind K>
+struct PairTraits {
+  static constexpr bool kAnticausal = K == PairKind::Dx || K == PairKind::DB;   // sources at or after the row
+  static constexpr bool kSourceDt = K == PairKind::Output || K == PairKind::DC;  // W includes dt'_src
+  static constexpr bool kInterKMajor = K == PairKind::DC || K == PairKind::DB;   // S' is the [p, n] matrix transposed
+  // V is dy + dy_lo (SsdScanBackward::dy says why): the rest's rows take the extra tile, a third product per step
+  // (W's high part times them), and the epilogue's x rows go to the Q tile once the last (P . Q) block is made.
+  static constexpr bool kVRest = K == PairKind::Dx;
+};
+
+// One operand's token rows: row t of the block's chunk and head `hi` is base + token(t, heads, hi / per_head, width).
+template <typename T>
+struct TokenRows {
+  const T* base;
+  int heads, per_head, width;
+};
+
+// Where the Output kernel gets C_l . B_s: computed in the block (and stored for the backward's CUDA-core products),
+// or read from the buffer a separate product filled (heads sharing a group would otherwise each recompute it).
+// The other kinds compute their block without storing it.
+enum class CbSource { Compute, ComputeAndStore, Load };
+
+template <typename T>
+struct ChunkPairTc {
+  Chunk cx;
+  TokenRows<T> P, Q, V;  // P and Q have the inner width, V the output's width
+  const T* v_lo;         // Dx: dy_lo, rows laid out like V's
+  const T* extra;        // with `pairs`, rows laid out like V's that the epilogue reads from shared memory: z
+                         // (Output, or null without a gate), x (Dx)
+  const float* inter;    // S' as a [b, c, h, p, n] buffer
+  const float* dtp;
+  const double* cum;
+  float* cb;             // Output: C_l . B_s [b, c, g, q, q]
+  CbSource cb_source;
+  const T* x;            // Output: for D x; Dx: for x . U
+  const T* z;            // Output
+  const float* D;        // Output, Dx
+  bool D_per_channel;
+  T* out;                // out, dx, dC or dB
+  float* y_ssm;          // Output
+  float* ddt_u;          // Dx: x_s . U_s per token
+  bool vector;           // 16-byte row copies (widths multiples of 8, aligned bases)
+  bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
+};
+
+// Shared memory: per-token cum (float64), dt', segment ids, the head's D per channel, then 16-bit tiles: P rows of
+// the block [64, inner], Q rows of the source tile [64, inner], V rows of the source tile [64, width], extra rows
+// [64, width]. Before the source tiles, the Q, V and extra tiles hold the parts of 64 columns of S': [64, inner]
+// (n-major, ld ldk) or [inner, 64] (k-major, ld ld_inter), so each tile is as large as the largest of these.
+struct TcPairLayout {
+  int k16, n16, ldk, ldv, ld_inter;
+  size_t per_token_bytes, ps, qs, vs, es, bytes;
+};
+__host__ __device__ inline TcPairLayout tc_pair_layout(const ScanDims& d, int inner, int width, bool inter_kmajor) {
+  TcPairLayout L{};
+  L.k16 = round16(inner), L.n16 = round16(width), L.ldk = L.k16 + 8, L.ldv = L.n16 + 8;
+  L.ld_inter = inter_kmajor ? kTcRows + 8 : L.ldk;
+  L.per_token_bytes = static_cast<size_t>(d.q) * (sizeof(double) + sizeof(float) + sizeof(int)) +
+                      static_cast<size_t>(kTcMaxDim) * sizeof(float);
+  L.per_token_bytes = (L.per_token_bytes + 15) / 16 * 16;
+  size_t tile = static_cast<size_t>(kTcRows) * (L.ldk > L.ldv ? L.ldk : L.ldv);
+  if (inter_kmajor && static_cast<size_t>(L.k16) * L.ld_inter > tile) tile = static_cast<size_t>(L.k16) * L.ld_inter;
+  L.ps = 0;
+  L.qs = L.ps + static_cast<size_t>(kTcRows) * L.ldk;
+  L.vs = L.qs + tile;
+  L.es = L.vs + tile;
+  L.bytes = L.per_token_bytes + (L.es + tile) * 2;
+  return L;
+}
+
+// Where a thread's accumulators are: rows r0 and r0 + 8 (tokens of the chunk, live if real), columns
+// 8 j + 2 tig + {0, 1}; tile rows of r0 in the block's tiles start at m0.
+struct PairRows {
+  int r0, m0;
+  bool live0, live1;
+};
+
+// Output's epilogue (width = p a multiple of 8, so every column pair a thread holds up to p is real and its offset
+// even): y_ssm as float2, out as two packed 16-bit values, x and z rows from shared memory, D per channel from D_s.
+template <typename T, bool kGate>
+__device__ __forceinline__ void output_pairs(const float (&acc)[kTcMaxDim / 8][4], const PairRows& pr,
+                                             const Chunk& cx, int ld, const T* xs, const T* zs, const float* D_s,
+                                             float* y_ssm, T* out) {
+  using TC = TensorCore<T>;
+  const int tig = threadIdx.x % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (!(half ? pr.live1 : pr.live0)) continue;
+    const int r = pr.r0 + 8 * half;
+    const long row = cx.token(r, cx.d.h, cx.hi, cx.d.p);
+    const T* xr = xs + (r - pr.m0) * ld;
+    const T* zr = zs + (r - pr.m0) * ld;
+#pragma unroll
+    for (int j = 0; j < kTcMaxDim / 8; ++j) {
+      if (8 * j >= cx.d.p) break;
+      const int pc = 8 * j + 2 * tig;
+      float y0 = acc[j][2 * half], y1 = acc[j][2 * half + 1];
+      if (y_ssm) *reinterpret_cast<float2*>(y_ssm + row + pc) = make_float2(y0, y1);
+      y0 += D_s[pc] * to_float(xr[pc]), y1 += D_s[pc + 1] * to_float(xr[pc + 1]);
+      if (kGate) y0 *= silu_fast(to_float(zr[pc])), y1 *= silu_fast(to_float(zr[pc + 1]));
+      *reinterpret_cast<uint32_t*>(out + row + pc) = TC::pack(y0, y1);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void output_epilogue(const float (&acc)[kTcMaxDim / 8][4], const PairRows& pr,
+                                                const Chunk& cx, const ChunkPairTc<T>& a, const TcPairLayout& lay,
+                                                const T* vs, const T* es, const float* D_s) {
+  if (a.pairs) {
+    // Element by element from global memory, each thread waiting on one load at a time and testing every pointer
+    // per element, this epilogue was a third of the kernel's time.
+    if (a.z) {
+      output_pairs<T, true>(acc, pr, cx, lay.ldv, vs, es, D_s, a.y_ssm, a.out);
+    } else {
+      output_pairs<T, false>(acc, pr, cx, lay.ldv, vs, es, D_s, a.y_ssm, a.out);
+    }
+    return;
+  }
+  const int tig = threadIdx.x % 4, p = cx.d.p;
+#pragma unroll
+  for (int j = 0; j < kTcMaxDim / 8; ++j) {
+    const int pc = 8 * j + 2 * tig;
+    if (pc >= p) break;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      if (!(half ? pr.live1 : pr.live0)) continue;
+      const long o = cx.token(pr.r0 + 8 * half, cx.d.h, cx.hi, p) + pc;
+      store_output(o, cx.hi, pc, p, acc[j][2 * half], a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
+      if (pc + 1 < p)
+        store_output(o + 1, cx.hi, pc + 1, p, acc[j][2 * half + 1], a.x, a.z, a.D, a.D_per_channel, a.y_ssm, a.out);
+    }
+  }
+}
+
+// Dx's epilogue: dx = dt'_s U + D dy_s, and x_s . U summed over the row (the block holds all of it: the 4 lanes of
+// a row add theirs, one of them stores). With `pairs`, dy's rows are in the V and extra tiles, x's in the Q tile.
+template <typename T>
+__device__ __forceinline__ void dx_epilogue(const float (&acc)[kTcMaxDim / 8][4], const PairRows& pr,
+                                            const Chunk& cx, const ChunkPairTc<T>& a, const TcPairLayout& lay,
+                                            const T* qs, const T* vs, const T* es, const float* dtp_s,
+                                            const float* D_s) {
+  using TC = TensorCore<T>;
+  const int tig = threadIdx.x % 4, p = cx.d.p;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const bool live = half ? pr.live1 : pr.live0;
+    const int r = pr.r0 + 8 * half;
+    float xu = 0.f;
+    if (live) {
+      const long row = cx.token(r, cx.d.h, cx.hi, p);
+      const float w = dtp_s[r];
+      const T* dyr = vs + (r - pr.m0) * lay.ldv;
+      const T* dyr_lo = es + (r - pr.m0) * lay.ldv;
+      const T* xr = qs + (r - pr.m0) * lay.ldv;
+#pragma unroll
+      for (int j = 0; j < kTcMaxDim / 8; ++j) {
+        const int pc = 8 * j + 2 * tig;
+        if (pc >= p) break;
+        const float u0 = acc[j][2 * half], u1 = acc[j][2 * half + 1];
+        if (a.pairs) {
+          const float dy0 = to_float(dyr[pc]) + to_float(dyr_lo[pc]);
+          const float dy1 = to_float(dyr[pc + 1]) + to_float(dyr_lo[pc + 1]);
+          *reinterpret_cast<uint32_t*>(a.out + row + pc) = TC::pack(w * u0 + D_s[pc] * dy0, w * u1 + D_s[pc + 1] * dy1);
+          xu += to_float(xr[pc]) * u0 + to_float(xr[pc + 1]) * u1;
+        } else {
+          a.out[row + pc] = from_float<T>(w * u0 + D_s[pc] * with_rest(a.V.base, a.v_lo, row + pc));
+          xu += to_float(a.x[row + pc]) * u0;
+          if (pc + 1 < p) {
+            a.out[row + pc + 1] = from_float<T>(w * u1 + D_s[pc + 1] * with_rest(a.V.base, a.v_lo, row + pc + 1));
+            xu += to_float(a.x[row + pc + 1]) * u1;
+          }
+        }
+      }
+    }
+    xu += __shfl_xor_sync(0xffffffffu, xu, 1);
+    xu += __shfl_xor_sync(0xffffffffu, xu, 2);
+    if (live && tig == 0) a.ddt_u[cx.scan(cx.hi, r)] = xu;
+  }
+}
+
+// DC's and DB's epilogue (one head per group): the rows as they are (DC) or times dt'_s (DB).
+template <typename T, PairKind K>
+__device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim / 8][4], const PairRows& pr,
+                                                    const Chunk& cx, const ChunkPairTc<T>& a,
+                                                    const float* dtp_s) {
+  using TC = TensorCore<T>;
+  const int tig = threadIdx.x % 4, n = cx.d.n;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (!(half ? pr.live1 : pr.live0)) continue;
+    const int r = pr.r0 + 8 * half;
+    const long row = cx.token(r, cx.d.g, cx.hi, n);
+    const float w = K == PairKind::DB ? dtp_s[r] : 1.f;
+#pragma unroll
+    for (int j = 0; j < kTcMaxDim / 8; ++j) {
+      const int c = 8 * j + 2 * tig;
+      if (c >= n) break;
+      const float v0 = w * acc[j][2 * half], v1 = w * acc[j][2 * half + 1];
+      if (a.pairs) {
+        *reinterpret_cast<uint32_t*>(a.out + row + c) = TC::pack(v0, v1);
+      } else {
+        a.out[row + c] = from_float<T>(v0);
+        if (c + 1 < n) a.out[row + c + 1] = from_float<T>(v1);
+      }
+    }
+  }
+}
+
+template <typename T, PairKind K>
+__global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairTc<T> a) {
+  using TC = TensorCore<T>;
+  using Traits = PairTraits<K>;
+  constexpr int P = kParts<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  Chunk cx = a.cx;
+  cx.select(blockIdx.x, cx.d.h);
+  const ScanDims& d = cx.d;
+  const int inner = a.P.width, width = a.V.width;
+  const TcPairLayout lay = tc_pair_layout(d, inner, width, Traits::kInterKMajor);
+  double* cum_s = reinterpret_cast<double*>(smem);
+  float* dtp_s = reinterpret_cast<float*>(cum_s + d.q);
+  int* seg_s = reinterpret_cast<int*>(dtp_s + d.q);
+  float* D_s = reinterpret_cast<float*>(seg_s + d.q);
+  T* tiles = reinterpret_cast<T*>(smem + lay.per_token_bytes);
+  T* ps = tiles + lay.ps;
+  T* qs = tiles + lay.qs;
+  T* vs = tiles + lay.vs;
+  T* es = tiles + lay.es;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
+  const int m0 = blockIdx.y * kTcRows;
+
+  auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
+  auto rows_of = [&](const TokenRows<T>& o, int t) -> const T* {
+    return token_row(t) ? o.base + cx.token(t, o.heads, cx.hi / o.per_head, o.width) : nullptr;
+  };
+  stage_rows(ps, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.P, m0 + r); });
+  for (int i = tid; i < d.q; i += kTcThreads) {
+    const long si = cx.scan(cx.hi, i);
+    cum_s[i] = a.cum[si];
+    dtp_s[i] = a.dtp[si];
+    seg_s[i] = cx.seg_of(i);
+  }
+  if (K == PairKind::Output || K == PairKind::Dx) {
+    for (int i = tid; i < d.p; i += kTcThreads) D_s[i] = a.D ? a.D[a.D_per_channel ? cx.hi * d.p + i : cx.hi] : 0.f;
+  }
+
+  PairRows pr{m0 + 16 * warp + gid, m0, false, false};
+  const int r0 = pr.r0, r1 = r0 + 8;
+
+  float acc[kTcMaxDim / 8][4];
+#pragma unroll
+  for (int j = 0; j < kTcMaxDim / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+
+  // Inter-chunk term: P_row . S'^T, 64 output columns at a time, then scaled per row by e_row.
+  const float* S = a.inter + cx.state(cx.hi);
+  static_assert(P <= 3, "S' parts live in the Q, V and extra tiles");
+  T* const st[3] = {qs, vs, es};
+  auto put = [&](int at, const float (&v)[4]) {  // 4 consecutive elements of each part's tile from element `at`
+    float part[4][P];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) split<T>(v[i], part[i]);
+#pragma unroll
+    for (int k = 0; k < P; ++k)
+      *reinterpret_cast<uint2*>(st[k] + at) =
+          make_uint2(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]));
+  };
+  constexpr int kBatch = 8;
+#pragma unroll
+  for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
+    const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
+    if (c0 >= lay.n16) break;
+    __syncthreads();  // the previous half's readers are done (and, the first time, the per-token values written)
+    if constexpr (Traits::kInterKMajor) {
+      // S'[col, k] = S[k][col]: tile row k holds columns c0.. (contiguous in memory, 4 per float4).
+      if (a.vector) {
+        const RowWalk walk(kTcRows / 4);
+        const int c = 4 * walk.item, col = c0 + c;
+        for (int k = walk.row; k < lay.k16; k += kBatch * walk.rows_per_pass) {
+          float4 v[kBatch];
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u) {
+            const int kk = k + u * walk.rows_per_pass;
+            v[u] = kk < inner && col < width ? *reinterpret_cast<const float4*>(S + (long)kk * width + col)
+                                             : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u) {
+            const int kk = k + u * walk.rows_per_pass;
+            if (kk < lay.k16) put(kk * lay.ld_inter + c, {v[u].x, v[u].y, v[u].z, v[u].w});
+          }
+        }
+      } else {
+        for (int e = tid; e < lay.k16 * (kTcRows / 4); e += kTcThreads) {
+          const int k = e / (kTcRows / 4), c = 4 * (e % (kTcRows / 4));
+          float v[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) v[i] = k < inner && c0 + c + i < width ? S[(long)k * width + c0 + c + i] : 0.f;
+          put(k * lay.ld_inter + c, v);
+        }
+      }
+    } else {
+      // S'[col, k] = S[col][k]: tile row col - c0 holds all k (contiguous in memory).
+      if (a.vector) {
+        const RowWalk walk(lay.k16 / 4);
+        const int c = 4 * walk.item;
+        for (int r = walk.row; r < kTcRows; r += kBatch * walk.rows_per_pass) {
+          float4 v[kBatch];
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u) {
+            const int rr = r + u * walk.rows_per_pass, col = c0 + rr;
+            v[u] = rr < kTcRows && col < width && c < inner
+                       ? *reinterpret_cast<const float4*>(S + (long)col * inner + c)
+                       : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u) {
+            const int rr = r + u * walk.rows_per_pass;
+            if (rr < kTcRows) put(rr * lay.ldk + c, {v[u].x, v[u].y, v[u].z, v[u].w});
+          }
+        }
+      } else {
+        for (int e = tid; e < kTcRows * lay.k16 / 4; e += kTcThreads) {
+          const int r = e / (lay.k16 / 4), c = 4 * (e % (lay.k16 / 4)), col = c0 + r;
+          float v[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) v[i] = col < width && c + i < inner ? S[(long)col * inner + c + i] : 0.f;
+          put(r * lay.ldk + c, v);
+        }
+      }
+    }
+    staged();  // P's rows (the first time)
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
+      if (16 * kk >= lay.k16) break;
+      uint32_t af[4];
+      load_a_fragment(af, ps, lay.ldk, 16 * warp, 16 * kk);
+#pragma unroll
+      for (int jj = 0; jj < kTcRows / 8; ++jj) {
+        const int j = half * (kTcRows / 8) + jj;
+        if (8 * j >= lay.n16) break;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          uint32_t b0, b1;
+          if constexpr (Traits::kInterKMajor) {
+            load_b_fragment_kmajor(b0, b1, st[k], lay.ld_inter, 16 * kk, 8 * jj);
+          } else {
+            load_b_fragment(b0, b1, st[k], lay.ldk, 16 * kk, 8 * jj);
+          }
+          TC::mma(acc[j], af, b0, b1);
+        }
+      }
+    }
+  }
+  pr.live0 = token_row(r0), pr.live1 = token_row(r1);
+  const double L_end = cum_s[d.q - 1];
+  auto entry = [&](int r, bool live) -> float {
+    if (!live) return 0.f;
+    if (Traits::kAnticausal) return seg_s[r] == cx.seg_end ? expf(static_cast<float>(L_end - cum_s[r])) : 0.f;
+    return seg_s[r] == cx.seg_prev ? expf(static_cast<float>(cum_s[r])) : 0.f;
+  };
+  const float e0 = entry(r0, pr.live0), e1 = entry(r1, pr.live1);
+#pragma unroll
+  for (int j = 0; j < kTcMaxDim / 8; ++j) {
+    acc[j][0] *= e0, acc[j][1] *= e0;
+    acc[j][2] *= e1, acc[j][3] *= e1;
+  }
+
+  // Intra-chunk term over the source tiles on the row's side of the diagonal, the diagonal tile last.
+  float* cb = K == PairKind::Output ? a.cb + cx.cb(cx.hi / d.r) : nullptr;
+  const int last_tile = (d.q - 1) / kTcRows, own_tile = m0 / kTcRows;
+  const int source_tiles = Traits::kAnticausal ? last_tile - own_tile + 1 : own_tile + 1;
+  for (int ti = 0; ti < source_tiles; ++ti) {
+    const int s0 = kTcRows * (Traits::kAnticausal ? last_tile - ti : ti);
+    const bool diagonal = s0 == m0;
+    __syncthreads();  // the previous tile's (or S''s) readers are done
+    stage_rows(vs, lay.ldv, kTcRows, width, lay.n16, a.vector, [&](int r) { return rows_of(a.V, s0 + r); });
+    if (a.cb_source != CbSource::Load) {
+      stage_rows(qs, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.Q, s0 + r); });
+    }
+    auto extra_rows = [&](int r) -> const T* {
+      return token_row(m0 + r) ? a.extra + cx.token(m0 + r, a.V.heads, cx.hi / a.V.per_head, width) : nullptr;
+    };
+    if constexpr (Traits::kVRest) {
+      stage_rows(es, lay.ldv, kTcRows, width, lay.n16, a.vector, [&](int r) -> const T* {
+        return token_row(s0 + r) ? a.v_lo + cx.token(s0 + r, a.V.heads, cx.hi / a.V.per_head, width) : nullptr;
+      });
+    } else if (diagonal && a.extra && a.pairs) {  // the epilogue's rows fly meanwhile
+      stage_rows(es, lay.ldv, kTcRows, width, lay.n16, true, extra_rows);
+    }
+    staged();
+    __syncthreads();
+
+    // P_row . Q_src for this warp's 16 rows and the tile's 64 sources.
+    float sc[kTcRows / 8][4];
+    if (a.cb_source == CbSource::Load) {
+#pragma unroll
+      for (int j = 0; j < kTcRows / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
+          sc[j][e] = r < d.q && c <= r ? cb[(long)r * d.q + c] : 0.f;
+        }
+    } else {
+      cb_tile<T>(sc, ps, qs, lay.ldk, lay.k16);
+      if (a.cb_source == CbSource::ComputeAndStore) store_cb_tile(sc, cb, d.q, r0, s0);
+    }
+    if (Traits::kVRest && diagonal && a.extra && a.pairs) {  // Q's last readers are done: the epilogue's rows
+      __syncthreads();
+      stage_rows(qs, lay.ldv, kTcRows, width, lay.n16, true, extra_rows);
+    }
+
+    // For each 16 sources: the weights W on the row's side of the diagonal within the row's sample, times the
+    // block, split into parts and packed as the A operand of the product with V (made per 16 sources so that only
+    // one k step's parts are live).
+#pragma unroll
+    for (int kk = 0; kk < kTcRows / 16; ++kk) {
+      if (diagonal && (Traits::kAnticausal ? kk < warp : kk > warp)) continue;  // all zero
+      uint32_t w[P][4];
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * kk + jj;
+        float part[4][P];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
+          const bool live = e < 2 ? pr.live0 : pr.live1;
+          // (c < q: with chunks under 64 tokens, a tile's last sources are past the per-token values.)
+          const bool keep =
+              live && c < d.q && (Traits::kAnticausal ? c >= r : c <= r) && seg_s[r] == seg_s[c];
+          float v = 0.f;
+          if (keep) {
+            v = sc[j][e] * expf(static_cast<float>(Traits::kAnticausal ? cum_s[c] - cum_s[r] : cum_s[r] - cum_s[c]));
+            if (Traits::kSourceDt) v *= dtp_s[c];
+          }
+          split<T>(v, part[e]);
+        }
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          w[k][2 * jj] = TC::pack(part[0][k], part[1][k]);
+          w[k][2 * jj + 1] = TC::pack(part[2][k], part[3][k]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kTcMaxDim / 8; ++j) {
+        if (8 * j >= lay.n16) break;
+        uint32_t b0, b1;
+        load_b_fragment_kmajor(b0, b1, vs, lay.ldv, 16 * kk, 8 * j);
+#pragma unroll
+        for (int k = 0; k < P; ++k) TC::mma(acc[j], w[k], b0, b1);
+      }
+      if constexpr (Traits::kVRest) {  // a loop of its own: in the one above, all fragments were loaded up front
+#pragma unroll
+        for (int j = 0; j < kTcMaxDim / 8; ++j) {
+          if (8 * j >= lay.n16) break;
+          uint32_t b0, b1;
+          load_b_fragment_kmajor(b0, b1, es, lay.ldv, 16 * kk, 8 * j);
+          TC::mma(acc[j], w[0], b0, b1);
+        }
+      }
+    }
+  }
+
+  if (Traits::kVRest && a.extra && a.pairs) {  // the epilogue's rows staged above
+    staged();
+    __syncthreads();
+  }
+  if constexpr (K == PairKind::Output) {
+    output_epilogue(acc, pr, cx, a, lay, vs, es, D_s);
+  } else if constexpr (K == PairKind::Dx) {
+    dx_epilogue(acc, pr, cx, a, lay, qs, vs, es, dtp_s, D_s);
+  } else {
+    projection_epilogue<T, K>(acc, pr, cx, a, dtp_s);
+  }
+}
+
+template <typename T, PairKind K>
+void chunk_pair_tc(const ChunkPairTc<T>& a, cudaStream_t stream) {
+  const ScanDims& d = a.cx.d;
+  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.q, kTcRows));
+  const size_t bytes = tc_pair_layout(d, a.P.width, a.V.width, PairTraits<K>::kInterKMajor).bytes;
+  launch_with_smem(chunk_pair_tc_kernel<T, K>, grid, bytes, stream, a);
+}
+
+}  // namespace carve::kernels
