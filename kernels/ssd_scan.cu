@@ -11,6 +11,9 @@
  * Backward: gate_backward, chunk_state (GEMM, gradient of the entering states), state_pass_backward, chunk_dx
  * (GEMM: dx and the dt gradient through dt * x), chunk_dcb (segmented GEMM over the heads of a group), chunk_dc and
  * chunk_db (GEMMs), dt_backward (reverse cumsum, softplus, dA, dt_bias).
+ * Those are version 1's, on the CUDA-core tile product (tile_gemm.cuh). For 16-bit inputs the products run on tensor
+ * cores instead: chunk_state_tc and chunk_cb_tc (ssd_scan_tc.cuh), and the output, dx, dC and dB as instances of one
+ * pair kernel (ssd_pair_tc.cuh; dC and dB there need one head per group, and dCB is then never made).
  */
 #include "kernels/ssd_scan.h"
 
