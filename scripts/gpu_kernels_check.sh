@@ -8,9 +8,9 @@
 #   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
 #     without tests, in parallel, and bench this tree, DIR, this tree again: a before/after in one call
 #   TRITON=1: also run mamba_ssm's Triton kernel first (.third_party/mamba and .third_party/einops, carried)
-#   NCU=1: per-kernel times of one forward and backward at hovle (ncu, one launch at a time)
+#   NCU=1: per-kernel times of one forward and backward at NCU_SHAPE (default hovle; ncu, one launch at a time)
 #   NCU_KERNEL=REGEX: ncu's speed-of-light, memory, occupancy, warp-stall and source sections for the first
-#     launch matching REGEX at hovle, and its per-line SASS table (where the stalls are)
+#     launch matching REGEX at NCU_SHAPE, and its per-line SASS table (where the stalls are)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,9 +48,10 @@ if [ -n "${BASE_SRC:-}" ]; then
 fi
 
 ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-one_run=(bench kernels --shapes hovle --reference false --warmup 0 --repeat 1)
+ncu_shape=${NCU_SHAPE:-hovle}
+one_run=(bench kernels --shapes "$ncu_shape" --reference false --warmup 0 --repeat 1)
 if [ "${NCU:-0}" = 1 ]; then
-  step "ncu kernel times, hovle"
+  step "ncu kernel times, $ncu_shape"
   timeout 200 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv "$build/carve" "${one_run[@]}" \
     > "$out/ncu_times.csv" 2> "$out/ncu_times.err"
   echo "ncu rc=$?" | tee -a "$summary"
