@@ -208,7 +208,9 @@ struct ChunkOutputProblem {
   int M, N, K;
 
   __device__ void select(int idx) { cx.select(idx, cx.d.h); }
-  __device__ bool skip_k_tile(int m0, int, int k0) const { return k0 < cx.d.q && k0 > m0 + kTile - 1; }
+  // Only tiles wholly inside the intra-chunk k range: with q not a multiple of kTileK, a tile past the diagonal can
+  // hold the first inter-chunk columns (q = 100 lost them).
+  __device__ bool skip_k_tile(int m0, int, int k0) const { return k0 + kTileK <= cx.d.q && k0 > m0 + kTile - 1; }
   __device__ float a(int m, int k) const {
     if (k < cx.d.q) return intra_weight(cx, cb, cum, cx.hi, m, k) * dtp[cx.scan(cx.hi, k)];
     if (!cx.valid(m) || cx.seg_of(m) != cx.seg_prev) return 0.f;
@@ -356,7 +358,7 @@ struct ChunkDxProblem {
     cx.select(idx, cx.d.h);
     L_end = cum[cx.scan(cx.hi, cx.d.q - 1)];
   }
-  __device__ bool skip_k_tile(int m0, int, int k0) const { return k0 < cx.d.q && k0 + kTileK - 1 < m0; }
+  __device__ bool skip_k_tile(int m0, int, int k0) const { return k0 + kTileK <= cx.d.q && k0 + kTileK - 1 < m0; }
   __device__ float a(int m, int k) const {
     if (k < cx.d.q) return intra_weight(cx, cb, cum, cx.hi, k, m);
     if (!cx.valid(m) || cx.seg_of(m) != cx.seg_end) return 0.f;
@@ -436,7 +438,7 @@ struct ChunkDprojProblem {
 
   __device__ void select(int idx) { cx.select(idx, cx.d.g); }
   __device__ bool skip_k_tile(int m0, int, int k0) const {
-    if (k0 >= cx.d.q) return false;
+    if (k0 + kTileK > cx.d.q) return false;  // holds inter-chunk columns (see ChunkOutputProblem)
     return which == Projection::C ? k0 > m0 + kTile - 1 : k0 + kTileK - 1 < m0;
   }
   __device__ float a(int m, int k) const {

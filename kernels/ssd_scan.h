@@ -81,7 +81,8 @@ struct SsdScanBackward {
   // it to dtype left (dy + dy_lo carries 16 bits in bfloat16). The tensor-core products take dy as 16-bit operands;
   // the decay gradient (a small difference of large sums) needs the rest: rounding dy once moved dA by 1.1e-2 on a
   // small case, as rounding the incoming gradient does (tests/kernels_test.cpp), so the products behind it (dx, the
-  // entering-state gradient) also take dy_lo. dC and dB take dy alone.
+  // entering-state gradient) also take dy_lo. dC and dB take dy alone. In float16, dy is bounded by float16's range
+  // (like the incoming gradient): a |dy| past 65504 overflows, and below about 6e-5 dy_lo underflows to 0.
   void* dy = nullptr;
   void* dy_lo = nullptr;  // 16-bit types only
   float* dyy = nullptr;       // per_token: dy . (y - D x) per token and head

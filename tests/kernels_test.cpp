@@ -173,6 +173,8 @@ const std::vector<ScanCase>& scan_cases() {
       {2, 129, 2, 2, 80, 128, 64, 1, true, true, true, true},
       // p and n not multiples of 8: the element-by-element copies and stores of the tensor-core kernels
       {2, 150, 3, 3, 36, 20, 64, 2, true, true, true, true},
+      // a chunk over 64 tokens and not a multiple of 64: the last source tile runs past the chunk
+      {1, 330, 2, 2, 64, 32, 100, 1, true, true, true, true},
   };
   return cases;
 }
@@ -196,6 +198,7 @@ TEST(SsdKernel, Float16MatchesFloat64Reference) {
   KernelScope scope;
   check_scan(scan_cases()[0], torch::kHalf, 7);
   check_scan(scan_cases()[3], torch::kHalf, 8);
+  check_scan(scan_cases()[2], torch::kHalf, 9);  // one head per group: the dC and dB pair kernels
 }
 
 // The final state of a prefix continues into the rest: two calls equal one.
