@@ -272,6 +272,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   auto rows_of = [&](const TokenRows<T>& o, int t) -> const T* {
     return token_row(t) ? o.base + cx.token(t, o.heads, cx.hi / o.per_head, o.width) : nullptr;
   };
+  auto like_v = [&](const T* base) { return TokenRows<T>{base, a.V.heads, a.V.per_head, a.V.width}; };
   stage_rows(ps, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.P, m0 + r); });
   for (int i = tid; i < d.q; i += kTcThreads) {
     const long si = cx.scan(cx.hi, i);
@@ -419,13 +420,10 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     if (a.cb_source != CbSource::Load) {
       stage_rows(qs, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.Q, s0 + r); });
     }
-    auto extra_rows = [&](int r) -> const T* {
-      return token_row(m0 + r) ? a.extra + cx.token(m0 + r, a.V.heads, cx.hi / a.V.per_head, width) : nullptr;
-    };
+    auto extra_rows = [&](int r) { return rows_of(like_v(a.extra), m0 + r); };
     if constexpr (Traits::kVRest) {
-      stage_rows(es, lay.ldv, kTcRows, width, lay.n16, a.vector, [&](int r) -> const T* {
-        return token_row(s0 + r) ? a.v_lo + cx.token(s0 + r, a.V.heads, cx.hi / a.V.per_head, width) : nullptr;
-      });
+      auto rest_rows = [&](int r) { return rows_of(like_v(a.v_lo), s0 + r); };
+      stage_rows(es, lay.ldv, kTcRows, width, lay.n16, a.vector, rest_rows);
     } else if (diagonal && a.extra && a.pairs) {  // the epilogue's rows fly meanwhile
       stage_rows(es, lay.ldv, kTcRows, width, lay.n16, true, extra_rows);
     }
@@ -482,23 +480,10 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           w[k][2 * jj + 1] = TC::pack(part[2][k], part[3][k]);
         }
       }
-#pragma unroll
-      for (int j = 0; j < kTcMaxDim / 8; ++j) {
-        if (8 * j >= lay.n16) break;
-        uint32_t b0, b1;
-        load_b_fragment_kmajor(b0, b1, vs, lay.ldv, 16 * kk, 8 * j);
-#pragma unroll
-        for (int k = 0; k < P; ++k) TC::mma(acc[j], w[k], b0, b1);
-      }
-      if constexpr (Traits::kVRest) {  // a loop of its own: in the one above, all fragments were loaded up front
-#pragma unroll
-        for (int j = 0; j < kTcMaxDim / 8; ++j) {
-          if (8 * j >= lay.n16) break;
-          uint32_t b0, b1;
-          load_b_fragment_kmajor(b0, b1, es, lay.ldv, 16 * kk, 8 * j);
-          TC::mma(acc[j], w[0], b0, b1);
-        }
-      }
+      mma_kmajor_row<T, P>(acc, w, vs, lay.ldv, 16 * kk, lay.n16);
+      // W's high part times V's rest, a loop of its own: inside the one above, all its fragments were loaded up front
+      // (255 registers).
+      if constexpr (Traits::kVRest) mma_kmajor_row<T, 1>(acc, w, es, lay.ldv, 16 * kk, lay.n16);
     }
   }
 

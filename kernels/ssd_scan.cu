@@ -549,11 +549,8 @@ TokenRows<T> group_rows(const T* base, const ScanDims& d) {
 
 bool aligned(const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; }
 
-// Whether 16-bit products take the tensor-core kernels (forward and backward decide alike).
-template <typename T>
-bool use_tensor_cores(const SsdScanShape& s) {
-  return sizeof(T) == 2 && ssd_tensor_core_shape(s) && ssd_tensor_cores_enabled();
-}
+// Whether a 16-bit scan takes the tensor-core kernels (forward and backward decide alike).
+bool use_tensor_cores(const SsdScanShape& s) { return ssd_tensor_core_shape(s) && ssd_tensor_cores_enabled(); }
 
 // Version 1: every product on the CUDA-core tile product (float32 inputs, and 16-bit ones outside the tensor-core
 // shapes or with CARVE_SSD_TENSOR_CORES=0).
@@ -623,7 +620,7 @@ template <typename T>
 void forward_typed(const SsdScanForward& f, cudaStream_t stream) {
   const ScanDims d = dims_of(f.shape);
   if constexpr (sizeof(T) == 2) {
-    if (use_tensor_cores<T>(f.shape)) return forward_tensor_core<T>(f, d, stream);
+    if (use_tensor_cores(f.shape)) return forward_tensor_core<T>(f, d, stream);
   }
   forward_cuda_core<T>(f, d, stream);
 }
@@ -664,7 +661,6 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
   const T* dy = static_cast<const T*>(bw.dy);
   const T* dy_lo = static_cast<const T*>(bw.dy_lo);
   const long heads = (long)d.b * d.c * d.h, groups = (long)d.b * d.c * d.g;
-  bool projections_done = false;
   if constexpr (sizeof(T) == 2) {
     if (tensor_cores) {
       const bool vector = rows_vectorizable(x, d.p) && rows_vectorizable(dy, d.p) && rows_vectorizable(dy_lo, d.p) &&
@@ -685,7 +681,7 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
         dB.P = head_rows(x, d), dB.Q = head_rows(dy, d), dB.V = group_rows(C, d), dB.inter = bw.dstates;
         dB.out = static_cast<T*>(bw.dB), dB.pairs = vector && aligned(bw.dB, 4);
         chunk_pair_tc<T, PairKind::DB>(with_chunk(dB, d, f.seg), stream);
-        projections_done = true;
+        return;
       }
     }
   }
@@ -696,7 +692,6 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
     dx.M = d.q, dx.N = d.p, dx.K = d.q + d.n;
     launch_tile_gemm(with_chunk(dx, d, f.seg), heads, stream);
   }
-  if (projections_done) return;
 
   ChunkDcbProblem<T> dcb{};
   dcb.x = x, dcb.dy = dy, dcb.dy_lo = dy_lo, dcb.dtp = f.dtp, dcb.cum = f.cum, dcb.dcb = bw.dcb;
@@ -720,7 +715,7 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
   const ScanDims d = dims_of(f.shape);
   const SsdScanWorkspace ws = ssd_scan_workspace(f.shape);
   bool tensor_cores = false;
-  if constexpr (sizeof(T) == 2) tensor_cores = use_tensor_cores<T>(f.shape);
+  if constexpr (sizeof(T) == 2) tensor_cores = use_tensor_cores(f.shape);
 
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.ddt_u, 0, ws.per_token * sizeof(float), stream));
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.end_term, 0, sizeof(float) * d.b * d.h * d.c, stream));
@@ -785,6 +780,11 @@ __global__ void ssd_step_kernel(SsdStep s) {
 
 }  // namespace
 
+bool ssd_scan_backward_uses_dcb(const SsdScanShape& s, ElementType dtype) {
+  // The tensor-core backward makes the (dy . x) block in registers with one head per group (backward_products).
+  return dtype == ElementType::f32 || s.h != s.g || !use_tensor_cores(s);
+}
+
 SsdScanWorkspace ssd_scan_workspace(const SsdScanShape& s) {
   const size_t b = s.b, h = s.h, c = s.chunks(), q = s.q;
   return {b * h * c * q, b * c * h * static_cast<size_t>(s.p) * s.n, b * c * s.g * q * q};
@@ -802,7 +802,7 @@ void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream) {
   CARVE_KERNEL_REQUIRE(b.fwd && b.fwd->y_ssm, "ssd_scan_backward: the forward must have kept y_ssm");
   check_shape(b.fwd->shape);
   CARVE_KERNEL_REQUIRE(b.dout && b.dx && b.ddt && b.dB && b.dC && b.dA && b.dy && b.dyy && b.ddt_u && b.end_term &&
-                           b.dstates && b.dcb,
+                           b.dstates && (b.dcb || !ssd_scan_backward_uses_dcb(b.fwd->shape, b.fwd->dtype)),
                        "ssd_scan_backward: a required pointer is null");
   CARVE_KERNEL_REQUIRE(!b.fwd->z || b.dz, "ssd_scan_backward: dz is required with z");
   CARVE_KERNEL_REQUIRE(b.fwd->dtype == ElementType::f32 || b.dy_lo,

@@ -89,9 +89,12 @@ struct SsdScanBackward {
   float* ddt_u = nullptr;     // per_token: dt gradient through dt * x
   float* end_term = nullptr;  // [b, h, c]
   float* dstates = nullptr;   // states: gradient of each chunk's own state
-  float* dcb = nullptr;       // cb
+  float* dcb = nullptr;       // cb; may be null where ssd_scan_backward_uses_dcb is false
 };
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream);
+// Whether the backward of this shape and type needs the dcb workspace (not when the tensor-core kernels make each
+// (dy . x) block in registers, one head per group: the buffer would be 134 MB at HoVLE's sizes, never touched).
+bool ssd_scan_backward_uses_dcb(const SsdScanShape& s, ElementType dtype);
 
 // One decode step: state [b, h, p, n] float32 advanced in place; x, z, y [b, h, p]; dt [b, h]; B, C [b, g, n].
 struct SsdStep {

@@ -51,6 +51,22 @@ __device__ __forceinline__ void split(float v, float (&part)[N]) {
   }
 }
 
+// acc[j] += a[0] B + ... + a[N - 1] B for every 8-column block j of a k-major [16 of k, n16] operand tile (the same
+// B fragment for each of the A operand's first N parts).
+template <typename T, int N>
+__device__ __forceinline__ void mma_kmajor_row(float (&acc)[kTcMaxDim / 8][4], const uint32_t (*a)[4], const T* tile,
+                                               int ld, int k0, int n16) {
+  using TC = TensorCore<T>;
+#pragma unroll
+  for (int j = 0; j < kTcMaxDim / 8; ++j) {
+    if (8 * j >= n16) break;
+    uint32_t b0, b1;
+    load_b_fragment_kmajor(b0, b1, tile, ld, k0, 8 * j);
+#pragma unroll
+    for (int k = 0; k < N; ++k) TC::mma(acc[j], a[k], b0, b1);
+  }
+}
+
 // Walks the rows of a tile `per_row` items wide with the threads of the block, without a division per step: thread
 // t takes item t % per_row of rows t / per_row, t / per_row + rows_per_pass, ... (threads past the last whole row of
 // a pass stay idle; per_row <= blockDim.x).
@@ -194,14 +210,7 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
       uint32_t af[P][4];
 #pragma unroll
       for (int k = 0; k < P; ++k) load_a_fragment_kmajor(af[k], xw + k * lay.xw_part, lay.ldx, 16 * warp, 16 * kk);
-#pragma unroll
-      for (int j = 0; j < kTcMaxDim / 8; ++j) {
-        if (8 * j >= lay.n16) break;
-        uint32_t b0, b1;
-        load_b_fragment_kmajor(b0, b1, bs, lay.ldn, 16 * kk, 8 * j);
-#pragma unroll
-        for (int k = 0; k < P; ++k) TC::mma(acc[j], af[k], b0, b1);
-      }
+      mma_kmajor_row<T, P>(acc, af, bs, lay.ldn, 16 * kk, lay.n16);
     }
   }
 

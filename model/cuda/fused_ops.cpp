@@ -121,19 +121,20 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     Tensor dD = given(t.D) ? fresh(t.D.sizes(), f32) : Tensor();
     Tensor ddt_bias = given(t.dt_bias) ? fresh({sh.h}, f32) : Tensor();
     Tensor dinit = given(t.init) ? fresh(t.init.sizes(), f32) : Tensor();
-    const bool half_precision = x.scalar_type() != torch::kFloat;
-    Tensor dy_lo = half_precision ? fresh(x.sizes(), x.options()) : Tensor();
-    Tensor dy = fresh(x.sizes(), x.options()), dyy = fresh({sh.b, sh.h, c, sh.q}, f32), ddt_u = fresh({sh.b, sh.h, c, sh.q}, f32);
+    Tensor dy_lo = f.dtype != kernels::ElementType::f32 ? fresh(x.sizes(), x.options()) : Tensor();
+    Tensor dy = fresh(x.sizes(), x.options());
+    Tensor dyy = fresh({sh.b, sh.h, c, sh.q}, f32), ddt_u = fresh({sh.b, sh.h, c, sh.q}, f32);
     Tensor end_term = fresh({sh.b, sh.h, c}, f32), dstates = fresh({sh.b, c, sh.h, sh.p, sh.n}, f32);
-    Tensor dcb = fresh({sh.b, c, sh.g, sh.q, sh.q}, f32);
+    Tensor dcb = kernels::ssd_scan_backward_uses_dcb(sh, f.dtype) ? fresh({sh.b, c, sh.g, sh.q, sh.q}, f32) : Tensor();
 
     kernels::SsdScanBackward b;
     b.fwd = &f, b.dout = dout.data_ptr(), b.dfinal_state = ptr_or_null<float>(dfinal);
     b.dx = dx.data_ptr(), b.ddt = ddt.data_ptr(), b.dB = dB.data_ptr(), b.dC = dC.data_ptr(), b.dz = mut_or_null(dz);
     b.dA = dA.data_ptr<float>(), b.dD = mut_or_null<float>(dD), b.ddt_bias = mut_or_null<float>(ddt_bias);
     b.dinitial_state = mut_or_null<float>(dinit);
-    b.dy = dy.data_ptr(), b.dy_lo = mut_or_null(dy_lo), b.dyy = dyy.data_ptr<float>(), b.ddt_u = ddt_u.data_ptr<float>();
-    b.end_term = end_term.data_ptr<float>(), b.dstates = dstates.data_ptr<float>(), b.dcb = dcb.data_ptr<float>();
+    b.dy = dy.data_ptr(), b.dy_lo = mut_or_null(dy_lo);
+    b.dyy = dyy.data_ptr<float>(), b.ddt_u = ddt_u.data_ptr<float>();
+    b.end_term = end_term.data_ptr<float>(), b.dstates = dstates.data_ptr<float>(), b.dcb = mut_or_null<float>(dcb);
     kernels::ssd_scan_backward(b, stream());
     return {dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit, Tensor(), Tensor(), Tensor()};
   }
