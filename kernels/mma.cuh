@@ -32,6 +32,11 @@ struct TensorCore<__nv_bfloat16> {
     __builtin_memcpy(&r, &v, sizeof r);
     return r;
   }
+  static __device__ __forceinline__ float2 unpack(uint32_t r) {
+    __nv_bfloat162 v;
+    __builtin_memcpy(&v, &r, sizeof r);
+    return __bfloat1622float2(v);
+  }
   static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -48,6 +53,11 @@ struct TensorCore<__half> {
     uint32_t r;
     __builtin_memcpy(&r, &v, sizeof r);
     return r;
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t r) {
+    __half2 v;
+    __builtin_memcpy(&v, &r, sizeof r);
+    return __half22float2(v);
   }
   static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(

@@ -16,8 +16,10 @@
  * began (l) or runs at its end (s).) Output then adds D x and the gate and keeps y_ssm; Dx is the gradient U of
  * dt'_s x_s, so dx = dt'_s U + D dy_s and the row sum x_s . U goes to the dt gradient, and its V is dy + dy_lo (two
  * 16-bit parts, SsdScanBackward::dy); DB is multiplied by dt'_s.
- * DC and DB make the (dy . x) block themselves, which needs one head per group: with more, the backward sums it
- * over the group's heads on the CUDA-core product (ssd_scan.cu).
+ * DC and DB make the (dy . x) block themselves with one head per group. With heads sharing a group (`group_heads`)
+ * a block covers the group: the intra-chunk term reads dCB, the (dy . x) block summed over the group's heads with
+ * their weights (chunk_dcb_tc), and the inter-chunk term sums over the heads, each head's P rows scaled by its own
+ * e_row (times dt'_s for DB, which then skips the epilogue's dt') in registers on their way into the tensor cores.
  *
  * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts) once per element by the whole
  * block, 64 output columns at a time, into the Q, V and extra tiles (free until the source tiles), each thread
@@ -68,8 +70,9 @@ struct ChunkPairTc {
   const float* inter;    // S' as a [b, c, h, p, n] buffer
   const float* dtp;
   const double* cum;
-  float* cb;             // Output: C_l . B_s [b, c, g, q, q]
+  float* cb;             // Output: C_l . B_s [b, c, g, q, q]; DC and DB with group_heads: dCB, read the same way
   CbSource cb_source;
+  bool group_heads;      // DC, DB: blocks per group, summing over its heads (above)
   const T* x;            // Output: for D x; Dx: for x . U
   const T* z;            // Output
   const float* D;        // Output, Dx
@@ -217,8 +220,8 @@ __device__ __forceinline__ void dx_epilogue(const float (&acc)[kTcMaxDim / 8][4]
   }
 }
 
-// DC's and DB's epilogue (one head per group): the rows as they are (DC) or times dt'_s (DB).
-template <typename T, PairKind K>
+// DC's and DB's epilogue: the rows as they are (DC) or, with one head per group, times dt'_s (DB).
+template <typename T, PairKind K, bool kGroup>
 __device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim / 8][4], const PairRows& pr,
                                                     const Chunk& cx, const ChunkPairTc<T>& a,
                                                     const float* dtp_s) {
@@ -229,7 +232,7 @@ __device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim
     if (!(half ? pr.live1 : pr.live0)) continue;
     const int r = pr.r0 + 8 * half;
     const long row = cx.token(r, cx.d.g, cx.hi, n);
-    const float w = K == PairKind::DB ? dtp_s[r] : 1.f;
+    const float w = K == PairKind::DB && !kGroup ? dtp_s[r] : 1.f;  // (a group's dt' is in its product)
 #pragma unroll
     for (int j = 0; j < kTcMaxDim / 8; ++j) {
       const int c = 8 * j + 2 * tig;
@@ -245,14 +248,91 @@ __device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim
   }
 }
 
-template <typename T, PairKind K>
+// DC's and DB's inter-chunk term with heads sharing a group: acc += sum over the group's heads j of
+// e_j,row P_j,row . S'_j^T, 64 output columns at a time (stage_inter puts S'_j's into the parts' tiles `st`). e depends
+// on the head, so each head's A fragments are scaled in registers and split into two parts; the parts' products are
+// A's high part times every part of S' and A's low part times S''s high part (P + 1 products per fragment).
+template <typename T, PairKind K, typename TokenRow, typename StageInter>
+__device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4], const ChunkPairTc<T>& a,
+                                                 const Chunk& cx, const TcPairLayout& lay, T* ps, T* const (&st)[3],
+                                                 TokenRow token_row, StageInter stage_inter, const int* seg_s,
+                                                 int m0) {
+  using TC = TensorCore<T>;
+  constexpr int P = kParts<T>;
+  const ScanDims& d = cx.d;
+  const int warp = threadIdx.x / 32, r0 = m0 + 16 * warp + (threadIdx.x % 32) / 4;
+  for (int j = 0; j < d.r; ++j) {
+    const int head = cx.hi * d.r + j;
+    float e[2];  // rows r0 and r0 + 8
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = r0 + 8 * half;
+      e[half] = 0.f;
+      if (!token_row(r)) continue;
+      const long si = cx.scan(head, r);
+      if (K == PairKind::DB) {
+        if (seg_s[r] == cx.seg_end)
+          e[half] = expf(static_cast<float>(a.cum[cx.scan(head, d.q - 1)] - a.cum[si])) * a.dtp[si];
+      } else if (seg_s[r] == cx.seg_prev) {
+        e[half] = expf(static_cast<float>(a.cum[si]));
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
+      const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
+      if (c0 >= lay.n16) break;
+      __syncthreads();  // the last readers of ps and of the parts' tiles are done (first: the per-token values written)
+      if (half == 0) {
+        stage_rows(ps, lay.ldk, kTcRows, a.P.width, lay.k16, a.vector, [&](int r) -> const T* {
+          return token_row(m0 + r) ? a.P.base + cx.token(m0 + r, a.P.heads, head, a.P.width) : nullptr;
+        });
+      }
+      stage_inter(a.inter + cx.state(head), c0);
+      staged();
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
+        if (16 * kk >= lay.k16) break;
+        uint32_t af[4], scaled[2][4];
+        load_a_fragment(af, ps, lay.ldk, 16 * warp, 16 * kk);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // registers 0 and 2 hold row r0, 1 and 3 row r0 + 8 (mma.cuh)
+          const float2 v = TC::unpack(af[i]);
+          const float w = i & 1 ? e[1] : e[0];
+          float first[2], second[2];  // the register's two elements, each as two parts
+          split<T>(v.x * w, first);
+          split<T>(v.y * w, second);
+          scaled[0][i] = TC::pack(first[0], second[0]);
+          scaled[1][i] = TC::pack(first[1], second[1]);
+        }
+#pragma unroll
+        for (int jj = 0; jj < kTcRows / 8; ++jj) {
+          const int jc = half * (kTcRows / 8) + jj;
+          if (8 * jc >= lay.n16) break;
+#pragma unroll
+          for (int k = 0; k < P; ++k) {
+            uint32_t b0, b1;
+            load_b_fragment_kmajor(b0, b1, st[k], lay.ld_inter, 16 * kk, 8 * jj);
+            TC::mma(acc[jc], scaled[0], b0, b1);
+            if (k == 0) TC::mma(acc[jc], scaled[1], b0, b1);
+          }
+        }
+      }
+    }
+  }
+}
+
+// kGroup: DC or DB with group_heads (an instance of its own: the r = 1 instances keep their registers).
+template <typename T, PairKind K, bool kGroup>
 __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairTc<T> a) {
   using TC = TensorCore<T>;
   using Traits = PairTraits<K>;
   constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
+  constexpr bool group = kGroup;
+  static_assert(!kGroup || K == PairKind::DC || K == PairKind::DB, "only dC and dB sum over a group's heads");
   Chunk cx = a.cx;
-  cx.select(blockIdx.x, cx.d.h);
+  cx.select(blockIdx.x, group ? cx.d.g : cx.d.h);
   const ScanDims& d = cx.d;
   const int inner = a.P.width, width = a.V.width;
   const TcPairLayout lay = tc_pair_layout(d, inner, width, Traits::kInterKMajor);
@@ -269,15 +349,18 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   const int m0 = blockIdx.y * kTcRows;
 
   auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
+  const int first_head = group ? cx.hi * d.r : cx.hi;  // the block's (first) head
   auto rows_of = [&](const TokenRows<T>& o, int t) -> const T* {
-    return token_row(t) ? o.base + cx.token(t, o.heads, cx.hi / o.per_head, o.width) : nullptr;
+    return token_row(t) ? o.base + cx.token(t, o.heads, first_head / o.per_head, o.width) : nullptr;
   };
   auto like_v = [&](const T* base) { return TokenRows<T>{base, a.V.heads, a.V.per_head, a.V.width}; };
-  stage_rows(ps, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.P, m0 + r); });
+  if (!group) stage_rows(ps, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.P, m0 + r); });
   for (int i = tid; i < d.q; i += kTcThreads) {
-    const long si = cx.scan(cx.hi, i);
-    cum_s[i] = a.cum[si];
-    dtp_s[i] = a.dtp[si];
+    if (!group) {  // a group's blocks read per-head values per head
+      const long si = cx.scan(cx.hi, i);
+      cum_s[i] = a.cum[si];
+      dtp_s[i] = a.dtp[si];
+    }
     seg_s[i] = cx.seg_of(i);
   }
   if (K == PairKind::Output || K == PairKind::Dx) {
@@ -294,7 +377,6 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
 
   // Inter-chunk term: P_row . S'^T, 64 output columns at a time, then scaled per row by e_row.
-  const float* S = a.inter + cx.state(cx.hi);
   static_assert(P <= 3, "S' parts live in the Q, V and extra tiles");
   T* const st[3] = {qs, vs, es};
   auto put = [&](int at, const float (&v)[4]) {  // 4 consecutive elements of each part's tile from element `at`
@@ -307,11 +389,8 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           make_uint2(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]));
   };
   constexpr int kBatch = 8;
-#pragma unroll
-  for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
-    const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
-    if (c0 >= lay.n16) break;
-    __syncthreads();  // the previous half's readers are done (and, the first time, the per-token values written)
+  // S' columns [c0, c0 + 64) of the state S into the parts' tiles.
+  auto stage_inter = [&](const float* S, int c0) {
     if constexpr (Traits::kInterKMajor) {
       // S'[col, k] = S[k][col]: tile row k holds columns c0.. (contiguous in memory, 4 per float4).
       if (a.vector) {
@@ -370,6 +449,14 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
         }
       }
     }
+  };
+  if constexpr (group) inter_over_heads<T, K>(acc, a, cx, lay, ps, st, token_row, stage_inter, seg_s, m0);
+#pragma unroll
+  for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
+    const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
+    if (group || c0 >= lay.n16) break;
+    __syncthreads();  // the previous half's readers are done (and, the first time, the per-token values written)
+    stage_inter(a.inter + cx.state(cx.hi), c0);
     staged();  // P's rows (the first time)
     __syncthreads();
 #pragma unroll
@@ -395,21 +482,23 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     }
   }
   pr.live0 = token_row(r0), pr.live1 = token_row(r1);
-  const double L_end = cum_s[d.q - 1];
-  auto entry = [&](int r, bool live) -> float {
-    if (!live) return 0.f;
-    if (Traits::kAnticausal) return seg_s[r] == cx.seg_end ? expf(static_cast<float>(L_end - cum_s[r])) : 0.f;
-    return seg_s[r] == cx.seg_prev ? expf(static_cast<float>(cum_s[r])) : 0.f;
-  };
-  const float e0 = entry(r0, pr.live0), e1 = entry(r1, pr.live1);
+  if (!group) {  // (a group's heads were scaled each by its own)
+    const double L_end = cum_s[d.q - 1];
+    auto entry = [&](int r, bool live) -> float {
+      if (!live) return 0.f;
+      if (Traits::kAnticausal) return seg_s[r] == cx.seg_end ? expf(static_cast<float>(L_end - cum_s[r])) : 0.f;
+      return seg_s[r] == cx.seg_prev ? expf(static_cast<float>(cum_s[r])) : 0.f;
+    };
+    const float e0 = entry(r0, pr.live0), e1 = entry(r1, pr.live1);
 #pragma unroll
-  for (int j = 0; j < kTcMaxDim / 8; ++j) {
-    acc[j][0] *= e0, acc[j][1] *= e0;
-    acc[j][2] *= e1, acc[j][3] *= e1;
+    for (int j = 0; j < kTcMaxDim / 8; ++j) {
+      acc[j][0] *= e0, acc[j][1] *= e0;
+      acc[j][2] *= e1, acc[j][3] *= e1;
+    }
   }
 
   // Intra-chunk term over the source tiles on the row's side of the diagonal, the diagonal tile last.
-  float* cb = K == PairKind::Output ? a.cb + cx.cb(cx.hi / d.r) : nullptr;
+  float* cb = K == PairKind::Output || group ? a.cb + cx.cb(group ? cx.hi : cx.hi / d.r) : nullptr;
   const int last_tile = (d.q - 1) / kTcRows, own_tile = m0 / kTcRows;
   const int source_tiles = Traits::kAnticausal ? last_tile - own_tile + 1 : own_tile + 1;
   for (int ti = 0; ti < source_tiles; ++ti) {
@@ -437,8 +526,10 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
       for (int j = 0; j < kTcRows / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
+          // The block holds (l, s) pairs with s <= l; anticausal kinds read it transposed.
           const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
-          sc[j][e] = r < d.q && c <= r ? cb[(long)r * d.q + c] : 0.f;
+          const int l = Traits::kAnticausal ? c : r, s = Traits::kAnticausal ? r : c;
+          sc[j][e] = l < d.q && s <= l ? cb[(long)l * d.q + s] : 0.f;
         }
     } else {
       cb_tile<T>(sc, ps, qs, lay.ldk, lay.k16);
@@ -468,7 +559,9 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           const bool keep =
               live && c < d.q && (Traits::kAnticausal ? c >= r : c <= r) && seg_s[r] == seg_s[c];
           float v = 0.f;
-          if (keep) {
+          if (keep && group) {
+            v = sc[j][e];  // dCB holds the weights
+          } else if (keep) {
             v = sc[j][e] * expf(static_cast<float>(Traits::kAnticausal ? cum_s[c] - cum_s[r] : cum_s[r] - cum_s[c]));
             if (Traits::kSourceDt) v *= dtp_s[c];
           }
@@ -496,16 +589,19 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   } else if constexpr (K == PairKind::Dx) {
     dx_epilogue(acc, pr, cx, a, lay, qs, vs, es, dtp_s, D_s);
   } else {
-    projection_epilogue<T, K>(acc, pr, cx, a, dtp_s);
+    projection_epilogue<T, K, kGroup>(acc, pr, cx, a, dtp_s);
   }
 }
 
 template <typename T, PairKind K>
 void chunk_pair_tc(const ChunkPairTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
-  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.q, kTcRows));
+  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * (a.group_heads ? d.g : d.h)), ceil_div(d.q, kTcRows));
   const size_t bytes = tc_pair_layout(d, a.P.width, a.V.width, PairTraits<K>::kInterKMajor).bytes;
-  launch_with_smem(chunk_pair_tc_kernel<T, K>, grid, bytes, stream, a);
+  if constexpr (K == PairKind::DC || K == PairKind::DB) {
+    if (a.group_heads) return launch_with_smem(chunk_pair_tc_kernel<T, K, true>, grid, bytes, stream, a);
+  }
+  launch_with_smem(chunk_pair_tc_kernel<T, K, false>, grid, bytes, stream, a);
 }
 
 }  // namespace carve::kernels

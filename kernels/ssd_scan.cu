@@ -13,7 +13,8 @@
  * chunk_db (GEMMs), dt_backward (reverse cumsum, softplus, dA, dt_bias).
  * Those are version 1's, on the CUDA-core tile product (tile_gemm.cuh). For 16-bit inputs the products run on tensor
  * cores instead: chunk_state_tc and chunk_cb_tc (ssd_scan_tc.cuh), and the output, dx, dC and dB as instances of one
- * pair kernel (ssd_pair_tc.cuh; dC and dB there need one head per group, and dCB is then never made).
+ * pair kernel (ssd_pair_tc.cuh); with heads sharing a group, dCB on tensor cores too (chunk_dcb_tc), otherwise it
+ * is never made.
  */
 #include "kernels/ssd_scan.h"
 
@@ -649,9 +650,9 @@ void backward_entering_grad(const SsdScanBackward& bw, const ScanDims& d, bool t
 }
 
 // The backward's products after the state pass (dstates then holds each chunk's local-state gradient): dx and the
-// dt gradient through dt' x, then dC and dB. On tensor cores (version 4) with the pair kernel; dC and dB need the
-// (dy . x) block summed over a group's heads, which the pair kernel makes only for one head per group, so with more
-// they stay on the CUDA-core products through the dcb buffer.
+// dt gradient through dt' x, then dC and dB. On tensor cores (version 4) with the pair kernel; with heads sharing
+// a group, dC and dB read the (dy . x) block summed over the group's heads from the dcb buffer (chunk_dcb_tc, version
+// 5). Version 1 runs all of them on the CUDA-core tile product.
 template <typename T>
 void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor_cores, cudaStream_t stream) {
   const SsdScanForward& f = *bw.fwd;
@@ -671,21 +672,28 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
       dx.x = x, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.out = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
       dx.vector = vector, dx.pairs = vector && aligned(bw.dx, 4);
       chunk_pair_tc<T, PairKind::Dx>(with_chunk(dx, d, f.seg), stream);
-      if (d.r == 1) {
-        ChunkPairTc<T> dC{};
-        dC.P = head_rows(dy, d), dC.Q = head_rows(x, d), dC.V = group_rows(B, d);
-        dC.inter = f.states, dC.dtp = f.dtp, dC.cum = f.cum, dC.cb_source = CbSource::Compute;
-        dC.out = static_cast<T*>(bw.dC), dC.vector = vector, dC.pairs = vector && aligned(bw.dC, 4);
-        chunk_pair_tc<T, PairKind::DC>(with_chunk(dC, d, f.seg), stream);
-        ChunkPairTc<T> dB = dC;
-        dB.P = head_rows(x, d), dB.Q = head_rows(dy, d), dB.V = group_rows(C, d), dB.inter = bw.dstates;
-        dB.out = static_cast<T*>(bw.dB), dB.pairs = vector && aligned(bw.dB, 4);
-        chunk_pair_tc<T, PairKind::DB>(with_chunk(dB, d, f.seg), stream);
-        return;
+      ChunkPairTc<T> dC{};
+      if (d.r > 1) {  // the (dy . x) block summed over the group's heads, which dC and dB then read
+        ChunkDcbTc<T> dcb{};
+        dcb.dy = dy, dcb.x = x, dcb.dtp = f.dtp, dcb.cum = f.cum, dcb.dcb = bw.dcb;
+        dcb.vector = rows_vectorizable(dy, d.p) && rows_vectorizable(x, d.p);
+        chunk_dcb_tc(with_chunk(dcb, d, f.seg), stream);
+        dC.cb = bw.dcb, dC.cb_source = CbSource::Load, dC.group_heads = true;
+      } else {
+        dC.cb_source = CbSource::Compute;
       }
+      dC.P = head_rows(dy, d), dC.Q = head_rows(x, d), dC.V = group_rows(B, d);
+      dC.inter = f.states, dC.dtp = f.dtp, dC.cum = f.cum;
+      dC.out = static_cast<T*>(bw.dC), dC.vector = vector, dC.pairs = vector && aligned(bw.dC, 4);
+      chunk_pair_tc<T, PairKind::DC>(with_chunk(dC, d, f.seg), stream);
+      ChunkPairTc<T> dB = dC;
+      dB.P = head_rows(x, d), dB.Q = head_rows(dy, d), dB.V = group_rows(C, d), dB.inter = bw.dstates;
+      dB.out = static_cast<T*>(bw.dB), dB.pairs = vector && aligned(bw.dB, 4);
+      chunk_pair_tc<T, PairKind::DB>(with_chunk(dB, d, f.seg), stream);
+      return;
     }
   }
-  if (!tensor_cores) {
+  {
     ChunkDxProblem<T> dx{};
     dx.x = x, dx.B = B, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb = f.cb;
     dx.dy = dy, dx.dy_lo = dy_lo, dx.dlocal = bw.dstates, dx.dx = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
@@ -781,7 +789,8 @@ __global__ void ssd_step_kernel(SsdStep s) {
 }  // namespace
 
 bool ssd_scan_backward_uses_dcb(const SsdScanShape& s, ElementType dtype) {
-  // The tensor-core backward makes the (dy . x) block in registers with one head per group (backward_products).
+  // The tensor-core backward makes the (dy . x) block in registers with one head per group; with more it is summed
+  // over the group's heads into dcb (backward_products).
   return dtype == ElementType::f32 || s.h != s.g || !use_tensor_cores(s);
 }
 

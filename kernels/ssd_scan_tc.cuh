@@ -80,6 +80,20 @@ struct RowWalk {
   }
 };
 
+// One asynchronous copy of kBytes (4, 8 or 16, both addresses aligned to it) from global to shared memory, or, when
+// not `real`, kBytes of zeros written without reading `from` (which must still be a valid address).
+template <int kBytes>
+__device__ __forceinline__ void copy_async(void* to, const void* from, bool real) {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(to));
+  if constexpr (kBytes == 16) {  // .cg: around L1, which these streams do not revisit
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(from), "r"(real ? 16 : 0));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(from), "n"(kBytes),
+                 "r"(real ? kBytes : 0));
+  }
+}
+
 // Copies token rows into a row-major shared tile of `rows` x `width` 16-bit elements (ld per row): row r from
 // src(r) (null: a row of zeros), `cols` real columns, zeros up to `width` (a multiple of 16). When every row start
 // is 16-byte aligned (`vector`) the copies are cp.async: all of a block's copies are in flight at once instead of one
@@ -93,10 +107,7 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
     for (int r = walk.row; r < rows; r += walk.rows_per_pass) {
       const T* row = src(r);
       const bool real = row && c < cols;
-      const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(tile + r * ld + c));
-      // src-size 0 fills the 16 bytes with zeros without reading; the address must still be valid.
-      const void* from = real ? static_cast<const void*>(row + c) : static_cast<const void*>(tile);
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(from), "r"(real ? 16 : 0));
+      copy_async<16>(tile + r * ld + c, real ? static_cast<const void*>(row + c) : static_cast<const void*>(tile), real);
     }
     asm volatile("cp.async.commit_group;\n" ::);
     return;
@@ -111,6 +122,12 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
 
 // Waits for this thread's cp.async copies (see stage_rows).
 __device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
+
+// Waits for this thread's cp.async copies except those of the last kPending stage_rows calls (double buffering).
+template <int kPending>
+__device__ __forceinline__ void staged_but() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
 
 // Shared memory of chunk_state_tc: per-token weights, then row-major tiles of the source tile: w x split in `parts`
 // 16-bit parts [64, 64 of p] each (xw, part i at xw + i * xw_part), B [64, n].
@@ -306,6 +323,133 @@ __global__ void __launch_bounds__(kTcThreads) chunk_cb_tc_kernel(ChunkCbTc<T> a)
   store_cb_tile(sc, a.cb + cx.cb(cx.hi), d.q, m0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4, s0);
 }
 
+// dCB[l, s] = sum over the group's heads j of (dy_j,l . x_j,s) exp(L_j,l - L_j,s) dt'_j,s on the causal, same-sample
+// part, for dC and dB when heads share a group (they read it like the forward's C.B; ssd_pair_tc.cuh). One block per
+// chunk, group and 64 x 64 tile on or below the diagonal, blocks of one chunk neighbours in the grid (they share rows
+// in L2). Each head's (dy . x) block is made on tensor cores from the exact 16-bit rows and weighted in float32
+// registers; the next head's rows and per-token values are copied while this head's are multiplied. dy alone, without
+// dy_lo: as in the pair kernel's dC and dB with one head per group.
+template <typename T>
+struct ChunkDcbTc {
+  Chunk cx;
+  const T* dy;
+  const T* x;
+  const float* dtp;
+  const double* cum;
+  float* dcb;  // [b, c, g, q, q]
+  bool vector;
+};
+
+// Shared memory of chunk_dcb_tc: the segment ids of the tile's rows and columns, then two stages, each: cum of the
+// rows and of the columns (float64), dt' of the columns, dy rows [64, p16] and x rows [64, p16] (ld = p16 + 8).
+struct TcDcbLayout {
+  int p16, ld;
+  size_t seg_bytes, stage_bytes, cum_s, dtp, dys, xs, bytes;
+};
+__host__ __device__ inline TcDcbLayout tc_dcb_layout(const ScanDims& d) {
+  TcDcbLayout L{};
+  L.p16 = round16(d.p), L.ld = L.p16 + 8;
+  L.seg_bytes = 2 * kTcRows * sizeof(int);
+  L.cum_s = kTcRows * sizeof(double);  // offsets within a stage, bytes
+  L.dtp = 2 * kTcRows * sizeof(double);
+  L.dys = L.dtp + kTcRows * sizeof(float);
+  L.xs = L.dys + static_cast<size_t>(kTcRows) * L.ld * 2;
+  L.stage_bytes = L.xs + static_cast<size_t>(kTcRows) * L.ld * 2;
+  L.bytes = L.seg_bytes + 2 * L.stage_bytes;
+  return L;
+}
+
+// Tiles on or below the diagonal of a chunk with `tiles` 64-token tiles, numbered row by row.
+__host__ __device__ inline int lower_tiles(int tiles) { return tiles * (tiles + 1) / 2; }
+
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  Chunk cx = a.cx;
+  const ScanDims& d = cx.d;
+  const int tiles = (d.q + kTcRows - 1) / kTcRows, per_chunk = lower_tiles(tiles);
+  cx.select(blockIdx.x / per_chunk, d.g);
+  int mt = 0, t = blockIdx.x % per_chunk;
+  while (t > mt) t -= ++mt;  // row mt holds tiles 0..mt
+  const int m0 = kTcRows * mt, s0 = kTcRows * t;
+  const bool diagonal = m0 == s0;
+  const TcDcbLayout lay = tc_dcb_layout(d);
+  int* seg_l = reinterpret_cast<int*>(smem);
+  int* seg_c = seg_l + kTcRows;
+  unsigned char* stages = smem + lay.seg_bytes;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
+  auto in_chunk = [&](int i) { return i < d.q && cx.valid(i); };
+  for (int i = tid; i < kTcRows; i += kTcThreads) {  // tokens outside the chunk: ids no sample has, never equal
+    seg_l[i] = in_chunk(m0 + i) ? cx.seg_of(m0 + i) : INT_MIN;
+    seg_c[i] = in_chunk(s0 + i) ? cx.seg_of(s0 + i) : INT_MAX;
+  }
+
+  // Head j's rows and per-token values into stage `buf`: one cp.async group for the per-token values, and with
+  // `vector` one more for each operand's rows (stage_rows commits those; otherwise it copies them itself).
+  auto stage = [&](int j, int buf) {
+    unsigned char* st = stages + buf * lay.stage_bytes;
+    const int head = cx.hi * d.r + j;
+    for (int i = tid; i < 3 * kTcRows; i += kTcThreads) {
+      const int which = i / kTcRows, k = i % kTcRows, tok = (which == 0 ? m0 : s0) + k;
+      const bool real = tok < d.q;
+      const long si = cx.scan(head, real ? tok : 0);
+      if (which < 2) {
+        copy_async<8>(st + (which == 0 ? 0 : lay.cum_s) + k * sizeof(double), a.cum + si, real);
+      } else {
+        copy_async<4>(st + lay.dtp + k * sizeof(float), a.dtp + si, real);
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    stage_rows(reinterpret_cast<T*>(st + lay.dys), lay.ld, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
+      return in_chunk(m0 + r) ? a.dy + cx.token(m0 + r, d.h, head, d.p) : nullptr;
+    });
+    stage_rows(reinterpret_cast<T*>(st + lay.xs), lay.ld, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
+      return in_chunk(s0 + r) ? a.x + cx.token(s0 + r, d.h, head, d.p) : nullptr;
+    });
+  };
+
+  float acc[kTcRows / 8][4];
+#pragma unroll
+  for (int j = 0; j < kTcRows / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+  const int r0 = 16 * warp + gid;  // this thread's rows r0 and r0 + 8 of the tile
+
+  stage(0, 0);
+  for (int j = 0; j < d.r; ++j) {
+    const int buf = j & 1;
+    if (j + 1 < d.r) {
+      stage(j + 1, buf ^ 1);
+      // This head's groups are done; the next head's rows may still fly (its per-token group is waited for too).
+      if (a.vector) {
+        staged_but<2>();
+      } else {
+        staged_but<1>();
+      }
+    } else {
+      staged();
+    }
+    __syncthreads();
+    const unsigned char* st = stages + buf * lay.stage_bytes;
+    const double* cum_l = reinterpret_cast<const double*>(st);
+    const double* cum_c = reinterpret_cast<const double*>(st + lay.cum_s);
+    const float* dtp_c = reinterpret_cast<const float*>(st + lay.dtp);
+    float sc[kTcRows / 8][4];
+    cb_tile<T>(sc, reinterpret_cast<const T*>(st + lay.dys), reinterpret_cast<const T*>(st + lay.xs), lay.ld,
+               lay.p16);
+#pragma unroll
+    for (int jb = 0; jb < kTcRows / 8; ++jb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = r0 + (e < 2 ? 0 : 8), c = 8 * jb + 2 * tig + (e & 1);
+        if ((!diagonal || c <= r) && seg_l[r] == seg_c[c])
+          acc[jb][e] += sc[jb][e] * expf(static_cast<float>(cum_l[r] - cum_c[c])) * dtp_c[c];
+      }
+    __syncthreads();  // this stage's readers are done before head j + 2 is copied into it
+  }
+  store_cb_tile(acc, a.dcb + cx.cb(cx.hi), d.q, m0 + r0, s0);
+}
+
 // Opts a kernel into `bytes` of dynamic shared memory (above 48 KiB needs it) and launches it.
 template <typename Kernel, typename Args>
 void launch_with_smem(Kernel kernel, dim3 grid, size_t bytes, cudaStream_t stream, const Args& args) {
@@ -324,6 +468,13 @@ void chunk_state_tc(const ChunkStateTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.p, kTcRows));
   launch_with_smem(chunk_state_tc_kernel<T>, grid, tc_state_layout(d, kParts<T>).bytes, stream, a);
+}
+
+template <typename T>
+void chunk_dcb_tc(const ChunkDcbTc<T>& a, cudaStream_t stream) {
+  const ScanDims& d = a.cx.d;
+  const long blocks = (long)d.b * d.c * d.g * lower_tiles(ceil_div(d.q, kTcRows));
+  launch_with_smem(chunk_dcb_tc_kernel<T>, dim3(static_cast<unsigned>(blocks)), tc_dcb_layout(d).bytes, stream, a);
 }
 
 template <typename T>

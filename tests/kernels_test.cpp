@@ -175,6 +175,8 @@ const std::vector<ScanCase>& scan_cases() {
       {2, 150, 3, 3, 36, 20, 64, 2, true, true, true, true},
       // a chunk over 64 tokens and not a multiple of 64: the last source tile runs past the chunk
       {1, 330, 2, 2, 64, 32, 100, 1, true, true, true, true},
+      // heads sharing a group with both: dCB and the group's dC and dB, element by element and past the chunk
+      {2, 200, 6, 2, 36, 20, 100, 1, true, true, true, true},
   };
   return cases;
 }
