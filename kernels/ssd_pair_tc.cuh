@@ -332,7 +332,8 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   constexpr bool group = kGroup;
   static_assert(!kGroup || K == PairKind::DC || K == PairKind::DB, "only dC and dB sum over a group's heads");
   Chunk cx = a.cx;
-  cx.select(blockIdx.x, group ? cx.d.g : cx.d.h);
+  const int row_tiles = (cx.d.q + kTcRows - 1) / kTcRows;
+  cx.select(blockIdx.x / row_tiles, group ? cx.d.g : cx.d.h);
   const ScanDims& d = cx.d;
   const int inner = a.P.width, width = a.V.width;
   const TcPairLayout lay = tc_pair_layout(d, inner, width, Traits::kInterKMajor);
@@ -346,7 +347,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   T* vs = tiles + lay.vs;
   T* es = tiles + lay.es;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
-  const int m0 = blockIdx.y * kTcRows;
+  const int m0 = blockIdx.x % row_tiles * kTcRows;
 
   auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
   const int first_head = group ? cx.hi * d.r : cx.hi;  // the block's (first) head
@@ -596,7 +597,9 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
 template <typename T, PairKind K>
 void chunk_pair_tc(const ChunkPairTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
-  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * (a.group_heads ? d.g : d.h)), ceil_div(d.q, kTcRows));
+  // The row tiles of one chunk and head are neighbours in the grid, so they run together and the second and later
+  // reads of their S' and source tiles hit L2.
+  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * (a.group_heads ? d.g : d.h) * ceil_div(d.q, kTcRows)));
   const size_t bytes = tc_pair_layout(d, a.P.width, a.V.width, PairTraits<K>::kInterKMajor).bytes;
   if constexpr (K == PairKind::DC || K == PairKind::DB) {
     if (a.group_heads) return launch_with_smem(chunk_pair_tc_kernel<T, K, true>, grid, bytes, stream, a);

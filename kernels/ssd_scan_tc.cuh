@@ -165,7 +165,8 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
   constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   Chunk cx = a.cx;
-  cx.select(blockIdx.x, cx.d.h);
+  const int p_tiles = (cx.d.p + kTcRows - 1) / kTcRows;
+  cx.select(blockIdx.x / p_tiles, cx.d.h);
   const ScanDims& d = cx.d;
   const TcStateLayout lay = tc_state_layout(d, P);
   float* w_s = reinterpret_cast<float*>(smem);
@@ -173,7 +174,7 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
   T* xw = tiles + lay.xw;
   T* bs = tiles + lay.bs;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
-  const int p0 = blockIdx.y * kTcRows, gi = cx.hi / d.r;
+  const int p0 = blockIdx.x % p_tiles * kTcRows, gi = cx.hi / d.r;
   const int p_cols = min(kTcRows, d.p - p0);
 
   const double L_end = a.cum[cx.scan(cx.hi, d.q - 1)];
@@ -466,7 +467,8 @@ inline bool rows_vectorizable(const void* base, int width) {
 template <typename T>
 void chunk_state_tc(const ChunkStateTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
-  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h), ceil_div(d.p, kTcRows));
+  // The head's row tiles are neighbours in the grid: they share the right operand's rows in L2.
+  const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h * ceil_div(d.p, kTcRows)));
   launch_with_smem(chunk_state_tc_kernel<T>, grid, tc_state_layout(d, kParts<T>).bytes, stream, a);
 }
 
