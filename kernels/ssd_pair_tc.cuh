@@ -252,15 +252,22 @@ __device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim
 // e_j,row P_j,row . S'_j^T, 64 output columns at a time (stage_inter puts S'_j's into the parts' tiles `st`). e depends
 // on the head, so each head's A fragments are scaled in registers and split into two parts; the parts' products are
 // A's high part times every part of S' and A's low part times S''s high part (P + 1 products per fragment).
-template <typename T, PairKind K, typename TokenRow, typename StageInter>
+//
+// With 16-byte rows, the first batch of the next (head, 64 columns) step's S' is loaded into registers before this
+// step's products, so its latency hides behind them (load_kmajor, put_kmajor: the kernel's batches of k-major rows).
+template <typename T, PairKind K, int kBatch, typename TokenRow, typename StageInter, typename LoadKmajor,
+          typename PutKmajor>
 __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4], const ChunkPairTc<T>& a,
                                                  const Chunk& cx, const TcPairLayout& lay, T* ps, T* const (&st)[3],
-                                                 TokenRow token_row, StageInter stage_inter, const int* seg_s,
-                                                 int m0) {
+                                                 TokenRow token_row, StageInter stage_inter, LoadKmajor load_kmajor,
+                                                 PutKmajor put_kmajor, int batch_rows, const int* seg_s, int m0) {
   using TC = TensorCore<T>;
   constexpr int P = kParts<T>;
+  constexpr int kHalves = kTcMaxDim / kTcRows;
   const ScanDims& d = cx.d;
   const int warp = threadIdx.x / 32, r0 = m0 + 16 * warp + (threadIdx.x % 32) / 4;
+  float4 next[kBatch];
+  if (a.vector) load_kmajor(a.inter + cx.state(cx.hi * d.r), 0, 0, next);
   for (int j = 0; j < d.r; ++j) {
     const int head = cx.hi * d.r + j;
     float e[2];  // rows r0 and r0 + 8
@@ -278,7 +285,7 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
       }
     }
 #pragma unroll
-    for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
+    for (int half = 0; half < kHalves; ++half) {
       const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
       if (c0 >= lay.n16) break;
       __syncthreads();  // the last readers of ps and of the parts' tiles are done (first: the per-token values written)
@@ -287,9 +294,22 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
           return token_row(m0 + r) ? a.P.base + cx.token(m0 + r, a.P.heads, head, a.P.width) : nullptr;
         });
       }
-      stage_inter(a.inter + cx.state(head), c0);
+      if (a.vector) {
+        put_kmajor(0, next);
+        for (int k0 = batch_rows; k0 < lay.k16; k0 += batch_rows) {  // head dims past the first batch, at once
+          load_kmajor(a.inter + cx.state(head), c0, k0, next);
+          put_kmajor(k0, next);
+        }
+      } else {
+        stage_inter(a.inter + cx.state(head), c0);
+      }
       staged();
       __syncthreads();
+      if (a.vector) {  // the next step's first batch flies during this step's products
+        const bool last_half = half + 1 == kHalves || (half + 1) * kTcRows >= lay.n16;
+        const int next_head = last_half ? head + 1 : head;
+        if (!last_half || j + 1 < d.r) load_kmajor(a.inter + cx.state(next_head), last_half ? 0 : c0 + kTcRows, 0, next);
+      }
 #pragma unroll
       for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
         if (16 * kk >= lay.k16) break;
@@ -391,25 +411,35 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   };
   constexpr int kBatch = 8;
   // S' columns [c0, c0 + 64) of the state S into the parts' tiles.
+  // k-major S' with 16-byte rows, in batches: S'[col, k] = S[k][col], tile row k holds columns c0.. (contiguous in
+  // memory, 4 per float4). A batch is this thread's kBatch float4 of rows [k0, k0 + kInterBatchRows).
+  const int kInterBatchRows = kBatch * (kTcThreads / (kTcRows / 4));
+  auto load_kmajor = [&](const float* S, int c0, int k0, float4 (&v)[kBatch]) {
+    const RowWalk walk(kTcRows / 4);
+    const int col = c0 + 4 * walk.item;
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int kk = k0 + walk.row + u * walk.rows_per_pass;
+      v[u] = kk < inner && col < width ? *reinterpret_cast<const float4*>(S + (long)kk * width + col)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  auto put_kmajor = [&](int k0, const float4 (&v)[kBatch]) {
+    const RowWalk walk(kTcRows / 4);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int kk = k0 + walk.row + u * walk.rows_per_pass;
+      if (kk < lay.k16) put(kk * lay.ld_inter + 4 * walk.item, {v[u].x, v[u].y, v[u].z, v[u].w});
+    }
+  };
+  static_assert(kTcThreads % (kTcRows / 4) == 0, "every thread of the block walks the k-major rows");
   auto stage_inter = [&](const float* S, int c0) {
     if constexpr (Traits::kInterKMajor) {
-      // S'[col, k] = S[k][col]: tile row k holds columns c0.. (contiguous in memory, 4 per float4).
       if (a.vector) {
-        const RowWalk walk(kTcRows / 4);
-        const int c = 4 * walk.item, col = c0 + c;
-        for (int k = walk.row; k < lay.k16; k += kBatch * walk.rows_per_pass) {
+        for (int k0 = 0; k0 < lay.k16; k0 += kInterBatchRows) {
           float4 v[kBatch];
-#pragma unroll
-          for (int u = 0; u < kBatch; ++u) {
-            const int kk = k + u * walk.rows_per_pass;
-            v[u] = kk < inner && col < width ? *reinterpret_cast<const float4*>(S + (long)kk * width + col)
-                                             : make_float4(0.f, 0.f, 0.f, 0.f);
-          }
-#pragma unroll
-          for (int u = 0; u < kBatch; ++u) {
-            const int kk = k + u * walk.rows_per_pass;
-            if (kk < lay.k16) put(kk * lay.ld_inter + c, {v[u].x, v[u].y, v[u].z, v[u].w});
-          }
+          load_kmajor(S, c0, k0, v);
+          put_kmajor(k0, v);
         }
       } else {
         for (int e = tid; e < lay.k16 * (kTcRows / 4); e += kTcThreads) {
@@ -451,7 +481,10 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
       }
     }
   };
-  if constexpr (group) inter_over_heads<T, K>(acc, a, cx, lay, ps, st, token_row, stage_inter, seg_s, m0);
+  if constexpr (group) {
+    inter_over_heads<T, K, kBatch>(acc, a, cx, lay, ps, st, token_row, stage_inter, load_kmajor, put_kmajor,
+                                   kInterBatchRows, seg_s, m0);
+  }
 #pragma unroll
   for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
     const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)

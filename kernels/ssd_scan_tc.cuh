@@ -385,11 +385,17 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
     seg_c[i] = in_chunk(s0 + i) ? cx.seg_of(s0 + i) : INT_MAX;
   }
 
-  // Head j's rows and per-token values into stage `buf`: one cp.async group for the per-token values, and with
-  // `vector` one more for each operand's rows (stage_rows commits those; otherwise it copies them itself).
+  // Head j's rows and per-token values into stage `buf`: with `vector`, one cp.async group for each operand's rows
+  // (stage_rows commits those; otherwise it copies them itself), then one for the per-token values.
   auto stage = [&](int j, int buf) {
     unsigned char* st = stages + buf * lay.stage_bytes;
     const int head = cx.hi * d.r + j;
+    stage_rows(reinterpret_cast<T*>(st + lay.dys), lay.ld, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
+      return in_chunk(m0 + r) ? a.dy + cx.token(m0 + r, d.h, head, d.p) : nullptr;
+    });
+    stage_rows(reinterpret_cast<T*>(st + lay.xs), lay.ld, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
+      return in_chunk(s0 + r) ? a.x + cx.token(s0 + r, d.h, head, d.p) : nullptr;
+    });
     for (int i = tid; i < 3 * kTcRows; i += kTcThreads) {
       const int which = i / kTcRows, k = i % kTcRows, tok = (which == 0 ? m0 : s0) + k;
       const bool real = tok < d.q;
@@ -401,12 +407,6 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
-    stage_rows(reinterpret_cast<T*>(st + lay.dys), lay.ld, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
-      return in_chunk(m0 + r) ? a.dy + cx.token(m0 + r, d.h, head, d.p) : nullptr;
-    });
-    stage_rows(reinterpret_cast<T*>(st + lay.xs), lay.ld, kTcRows, d.p, lay.p16, a.vector, [&](int r) -> const T* {
-      return in_chunk(s0 + r) ? a.x + cx.token(s0 + r, d.h, head, d.p) : nullptr;
-    });
   };
 
   float acc[kTcRows / 8][4];
@@ -421,9 +421,9 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
     const int buf = j & 1;
     if (j + 1 < d.r) {
       stage(j + 1, buf ^ 1);
-      // This head's groups are done; the next head's rows may still fly (its per-token group is waited for too).
+      // This head's groups are done; the next head's may still fly.
       if (a.vector) {
-        staged_but<2>();
+        staged_but<3>();
       } else {
         staged_but<1>();
       }
