@@ -417,6 +417,17 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
   const int r0 = 16 * warp + gid;  // this thread's rows r0 and r0 + 8 of the tile
 
   stage(0, 0);
+  // Which of this thread's 32 (row, column) pairs count, bit 4 jb + e, the same for every head. (Tested per pair and
+  // head, with a branch each, the test's instructions were most of the kernel's issue slots; ncu, mamba2-2.7b.)
+  __syncthreads();  // seg_l and seg_c written
+  uint32_t keep = 0;
+#pragma unroll
+  for (int jb = 0; jb < kTcRows / 8; ++jb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + (e < 2 ? 0 : 8), c = 8 * jb + 2 * tig + (e & 1);
+      if ((!diagonal || c <= r) && seg_l[r] == seg_c[c]) keep |= 1u << (4 * jb + e);
+    }
   for (int j = 0; j < d.r; ++j) {
     const int buf = j & 1;
     if (j + 1 < d.r) {
@@ -438,14 +449,19 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
     float sc[kTcRows / 8][4];
     cb_tile<T>(sc, reinterpret_cast<const T*>(st + lay.dys), reinterpret_cast<const T*>(st + lay.xs), lay.ld,
                lay.p16);
+    // Weights without branches: a pair outside `keep` may compute an infinite weight, which the select drops.
+    const double cl[2] = {cum_l[r0], cum_l[r0 + 8]};
 #pragma unroll
-    for (int jb = 0; jb < kTcRows / 8; ++jb)
+    for (int jb = 0; jb < kTcRows / 8; ++jb) {
+      const int c = 8 * jb + 2 * tig;  // even: the column pair is one 16-byte and one 8-byte shared load
+      const double2 cc = *reinterpret_cast<const double2*>(cum_c + c);
+      const float2 dc = *reinterpret_cast<const float2*>(dtp_c + c);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int r = r0 + (e < 2 ? 0 : 8), c = 8 * jb + 2 * tig + (e & 1);
-        if ((!diagonal || c <= r) && seg_l[r] == seg_c[c])
-          acc[jb][e] += sc[jb][e] * expf(static_cast<float>(cum_l[r] - cum_c[c])) * dtp_c[c];
+        const float w = expf(static_cast<float>(cl[e / 2] - (e & 1 ? cc.y : cc.x))) * (e & 1 ? dc.y : dc.x);
+        acc[jb][e] += keep >> (4 * jb + e) & 1u ? sc[jb][e] * w : 0.f;
       }
+    }
     __syncthreads();  // this stage's readers are done before head j + 2 is copied into it
   }
   store_cb_tile(acc, a.dcb + cx.cb(cx.hi), d.q, m0 + r0, s0);

@@ -9,8 +9,8 @@
 #     without tests, in parallel, and bench this tree, DIR, this tree again: a before/after in one call
 #   TRITON=1: also run mamba_ssm's Triton kernel first (.third_party/mamba and .third_party/einops, carried)
 #   NCU=1: per-kernel times of one forward and backward at NCU_SHAPE (default hovle; ncu, one launch at a time)
-#   NCU_KERNEL=REGEX: ncu's speed-of-light, memory, occupancy, warp-stall and source sections for the first
-#     launch matching REGEX at NCU_SHAPE, and its per-line SASS table (where the stalls are)
+#   NCU_KERNEL='REGEX[;REGEX...]': ncu's speed-of-light, memory, occupancy, warp-stall and source sections for the
+#     first launch matching each REGEX at NCU_SHAPE, and its per-line SASS table (where the stalls are)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,21 +60,27 @@ if [ "${NCU:-0}" = 1 ]; then
 fi
 
 if [ -n "${NCU_KERNEL:-}" ]; then
-  step "ncu detail $NCU_KERNEL"
-  timeout 240 "$ncu" --clock-control none -k "regex:$NCU_KERNEL" --launch-count 1 --import-source yes \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-    --section WarpStateStats --section SourceCounters -f -o /tmp/ncu_detail "$build/carve" "${one_run[@]}" \
-    > "$out/ncu_detail.log" 2>&1
-  echo "ncu detail rc=$?" | tee -a "$summary"
-  "$ncu" -i /tmp/ncu_detail.ncu-rep --print-details all > "$out/ncu_detail.txt" 2>&1
-  # Per SASS line: where the warps stall (the columns of the source page).
-  "$ncu" -i /tmp/ncu_detail.ncu-rep --page source --csv --print-source sass > "$out/ncu_source_sass.csv" 2>&1
-  "$ncu" -i /tmp/ncu_detail.ncu-rep --page source --csv --print-source cuda > "$out/ncu_source_cuda.csv" 2>&1
-  echo "source pages: $(wc -l < "$out/ncu_source_sass.csv") sass lines, $(wc -l < "$out/ncu_source_cuda.csv") cuda lines" \
-    | tee -a "$summary"
+  # Several regexes separated by ';': one detail report each (ncu_detail_1.txt, ...).
+  IFS=';' read -ra ncu_kernels <<< "$NCU_KERNEL"
+  i=0
+  for regex in "${ncu_kernels[@]}"; do
+    i=$((i + 1))
+    step "ncu detail $i: $regex"
+    timeout 240 "$ncu" --clock-control none -k "regex:$regex" --launch-count 1 --import-source yes \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SourceCounters -f -o "/tmp/ncu_detail_$i" "$build/carve" "${one_run[@]}" \
+      > "$out/ncu_detail_$i.log" 2>&1
+    echo "ncu detail rc=$?" | tee -a "$summary"
+    "$ncu" -i "/tmp/ncu_detail_$i.ncu-rep" --print-details all > "$out/ncu_detail_$i.txt" 2>&1
+    # Per SASS line: where the warps stall (the columns of the source page).
+    "$ncu" -i "/tmp/ncu_detail_$i.ncu-rep" --page source --csv --print-source sass > "$out/ncu_source_sass_$i.csv" 2>&1
+    "$ncu" -i "/tmp/ncu_detail_$i.ncu-rep" --page source --csv --print-source cuda > "$out/ncu_source_cuda_$i.csv" 2>&1
+    echo "source pages: $(wc -l < "$out/ncu_source_sass_$i.csv") sass lines, $(wc -l < "$out/ncu_source_cuda_$i.csv") cuda lines" \
+      | tee -a "$summary"
+  done
 fi
 
 # Few files come back from a device call: the logs, the ncu tables and the benches' files go into one archive.
-(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err bench_* ncu_detail.txt 2>/dev/null;
- rm -f -- *.log *.csv *.err bench_* ncu_detail.txt)
+(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err bench_* ncu_detail_*.txt 2>/dev/null;
+ rm -f -- *.log *.csv *.err bench_* ncu_detail_*.txt)
 step "done"
