@@ -534,6 +534,9 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   // Intra-chunk term over the source tiles on the row's side of the diagonal, the diagonal tile last.
   float* cb = K == PairKind::Output || group ? a.cb + cx.cb(group ? cx.hi : cx.hi / d.r) : nullptr;
   const int last_tile = (d.q - 1) / kTcRows, own_tile = m0 / kTcRows;
+  // The rows' per-token values, read once (published by the inter-chunk term's barriers).
+  const int seg0 = seg_s[min(r0, d.q - 1)], seg1 = seg_s[min(r1, d.q - 1)];
+  const double cum0 = group ? 0.0 : cum_s[min(r0, d.q - 1)], cum1 = group ? 0.0 : cum_s[min(r1, d.q - 1)];
   const int source_tiles = Traits::kAnticausal ? last_tile - own_tile + 1 : own_tile + 1;
   for (int ti = 0; ti < source_tiles; ++ti) {
     const int s0 = kTcRows * (Traits::kAnticausal ? last_tile - ti : ti);
@@ -590,16 +593,17 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
           const bool live = e < 2 ? pr.live0 : pr.live1;
           // (c < q: with chunks under 64 tokens, a tile's last sources are past the per-token values.)
+          const int cq = min(c, d.q - 1);  // (r < q where live)
           const bool keep =
-              live && c < d.q && (Traits::kAnticausal ? c >= r : c <= r) && seg_s[r] == seg_s[c];
-          float v = 0.f;
-          if (keep && group) {
-            v = sc[j][e];  // dCB holds the weights
-          } else if (keep) {
-            v = sc[j][e] * expf(static_cast<float>(Traits::kAnticausal ? cum_s[c] - cum_s[r] : cum_s[r] - cum_s[c]));
-            if (Traits::kSourceDt) v *= dtp_s[c];
+              live && c < d.q && (Traits::kAnticausal ? c >= r : c <= r) && (e < 2 ? seg0 : seg1) == seg_s[cq];
+          // Without branches: a weight outside `keep` may be infinite, and the select drops it.
+          float v = sc[j][e];  // with heads sharing a group, dCB holds the weights
+          if (!group) {
+            const double cr = e < 2 ? cum0 : cum1;
+            v *= expf(static_cast<float>(Traits::kAnticausal ? cum_s[cq] - cr : cr - cum_s[cq]));
+            if (Traits::kSourceDt) v *= dtp_s[cq];
           }
-          split<T>(v, part[e]);
+          split<T>(keep ? v : 0.f, part[e]);
         }
 #pragma unroll
         for (int k = 0; k < P; ++k) {
