@@ -288,7 +288,7 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
     for (int half = 0; half < kHalves; ++half) {
       const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
       if (c0 >= lay.n16) break;
-      __syncthreads();  // the last readers of ps and of the parts' tiles are done (first: the per-token values written)
+      __syncthreads();  // the last readers of ps and of the parts' tiles are done
       if (half == 0) {
         stage_rows(ps, lay.ldk, kTcRows, a.P.width, lay.k16, a.vector, [&](int r) -> const T* {
           return token_row(m0 + r) ? a.P.base + cx.token(m0 + r, a.P.heads, head, a.P.width) : nullptr;
@@ -482,6 +482,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     }
   };
   if constexpr (group) {
+    __syncthreads();  // seg_s written: inter_over_heads reads its rows' segments before its first barrier
     inter_over_heads<T, K, kBatch>(acc, a, cx, lay, ps, st, token_row, stage_inter, load_kmajor, put_kmajor,
                                    kInterBatchRows, seg_s, m0);
   }
