@@ -693,13 +693,12 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
       return;
     }
   }
-  {
-    ChunkDxProblem<T> dx{};
-    dx.x = x, dx.B = B, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb = f.cb;
-    dx.dy = dy, dx.dy_lo = dy_lo, dx.dlocal = bw.dstates, dx.dx = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
-    dx.M = d.q, dx.N = d.p, dx.K = d.q + d.n;
-    launch_tile_gemm(with_chunk(dx, d, f.seg), heads, stream);
-  }
+  // Version 1: every product on the CUDA-core tile product.
+  ChunkDxProblem<T> dx{};
+  dx.x = x, dx.B = B, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb = f.cb;
+  dx.dy = dy, dx.dy_lo = dy_lo, dx.dlocal = bw.dstates, dx.dx = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
+  dx.M = d.q, dx.N = d.p, dx.K = d.q + d.n;
+  launch_tile_gemm(with_chunk(dx, d, f.seg), heads, stream);
 
   ChunkDcbProblem<T> dcb{};
   dcb.x = x, dcb.dy = dy, dcb.dy_lo = dy_lo, dcb.dtp = f.dtp, dcb.cum = f.cum, dcb.dcb = bw.dcb;
