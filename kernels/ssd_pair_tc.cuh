@@ -308,7 +308,9 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
       if (a.vector) {  // the next step's first batch flies during this step's products
         const bool last_half = half + 1 == kHalves || (half + 1) * kTcRows >= lay.n16;
         const int next_head = last_half ? head + 1 : head;
-        if (!last_half || j + 1 < d.r) load_kmajor(a.inter + cx.state(next_head), last_half ? 0 : c0 + kTcRows, 0, next);
+        if (!last_half || j + 1 < d.r) {
+          load_kmajor(a.inter + cx.state(next_head), last_half ? 0 : c0 + kTcRows, 0, next);
+        }
       }
 #pragma unroll
       for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
@@ -349,11 +351,10 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   using Traits = PairTraits<K>;
   constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-  constexpr bool group = kGroup;
   static_assert(!kGroup || K == PairKind::DC || K == PairKind::DB, "only dC and dB sum over a group's heads");
   Chunk cx = a.cx;
   const int row_tiles = (cx.d.q + kTcRows - 1) / kTcRows;
-  cx.select(blockIdx.x / row_tiles, group ? cx.d.g : cx.d.h);
+  cx.select(blockIdx.x / row_tiles, kGroup ? cx.d.g : cx.d.h);
   const ScanDims& d = cx.d;
   const int inner = a.P.width, width = a.V.width;
   const TcPairLayout lay = tc_pair_layout(d, inner, width, Traits::kInterKMajor);
@@ -370,14 +371,14 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   const int m0 = blockIdx.x % row_tiles * kTcRows;
 
   auto token_row = [&](int t) -> bool { return t < d.q && cx.valid(t); };
-  const int first_head = group ? cx.hi * d.r : cx.hi;  // the block's (first) head
+  const int first_head = kGroup ? cx.hi * d.r : cx.hi;  // the block's (first) head
   auto rows_of = [&](const TokenRows<T>& o, int t) -> const T* {
     return token_row(t) ? o.base + cx.token(t, o.heads, first_head / o.per_head, o.width) : nullptr;
   };
   auto like_v = [&](const T* base) { return TokenRows<T>{base, a.V.heads, a.V.per_head, a.V.width}; };
-  if (!group) stage_rows(ps, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.P, m0 + r); });
+  if (!kGroup) stage_rows(ps, lay.ldk, kTcRows, inner, lay.k16, a.vector, [&](int r) { return rows_of(a.P, m0 + r); });
   for (int i = tid; i < d.q; i += kTcThreads) {
-    if (!group) {  // a group's blocks read per-head values per head
+    if (!kGroup) {  // a group's blocks read per-head values per head
       const long si = cx.scan(cx.hi, i);
       cum_s[i] = a.cum[si];
       dtp_s[i] = a.dtp[si];
@@ -410,7 +411,6 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           make_uint2(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]));
   };
   constexpr int kBatch = 8;
-  // S' columns [c0, c0 + 64) of the state S into the parts' tiles.
   // k-major S' with 16-byte rows, in batches: S'[col, k] = S[k][col], tile row k holds columns c0.. (contiguous in
   // memory, 4 per float4). A batch is this thread's kBatch float4 of rows [k0, k0 + kInterBatchRows).
   const int kInterBatchRows = kBatch * (kTcThreads / (kTcRows / 4));
@@ -433,6 +433,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     }
   };
   static_assert(kTcThreads % (kTcRows / 4) == 0, "every thread of the block walks the k-major rows");
+  // S' columns [c0, c0 + 64) of the state S into the parts' tiles.
   auto stage_inter = [&](const float* S, int c0) {
     if constexpr (Traits::kInterKMajor) {
       if (a.vector) {
@@ -481,7 +482,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
       }
     }
   };
-  if constexpr (group) {
+  if constexpr (kGroup) {
     __syncthreads();  // seg_s written: inter_over_heads reads its rows' segments before its first barrier
     inter_over_heads<T, K, kBatch>(acc, a, cx, lay, ps, st, token_row, stage_inter, load_kmajor, put_kmajor,
                                    kInterBatchRows, seg_s, m0);
@@ -489,7 +490,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
 #pragma unroll
   for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
     const int c0 = half * kTcRows;  // output columns [c0, c0 + 64)
-    if (group || c0 >= lay.n16) break;
+    if (kGroup || c0 >= lay.n16) break;
     __syncthreads();  // the previous half's readers are done (and, the first time, the per-token values written)
     stage_inter(a.inter + cx.state(cx.hi), c0);
     staged();  // P's rows (the first time)
@@ -517,7 +518,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     }
   }
   pr.live0 = token_row(r0), pr.live1 = token_row(r1);
-  if (!group) {  // (a group's heads were scaled each by its own)
+  if (!kGroup) {  // (a group's heads were scaled each by its own)
     const double L_end = cum_s[d.q - 1];
     auto entry = [&](int r, bool live) -> float {
       if (!live) return 0.f;
@@ -533,11 +534,11 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   }
 
   // Intra-chunk term over the source tiles on the row's side of the diagonal, the diagonal tile last.
-  float* cb = K == PairKind::Output || group ? a.cb + cx.cb(group ? cx.hi : cx.hi / d.r) : nullptr;
+  float* cb = K == PairKind::Output || kGroup ? a.cb + cx.cb(kGroup ? cx.hi : cx.hi / d.r) : nullptr;
   const int last_tile = (d.q - 1) / kTcRows, own_tile = m0 / kTcRows;
   // The rows' per-token values, read once (published by the inter-chunk term's barriers).
   const int seg0 = seg_s[min(r0, d.q - 1)], seg1 = seg_s[min(r1, d.q - 1)];
-  const double cum0 = group ? 0.0 : cum_s[min(r0, d.q - 1)], cum1 = group ? 0.0 : cum_s[min(r1, d.q - 1)];
+  const double cum0 = kGroup ? 0.0 : cum_s[min(r0, d.q - 1)], cum1 = kGroup ? 0.0 : cum_s[min(r1, d.q - 1)];
   const int source_tiles = Traits::kAnticausal ? last_tile - own_tile + 1 : own_tile + 1;
   for (int ti = 0; ti < source_tiles; ++ti) {
     const int s0 = kTcRows * (Traits::kAnticausal ? last_tile - ti : ti);
@@ -599,7 +600,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
               live && c < d.q && (Traits::kAnticausal ? c >= r : c <= r) && (e < 2 ? seg0 : seg1) == seg_s[cq];
           // Without branches: a weight outside `keep` may be infinite, and the select drops it.
           float v = sc[j][e];  // with heads sharing a group, dCB holds the weights
-          if (!group) {
+          if (!kGroup) {
             const double cr = e < 2 ? cum0 : cum1;
             v *= expf(static_cast<float>(Traits::kAnticausal ? cum_s[cq] - cr : cr - cum_s[cq]));
             if (Traits::kSourceDt) v *= dtp_s[cq];

@@ -107,7 +107,8 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
     for (int r = walk.row; r < rows; r += walk.rows_per_pass) {
       const T* row = src(r);
       const bool real = row && c < cols;
-      copy_async<16>(tile + r * ld + c, real ? static_cast<const void*>(row + c) : static_cast<const void*>(tile), real);
+      const void* from = real ? static_cast<const void*>(row + c) : static_cast<const void*>(tile);
+      copy_async<16>(tile + r * ld + c, from, real);
     }
     asm volatile("cp.async.commit_group;\n" ::);
     return;
@@ -123,7 +124,8 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
 // Waits for this thread's cp.async copies (see stage_rows).
 __device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
 
-// Waits for this thread's cp.async copies except those of the last kPending stage_rows calls (double buffering).
+// Waits for this thread's cp.async copies except the kPending most recently committed groups (a vector stage_rows
+// call commits one): double buffering.
 template <int kPending>
 __device__ __forceinline__ void staged_but() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
@@ -345,15 +347,16 @@ struct ChunkDcbTc {
 // rows and of the columns (float64), dt' of the columns, dy rows [64, p16] and x rows [64, p16] (ld = p16 + 8).
 struct TcDcbLayout {
   int p16, ld;
-  size_t seg_bytes, stage_bytes, cum_s, dtp, dys, xs, bytes;
+  size_t seg_bytes, stage_bytes, cum_rows, cum_cols, dtp_cols, dys, xs, bytes;  // the last five: offsets in a stage
 };
 __host__ __device__ inline TcDcbLayout tc_dcb_layout(const ScanDims& d) {
   TcDcbLayout L{};
   L.p16 = round16(d.p), L.ld = L.p16 + 8;
   L.seg_bytes = 2 * kTcRows * sizeof(int);
-  L.cum_s = kTcRows * sizeof(double);  // offsets within a stage, bytes
-  L.dtp = 2 * kTcRows * sizeof(double);
-  L.dys = L.dtp + kTcRows * sizeof(float);
+  L.cum_rows = 0;
+  L.cum_cols = kTcRows * sizeof(double);
+  L.dtp_cols = 2 * kTcRows * sizeof(double);
+  L.dys = L.dtp_cols + kTcRows * sizeof(float);
   L.xs = L.dys + static_cast<size_t>(kTcRows) * L.ld * 2;
   L.stage_bytes = L.xs + static_cast<size_t>(kTcRows) * L.ld * 2;
   L.bytes = L.seg_bytes + 2 * L.stage_bytes;
@@ -401,9 +404,9 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
       const bool real = tok < d.q;
       const long si = cx.scan(head, real ? tok : 0);
       if (which < 2) {
-        copy_async<8>(st + (which == 0 ? 0 : lay.cum_s) + k * sizeof(double), a.cum + si, real);
+        copy_async<8>(st + (which == 0 ? lay.cum_rows : lay.cum_cols) + k * sizeof(double), a.cum + si, real);
       } else {
-        copy_async<4>(st + lay.dtp + k * sizeof(float), a.dtp + si, real);
+        copy_async<4>(st + lay.dtp_cols + k * sizeof(float), a.dtp + si, real);
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
@@ -443,9 +446,9 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
     }
     __syncthreads();
     const unsigned char* st = stages + buf * lay.stage_bytes;
-    const double* cum_l = reinterpret_cast<const double*>(st);
-    const double* cum_c = reinterpret_cast<const double*>(st + lay.cum_s);
-    const float* dtp_c = reinterpret_cast<const float*>(st + lay.dtp);
+    const double* cum_l = reinterpret_cast<const double*>(st + lay.cum_rows);
+    const double* cum_c = reinterpret_cast<const double*>(st + lay.cum_cols);
+    const float* dtp_c = reinterpret_cast<const float*>(st + lay.dtp_cols);
     float sc[kTcRows / 8][4];
     cb_tile<T>(sc, reinterpret_cast<const T*>(st + lay.dys), reinterpret_cast<const T*>(st + lay.xs), lay.ld,
                lay.p16);
