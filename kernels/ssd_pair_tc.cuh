@@ -21,7 +21,8 @@
  * their weights (chunk_dcb_tc), and the inter-chunk term sums over the heads, each head's P rows scaled by its own
  * e_row (times dt'_s for DB, which then skips the epilogue's dt') in registers on their way into the tensor cores.
  *
- * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts) once per element by the whole
+ * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an
+ * Output without y_ssm) once per element by the whole
  * block, 64 output columns at a time, into the Q, V and extra tiles (free until the source tiles), each thread
  * loading 8 x 4 elements before it splits any. (When each warp split its own fragments from global memory, this
  * product was 60% of the output kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block
@@ -55,10 +56,9 @@ struct TokenRows {
   int heads, per_head, width;
 };
 
-// Where the Output kernel gets C_l . B_s: computed in the block (and stored for the backward's CUDA-core products),
-// or read from the buffer a separate product filled (heads sharing a group would otherwise each recompute it).
-// The other kinds compute their block without storing it.
-enum class CbSource { Compute, ComputeAndStore, Load };
+// Where a block gets its (P . Q) blocks: computed in the block, or read from the buffer a separate product filled
+// (heads sharing a group would otherwise each recompute it): C.B for Output and Dx, dCB for DC and DB.
+enum class CbSource { Compute, Load };
 
 template <typename T>
 struct ChunkPairTc {
@@ -70,7 +70,7 @@ struct ChunkPairTc {
   const float* inter;    // S' as a [b, c, h, p, n] buffer
   const float* dtp;
   const double* cum;
-  float* cb;             // Output: C_l . B_s [b, c, g, q, q]; DC and DB with group_heads: dCB, read the same way
+  const float* cb;       // with CbSource::Load: C_l . B_s [b, c, g, q, q] (Output, Dx) or dCB (DC, DB)
   CbSource cb_source;
   bool group_heads;      // DC, DB: blocks per group, summing over its heads (above)
   const T* x;            // Output: for D x; Dx: for x . U
@@ -82,6 +82,7 @@ struct ChunkPairTc {
   float* ddt_u;          // Dx: x_s . U_s per token
   bool vector;           // 16-byte row copies (widths multiples of 8, aligned bases)
   bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
+  int parts = kParts;    // Output without y_ssm: kInferenceParts
 };
 
 // Shared memory: per-token cum (float64), dt', segment ids, the head's D per channel, then 16-bit tiles: P rows of
@@ -255,14 +256,13 @@ __device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim
 //
 // With 16-byte rows, the first batch of the next (head, 64 columns) step's S' is loaded into registers before this
 // step's products, so its latency hides behind them (load_kmajor, put_kmajor: the kernel's batches of k-major rows).
-template <typename T, PairKind K, int kBatch, typename TokenRow, typename StageInter, typename LoadKmajor,
+template <typename T, PairKind K, int P, int kBatch, typename TokenRow, typename StageInter, typename LoadKmajor,
           typename PutKmajor>
 __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4], const ChunkPairTc<T>& a,
                                                  const Chunk& cx, const TcPairLayout& lay, T* ps, T* const (&st)[3],
                                                  TokenRow token_row, StageInter stage_inter, LoadKmajor load_kmajor,
                                                  PutKmajor put_kmajor, int batch_rows, const int* seg_s, int m0) {
   using TC = TensorCore<T>;
-  constexpr int P = kParts<T>;
   constexpr int kHalves = kTcMaxDim / kTcRows;
   const ScanDims& d = cx.d;
   const int warp = threadIdx.x / 32, r0 = m0 + 16 * warp + (threadIdx.x % 32) / 4;
@@ -344,12 +344,12 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
   }
 }
 
-// kGroup: DC or DB with group_heads (an instance of its own: the r = 1 instances keep their registers).
-template <typename T, PairKind K, bool kGroup>
+// kGroup: DC or DB with group_heads (an instance of its own: the r = 1 instances keep their registers). P: the
+// parts of computed operands (ChunkPairTc::parts).
+template <typename T, PairKind K, bool kGroup, int P>
 __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairTc<T> a) {
   using TC = TensorCore<T>;
   using Traits = PairTraits<K>;
-  constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   static_assert(!kGroup || K == PairKind::DC || K == PairKind::DB, "only dC and dB sum over a group's heads");
   Chunk cx = a.cx;
@@ -484,7 +484,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   };
   if constexpr (kGroup) {
     __syncthreads();  // seg_s written: inter_over_heads reads its rows' segments before its first barrier
-    inter_over_heads<T, K, kBatch>(acc, a, cx, lay, ps, st, token_row, stage_inter, load_kmajor, put_kmajor,
+    inter_over_heads<T, K, P, kBatch>(acc, a, cx, lay, ps, st, token_row, stage_inter, load_kmajor, put_kmajor,
                                    kInterBatchRows, seg_s, m0);
   }
 #pragma unroll
@@ -534,7 +534,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   }
 
   // Intra-chunk term over the source tiles on the row's side of the diagonal, the diagonal tile last.
-  float* cb = K == PairKind::Output || kGroup ? a.cb + cx.cb(kGroup ? cx.hi : cx.hi / d.r) : nullptr;
+  const float* cb = a.cb_source == CbSource::Load ? a.cb + cx.cb(kGroup ? cx.hi : cx.hi / d.r) : nullptr;
   const int last_tile = (d.q - 1) / kTcRows, own_tile = m0 / kTcRows;
   // The rows' per-token values, read once (published by the inter-chunk term's barriers).
   const int seg0 = seg_s[min(r0, d.q - 1)], seg1 = seg_s[min(r1, d.q - 1)];
@@ -572,7 +572,6 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
         }
     } else {
       cb_tile<T>(sc, ps, qs, lay.ldk, lay.k16);
-      if (a.cb_source == CbSource::ComputeAndStore) store_cb_tile(sc, cb, d.q, r0, s0);
     }
     if (Traits::kVRest && diagonal && a.extra && a.pairs) {  // Q's last readers are done: the epilogue's rows
       __syncthreads();
@@ -641,9 +640,14 @@ void chunk_pair_tc(const ChunkPairTc<T>& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * (a.group_heads ? d.g : d.h) * ceil_div(d.q, kTcRows)));
   const size_t bytes = tc_pair_layout(d, a.P.width, a.V.width, PairTraits<K>::kInterKMajor).bytes;
   if constexpr (K == PairKind::DC || K == PairKind::DB) {
-    if (a.group_heads) return launch_with_smem(chunk_pair_tc_kernel<T, K, true>, grid, bytes, stream, a);
+    if (a.group_heads) return launch_with_smem(chunk_pair_tc_kernel<T, K, true, kParts>, grid, bytes, stream, a);
   }
-  launch_with_smem(chunk_pair_tc_kernel<T, K, false>, grid, bytes, stream, a);
+  if constexpr (K == PairKind::Output) {  // (the backward's products always keep two parts)
+    if (a.parts == kInferenceParts) {
+      return launch_with_smem(chunk_pair_tc_kernel<T, K, false, kInferenceParts>, grid, bytes, stream, a);
+    }
+  }
+  launch_with_smem(chunk_pair_tc_kernel<T, K, false, kParts>, grid, bytes, stream, a);
 }
 
 }  // namespace carve::kernels

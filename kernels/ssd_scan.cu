@@ -590,15 +590,18 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   const bool x_rows = rows_vectorizable(x, d.p), bc_rows = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
   launch_dt_prepare<T>(f, d, stream);
 
+  // Without a backward to follow (no y_ssm kept), computed operands are rounded to 16 bits once (kParts says why).
+  const int parts = f.y_ssm ? kParts : kInferenceParts;
   ChunkStateTc<T> local{};
   local.kind = StateProduct::Local, local.left = x, local.right = B;
   local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
-  local.vector = x_rows && bc_rows;
+  local.vector = x_rows && bc_rows, local.parts = parts;
   chunk_state_tc(with_chunk(local, d, f.seg), stream);
   launch_state_pass(f, d, stream);
 
   // With heads sharing a group, C.B is computed once per group (only on or below the diagonal, which is all the
-  // output and the backward read); with one head per group the output kernel computes it itself.
+  // output reads); with one head per group the output kernel computes it itself, and nothing stores it: the
+  // tensor-core backward makes its own.
   if (d.r > 1) {
     ChunkCbTc<T> cb{};
     cb.B = B, cb.C = C, cb.cb = f.cb, cb.vector = bc_rows;
@@ -608,7 +611,8 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   ChunkPairTc<T> out{};
   out.P = group_rows(C, d), out.Q = group_rows(B, d), out.V = head_rows(x, d);
   out.inter = f.states, out.dtp = f.dtp, out.cum = f.cum, out.cb = f.cb;
-  out.cb_source = d.r > 1 ? CbSource::Load : CbSource::ComputeAndStore;
+  out.cb_source = d.r > 1 ? CbSource::Load : CbSource::Compute;
+  out.parts = parts;
   out.x = x, out.z = static_cast<const T*>(f.z), out.extra = out.z, out.D = f.D, out.D_per_channel = f.D_per_channel;
   out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
   out.vector = x_rows && bc_rows;
@@ -668,7 +672,10 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
                           rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
       ChunkPairTc<T> dx{};
       dx.P = group_rows(B, d), dx.Q = group_rows(C, d), dx.V = head_rows(dy, d), dx.v_lo = dy_lo, dx.extra = x;
-      dx.inter = bw.dstates, dx.dtp = f.dtp, dx.cum = f.cum, dx.cb_source = CbSource::Compute;
+      dx.inter = bw.dstates, dx.dtp = f.dtp, dx.cum = f.cum;
+      // With heads sharing a group, dx reads the forward's C.B transposed instead of making B.C once per head:
+      // mamba2-2.7b forward+backward 13.52 -> 12.86 ms (docs/kernels.md).
+      dx.cb_source = d.r > 1 ? CbSource::Load : CbSource::Compute, dx.cb = f.cb;
       dx.x = x, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.out = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
       dx.vector = vector, dx.pairs = vector && aligned(bw.dx, 4);
       chunk_pair_tc<T, PairKind::Dx>(with_chunk(dx, d, f.seg), stream);
@@ -787,6 +794,11 @@ __global__ void ssd_step_kernel(SsdStep s) {
 
 }  // namespace
 
+bool ssd_scan_uses_cb(const SsdScanShape& s, ElementType dtype) {
+  // Version 1 stores C.B for its output and backward; the tensor-core kernels only for heads sharing a group.
+  return dtype == ElementType::f32 || s.h != s.g || !use_tensor_cores(s);
+}
+
 bool ssd_scan_backward_uses_dcb(const SsdScanShape& s, ElementType dtype) {
   // The tensor-core backward makes the (dy . x) block in registers with one head per group; with more it is summed
   // over the group's heads into dcb (backward_products).
@@ -801,7 +813,7 @@ SsdScanWorkspace ssd_scan_workspace(const SsdScanShape& s) {
 void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream) {
   check_shape(f.shape);
   CARVE_KERNEL_REQUIRE(f.x && f.dt && f.A && f.B && f.C && f.out && f.final_state && f.dtp && f.cum && f.states &&
-                           f.cb,
+                           (f.cb || !ssd_scan_uses_cb(f.shape, f.dtype)),
                        "ssd_scan_forward: a required pointer is null");
   dispatch_element(f.dtype, [&](auto t) { forward_typed<decltype(t)>(f, stream); });
 }

@@ -58,7 +58,7 @@ struct SsdScanForward {
   float* dtp = nullptr;
   double* cum = nullptr;
   float* states = nullptr;
-  float* cb = nullptr;
+  float* cb = nullptr;  // null where ssd_scan_uses_cb is false
 };
 void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream);
 
@@ -92,6 +92,9 @@ struct SsdScanBackward {
   float* dcb = nullptr;       // cb; may be null where ssd_scan_backward_uses_dcb is false
 };
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream);
+// Whether the forward and backward of this shape and type use the cb workspace (f.cb may be null where not: the tensor-
+// core kernels with one head per group make each C.B block in registers, 134 MB at HoVLE's sizes never touched).
+bool ssd_scan_uses_cb(const SsdScanShape& s, ElementType dtype);
 // Whether the backward of this shape and type needs the dcb workspace (not when the tensor-core kernels make each
 // (dy . x) block in registers, one head per group: the buffer would be 134 MB at HoVLE's sizes, never touched).
 bool ssd_scan_backward_uses_dcb(const SsdScanShape& s, ElementType dtype);

@@ -38,8 +38,10 @@ __host__ __device__ inline int round16(int v) { return (v + 15) / 16 * 16; }
 // (bfloat16) or 22 (float16), and every gradient passes. Three bfloat16 parts (24 bits) were measured too: outputs
 // 3x closer to float64 (5e-6), no gradient that needed it, and 5-20% slower at hovle and phi2; in the backward's dx
 // product, 1.5x slower and no gradient closer (docs/kernels.md).
-template <typename T>
+// A forward without a backward (no y_ssm kept) rounds them once (kInferenceParts), as Triton does: its output,
+// itself rounded to 16 bits, was within 4e-4 of float64 that way.
 constexpr int kParts = 2;
+constexpr int kInferenceParts = 1;
 
 // v as part[0] + part[1] + ..., each part exactly a 16-bit value (the last one rounded).
 template <typename T, int N>
@@ -159,12 +161,12 @@ struct ChunkStateTc {
   const double* cum;
   float* states;  // [b, c, h, p, n]
   bool vector;    // 16-byte row copies (p and n multiples of 8, aligned bases)
+  int parts = kParts;  // or kInferenceParts when only the forward's output and final state need the states
 };
 
-template <typename T>
+template <typename T, int P>
 __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStateTc<T> a) {
   using TC = TensorCore<T>;
-  constexpr int P = kParts<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   Chunk cx = a.cx;
   const int p_tiles = (cx.d.p + kTcRows - 1) / kTcRows;
@@ -488,7 +490,12 @@ void chunk_state_tc(const ChunkStateTc<T>& a, cudaStream_t stream) {
   const ScanDims& d = a.cx.d;
   // The head's row tiles are neighbours in the grid: they share the right operand's rows in L2.
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * d.h * ceil_div(d.p, kTcRows)));
-  launch_with_smem(chunk_state_tc_kernel<T>, grid, tc_state_layout(d, kParts<T>).bytes, stream, a);
+  if (a.parts == kInferenceParts) {
+    launch_with_smem(chunk_state_tc_kernel<T, kInferenceParts>, grid, tc_state_layout(d, kInferenceParts).bytes, stream,
+                     a);
+  } else {
+    launch_with_smem(chunk_state_tc_kernel<T, kParts>, grid, tc_state_layout(d, kParts).bytes, stream, a);
+  }
 }
 
 template <typename T>

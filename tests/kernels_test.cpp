@@ -158,6 +158,14 @@ void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed) {
   const auto want = scan_with_grads(ref, gy, gf, false);
   const auto got = scan_with_grads(fused, gy, gf, true);
   expect_close(got, want, tolerance(type), describe(c, type));
+
+  // The forward alone (no autograd node, no y_ssm: 16-bit kernels round computed operands once) against the same
+  // reference.
+  torch::NoGradGuard no_grad;
+  const auto alone = model::ssd_scan(fused, true);
+  expect_close({{"y", alone.y.to(torch::kDouble)}, {"final_state", alone.final_state.to(torch::kDouble)}},
+               {{"y", want.at("y")}, {"final_state", want.at("final_state")}}, tolerance(type),
+               describe(c, type) + ", forward alone");
 }
 
 const std::vector<ScanCase>& scan_cases() {

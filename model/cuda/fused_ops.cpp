@@ -69,14 +69,14 @@ ScanWorkspace scan_workspace(const kernels::SsdScanForward& f, const torch::Tens
   w.dtp = fresh({s.b, s.h, c, s.q}, f32);
   w.cum = fresh({s.b, s.h, c, s.q}, f32.dtype(torch::kDouble));
   w.states = fresh({s.b, c, s.h, s.p, s.n}, f32);
-  w.cb = fresh({s.b, c, s.g, s.q, s.q}, f32);
+  if (kernels::ssd_scan_uses_cb(s, f.dtype)) w.cb = fresh({s.b, c, s.g, s.q, s.q}, f32);
   w.final_state = fresh({s.b, s.h, s.p, s.n}, f32);
   return w;
 }
 
 void bind(kernels::SsdScanForward& f, const ScanWorkspace& w) {
   f.dtp = w.dtp.data_ptr<float>(), f.cum = w.cum.data_ptr<double>(), f.states = w.states.data_ptr<float>();
-  f.cb = w.cb.data_ptr<float>(), f.final_state = w.final_state.data_ptr<float>();
+  f.cb = mut_or_null<float>(w.cb), f.final_state = w.final_state.data_ptr<float>();
 }
 
 class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
@@ -106,7 +106,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     auto f = forward_args(t);
     f.y_ssm = s[10].data_ptr<float>();
     f.dtp = s[11].data_ptr<float>(), f.cum = s[12].data_ptr<double>(), f.states = s[13].data_ptr<float>();
-    f.cb = s[14].data_ptr<float>(), f.final_state = s[15].data_ptr<float>();
+    f.cb = mut_or_null<float>(s[14]), f.final_state = s[15].data_ptr<float>();
     const Tensor& x = t.x;
     const auto f32 = x.options().dtype(torch::kFloat);
     Tensor dout = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous() : torch::zeros_like(x);
