@@ -232,52 +232,137 @@ struct ChunkOutputProblem {
 // ---------------------------------------------------------------------------------------------------------------
 // Backward.
 
-// dy = dout * silu(z), dz, dD, and dyy = dy . y_ssm per token. One warp per (token, head); blockIdx.x is the head
-// so the warp's dD partial sums stay in registers over many tokens.
-template <typename T>
-__global__ void gate_backward_kernel(ScanDims d, const T* dout, const T* z, const float* y_ssm, const T* x,
-                                     const float* D, bool D_per_channel, T* dy, T* dy_lo, T* dz, float* dD,
-                                     float* dyy) {
-  constexpr int kMaxPerLane = 8;  // p <= 256
-  const int hi = blockIdx.x, lane = threadIdx.x % 32;
-  const int warps = blockDim.x / 32;
+// dy = dout * silu(z), dz, dD, and dyy = dy . y_ssm per token. A (token, head) row takes `lanes` neighbouring threads
+// (a power of two), each kChunks runs of kVec channels: kVec = 8 (16-bit rows, 16-byte loads and stores, one run) or 1
+// (32 lanes, up to 8 runs: any type and width; p <= 256). blockIdx.x is the head, so each thread's dD partial sums
+// stay in registers over many tokens. One warp per row, each lane loading 2-byte elements, took twice its bytes' time
+// at mamba2-2.7b's sizes (1.44 ms; docs/kernels.md).
+template <typename T, int kVec, int kChunks>
+__global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lanes, const T* dout, const T* z,
+                                                            const float* y_ssm, const T* x, const float* D,
+                                                            bool D_per_channel, T* dy, T* dy_lo, T* dz, float* dD,
+                                                            float* dyy) {
+  static_assert(kVec == 1 || (kVec == 8 && sizeof(T) == 2), "runs of 8 are 16-byte loads of 16-bit elements");
+  __shared__ float dD_sum[256];  // per channel, with D per channel
+  const int hi = blockIdx.x, k = threadIdx.x % lanes, rows_per_block = blockDim.x / lanes;
   const long tokens = (long)d.b * d.l;
-  float dD_part[kMaxPerLane] = {};
-  for (long row = (long)blockIdx.y * warps + threadIdx.x / 32; row < tokens; row += (long)gridDim.y * warps) {
-    const long o = (row * d.h + hi) * d.p;
-    float dot = 0.f;
-    for (int j = 0; j < kMaxPerLane; ++j) {
-      const int pi = lane + 32 * j;
-      if (pi >= d.p) break;
-      const float go = to_float(dout[o + pi]), ys = y_ssm[o + pi], xv = to_float(x[o + pi]);
-      const float Dv = D ? D[D_per_channel ? hi * d.p + pi : hi] : 0.f;
-      float g = go;
-      if (z) {
-        const float zv = to_float(z[o + pi]);
-        g = go * siluf(zv);
-        dz[o + pi] = from_float<T>(go * (ys + Dv * xv) * silu_grad(zv));
-      }
-      const T g_rounded = from_float<T>(g);  // see SsdScanBackward::dy
-      dy[o + pi] = g_rounded;
-      if (dy_lo) dy_lo[o + pi] = from_float<T>(g - to_float(g_rounded));
-      dot += g * ys;
-      dD_part[j] += g * xv;
+  auto load = [](const T* from, float (&v)[kVec]) {
+    if constexpr (kVec == 8) {
+      unpack8<T>(*reinterpret_cast<const uint4*>(from), v);
+    } else {
+      v[0] = to_float(*from);
     }
-    dot = warp_sum(dot);
-    if (lane == 0) {
+  };
+  auto store = [](T* to, const float (&v)[kVec]) {
+    if constexpr (kVec == 8) {
+      *reinterpret_cast<uint4*>(to) = pack8<T>(v);
+    } else {
+      *to = from_float<T>(v[0]);
+    }
+  };
+  float dD_part[kChunks][kVec] = {}, Dv[kChunks][kVec];
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j)
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const int c = min((k + lanes * j) * kVec + i, d.p - 1);
+      Dv[j][i] = D ? D[D_per_channel ? hi * d.p + c : hi] : 0.f;
+    }
+  // Every thread of the block takes the same number of steps (the row's lanes shuffle together).
+  for (long base = (long)blockIdx.y * rows_per_block; base < tokens; base += (long)gridDim.y * rows_per_block) {
+    const long row = base + threadIdx.x / lanes;
+    float dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int c0 = (k + lanes * j) * kVec;
+      if (row >= tokens || c0 >= d.p) continue;
+      const long o = (row * d.h + hi) * d.p + c0;
+      float go[kVec], xv[kVec], ys[kVec], zv[kVec] = {}, g[kVec], g_lo[kVec], gz[kVec] = {};
+      load(dout + o, go);
+      load(x + o, xv);
+      if constexpr (kVec == 8) {
+        const float4 a = *reinterpret_cast<const float4*>(y_ssm + o), b = *reinterpret_cast<const float4*>(y_ssm + o + 4);
+        ys[0] = a.x, ys[1] = a.y, ys[2] = a.z, ys[3] = a.w, ys[4] = b.x, ys[5] = b.y, ys[6] = b.z, ys[7] = b.w;
+      } else {
+        ys[0] = y_ssm[o];
+      }
+      if (z) load(z + o, zv);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        g[i] = go[i];
+        if (z) {
+          g[i] = go[i] * siluf(zv[i]);
+          gz[i] = go[i] * (ys[i] + Dv[j][i] * xv[i]) * silu_grad(zv[i]);
+        }
+        g_lo[i] = g[i] - to_float(from_float<T>(g[i]));  // see SsdScanBackward::dy
+        dot += g[i] * ys[i];
+        dD_part[j][i] += g[i] * xv[i];
+      }
+      store(dy + o, g);
+      if (dy_lo) store(dy_lo + o, g_lo);
+      if (z) store(dz + o, gz);
+    }
+    for (int off = lanes / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (k == 0 && row < tokens) {
       const int bi = static_cast<int>(row / d.l), t = static_cast<int>(row % d.l);
       dyy[(((long)bi * d.h + hi) * d.c + t / d.q) * d.q + t % d.q] = dot;
     }
   }
   if (!D) return;
-  if (D_per_channel) {
-    for (int j = 0; j < kMaxPerLane && lane + 32 * j < d.p; ++j) atomicAdd(&dD[hi * d.p + lane + 32 * j], dD_part[j]);
+  if (D_per_channel) {  // summed over the block's rows in shared memory, then one atomic per channel
+    for (int i = threadIdx.x; i < d.p; i += blockDim.x) dD_sum[i] = 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j)
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const int c = (k + lanes * j) * kVec + i;
+        if (c < d.p) atomicAdd(&dD_sum[c], dD_part[j][i]);
+      }
+    __syncthreads();
+    for (int i = threadIdx.x; i < d.p; i += blockDim.x) atomicAdd(&dD[hi * d.p + i], dD_sum[i]);
   } else {
     float s = 0.f;
-    for (int j = 0; j < kMaxPerLane; ++j) s += dD_part[j];
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j)
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) s += dD_part[j][i];
     s = warp_sum(s);
-    if (lane == 0) atomicAdd(&dD[hi], s);
+    if (threadIdx.x % 32 == 0) atomicAdd(&dD[hi], s);
   }
+}
+
+template <typename T>
+void launch_gate_backward(const SsdScanBackward& bw, const ScanDims& d, cudaStream_t stream) {
+  const SsdScanForward& f = *bw.fwd;
+  auto aligned16 = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool runs = sizeof(T) == 2 && d.p % 8 == 0 && aligned16(bw.dout) && aligned16(f.z) && aligned16(f.y_ssm) &&
+                    aligned16(f.x) && aligned16(bw.dy) && aligned16(bw.dy_lo) && aligned16(bw.dz);
+  int lanes = 32;
+  if (runs) {
+    lanes = 1;
+    while (lanes * 8 < d.p) lanes *= 2;
+  }
+  constexpr unsigned kThreads = 256;
+  const long tokens = (long)d.b * d.l, rows_per_block = kThreads / lanes;
+  // About 4 steps per block, so that each block's dD sums cover a few rows before their atomics.
+  const unsigned slices = std::min<unsigned>(ceil_div(tokens, 4 * rows_per_block), 1024);
+  const dim3 grid(d.h, slices);
+  auto args = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(d, lanes, static_cast<const T*>(bw.dout), static_cast<const T*>(f.z),
+                                          f.y_ssm, static_cast<const T*>(f.x), f.D, f.D_per_channel,
+                                          static_cast<T*>(bw.dy), static_cast<T*>(bw.dy_lo), static_cast<T*>(bw.dz),
+                                          bw.dD, bw.dyy);
+  };
+  if constexpr (sizeof(T) == 2) {
+    if (runs) {
+      args(gate_backward_kernel<T, 8, 1>);
+      CARVE_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
+  args(gate_backward_kernel<T, 1, 8>);
+  CARVE_CUDA_CHECK_LAUNCH();
 }
 
 // Reverse pass over chunks. In: dstates = gradient of each chunk's entering state through its outputs; out: the
@@ -739,11 +824,7 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
 
   // Padded positions of the last chunk have no token: dyy stays 0 there.
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dyy, 0, ws.per_token * sizeof(float), stream));
-  const unsigned slices = std::min<unsigned>(ceil_div((long)d.b * d.l, 64), 1024);
-  gate_backward_kernel<T><<<dim3(d.h, slices), 256, 0, stream>>>(
-      d, static_cast<const T*>(bw.dout), static_cast<const T*>(f.z), f.y_ssm, static_cast<const T*>(f.x), f.D,
-      f.D_per_channel, static_cast<T*>(bw.dy), static_cast<T*>(bw.dy_lo), static_cast<T*>(bw.dz), bw.dD, bw.dyy);
-  CARVE_CUDA_CHECK_LAUNCH();
+  launch_gate_backward<T>(bw, d, stream);
 
   backward_entering_grad<T>(bw, d, tensor_cores, stream);
 
