@@ -1,10 +1,18 @@
 /*
- * Causal conv1d kernels. The conv is memory-bound (k <= 4 taps): one thread per output element, channels along
- * threads for coalescing; each input is read k times, from L1/L2 after the first. The backward recomputes the
- * pre-activation instead of keeping it, writes the gradient before SiLU once, and reduces the weight gradient per
- * channel over row slices with one atomic per slice.
+ * Causal conv1d kernels. The conv is memory-bound (k <= 4 taps in practice). Where channels come in runs of 4 with
+ * aligned rows and k <= 4 (every mixer's shape), a thread takes 4 channels of a run of kRun tokens, loads the run's
+ * inputs (and the k - 1 before it) at once into registers and slides the taps over them, so each input is read from
+ * memory about once; the backward recomputes the pre-activation there, forms the gradient before SiLU in registers
+ * and takes dx, the weight and the bias gradients from it in the same pass. One thread per output element with each
+ * input read k times and the gradient before SiLU in a float32 buffer took 8x (forward) and 13x (forward+backward)
+ * the bytes' time at HoVLE's sizes (docs/kernels.md). Other shapes take that element-by-element path.
  */
 #include "kernels/causal_conv.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "kernels/element.cuh"
 
@@ -118,6 +126,203 @@ __global__ void conv_dweight_kernel(ConvInput<T> in, const float* dpre, float* d
   if (dbias) atomicAdd(&dbias[ch], accb);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Runs of tokens (the fast path): 4 channels per thread, threads along channels, a block's threads all on one run.
+
+constexpr int kRunChannels = 4;
+constexpr int kRun = 8;            // tokens a thread's outputs cover per step
+constexpr int kRunsPerThread = 8;  // steps per thread: the weight and bias gradients sum over them before atomics
+
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, float (&v)[kRunChannels]) {
+  if constexpr (sizeof(T) == 2) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < kRunChannels; ++i) v[i] = to_float(h[i]);
+  } else {
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store4(T* p, const float (&v)[kRunChannels]) {
+  if constexpr (sizeof(T) == 2) {
+    uint2 u;
+    T* h = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int i = 0; i < kRunChannels; ++i) h[i] = from_float<T>(v[i]);
+    *reinterpret_cast<uint2*>(p) = u;
+  } else {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+// The 4 inputs at time u (u < 0: the initial state or zeros) and u's segment; past the row's end, zeros.
+template <typename T>
+__device__ __forceinline__ void input4(const ConvInput<T>& in, int bi, int u, int ch0, float (&v)[kRunChannels],
+                                       int& seg) {
+  const ConvDims& d = in.d;
+  if (u >= 0 && u < d.l) {
+    load4(in.x + ((long)bi * d.l + u) * d.c + ch0, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kRunChannels; ++i) v[i] = u < 0 ? in.at(bi, u, ch0 + i) : 0.f;
+  }
+  seg = u < d.l ? in.seg_at(bi, u) : -1;
+}
+
+// Which steps a thread takes: runs r0, r0 + stride, ... of row bi, kRunsPerThread of them at most.
+struct RunSteps {
+  int bi, first, stride, runs;
+  __device__ RunSteps(const ConvDims& d) {
+    runs = (d.l + kRun - 1) / kRun;
+    bi = blockIdx.z;
+    first = blockIdx.y;
+    stride = gridDim.y;
+  }
+};
+
+template <typename T, int K>
+__global__ void __launch_bounds__(256) conv_forward_runs_kernel(ConvInput<T> in, const float* w, const float* bias,
+                                                                bool silu, T* y) {
+  const ConvDims d = in.d;
+  const int ch0 = (blockIdx.x * blockDim.x + threadIdx.x) * kRunChannels;
+  if (ch0 >= d.c) return;
+  float wr[K][kRunChannels], br[kRunChannels];
+#pragma unroll
+  for (int i = 0; i < kRunChannels; ++i) {
+    br[i] = bias ? bias[ch0 + i] : 0.f;
+#pragma unroll
+    for (int j = 0; j < K; ++j) wr[j][i] = w[(long)(ch0 + i) * K + j];
+  }
+  const RunSteps steps(d);
+  for (int run = steps.first; run < steps.runs; run += steps.stride) {
+    const int t0 = run * kRun;
+    // Inputs t0 - (K - 1) .. t0 + kRun - 1, all loads in flight before any is used.
+    float xv[kRun + K - 1][kRunChannels];
+    int sv[kRun + K - 1];
+#pragma unroll
+    for (int a = 0; a < kRun + K - 1; ++a) input4(in, steps.bi, t0 - (K - 1) + a, ch0, xv[a], sv[a]);
+#pragma unroll
+    for (int a = 0; a < kRun; ++a) {
+      const int t = t0 + a;
+      if (t >= d.l) break;
+      float out[kRunChannels];
+#pragma unroll
+      for (int i = 0; i < kRunChannels; ++i) {
+        float acc = br[i];
+#pragma unroll
+        for (int j = 0; j < K; ++j) acc += sv[a + j] == sv[a + K - 1] ? wr[j][i] * xv[a + j][i] : 0.f;
+        out[i] = silu ? siluf(acc) : acc;
+      }
+      store4(y + ((long)steps.bi * d.l + t) * d.c + ch0, out);
+    }
+  }
+}
+
+// The whole backward of kRun inputs per step: the gradient before SiLU (dpre) at times t0 .. t0 + kRun + K - 2 from
+// dy and the recomputed pre-activation, then dx[u] = sum_j w_j dpre[u + K - 1 - j] (same sample) for the run's u (and,
+// at a row's start, the initial state's u < 0), the final state's gradient on the last K - 1 inputs, and the weight
+// and bias gradients of the run's own times, summed over the thread's steps before one atomic each.
+template <typename T, int K>
+__global__ void __launch_bounds__(256) conv_backward_runs_kernel(ConvInput<T> in, const float* w, const float* bias,
+                                                                 bool silu, const T* dy, const T* dfinal, T* dx,
+                                                                 T* dinit, float* dw, float* dbias) {
+  constexpr int kX = kRun + 2 * (K - 1);  // inputs t0 - (K - 1) .. t0 + kRun + K - 2
+  constexpr int kG = kRun + K - 1;        // dpre at t0 .. t0 + kRun + K - 2
+  const ConvDims d = in.d;
+  const int ch0 = (blockIdx.x * blockDim.x + threadIdx.x) * kRunChannels;
+  if (ch0 >= d.c) return;
+  float wr[K][kRunChannels], br[kRunChannels], dw_acc[K][kRunChannels] = {}, db_acc[kRunChannels] = {};
+#pragma unroll
+  for (int i = 0; i < kRunChannels; ++i) {
+    br[i] = bias ? bias[ch0 + i] : 0.f;
+#pragma unroll
+    for (int j = 0; j < K; ++j) wr[j][i] = w[(long)(ch0 + i) * K + j];
+  }
+  const RunSteps steps(d);
+  const int bi = steps.bi, last_seg = in.seg_at(bi, d.l - 1);
+  for (int run = steps.first; run < steps.runs; run += steps.stride) {
+    const int t0 = run * kRun;
+    float xv[kX][kRunChannels], g[kG][kRunChannels];
+    int sv[kX];
+#pragma unroll
+    for (int a = 0; a < kX; ++a) input4(in, bi, t0 - (K - 1) + a, ch0, xv[a], sv[a]);
+#pragma unroll
+    for (int a = 0; a < kG; ++a) {
+      const int t = t0 + a;
+      if (t < d.l) {
+        load4(dy + ((long)bi * d.l + t) * d.c + ch0, g[a]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kRunChannels; ++i) g[a][i] = 0.f;
+      }
+    }
+    // dpre at t0 + a: inputs xv[a .. a + K - 1], the output's own at xv[a + K - 1].
+#pragma unroll
+    for (int a = 0; a < kG; ++a) {
+      if (!silu) break;
+#pragma unroll
+      for (int i = 0; i < kRunChannels; ++i) {
+        float pre = br[i];
+#pragma unroll
+        for (int j = 0; j < K; ++j) pre += sv[a + j] == sv[a + K - 1] ? wr[j][i] * xv[a + j][i] : 0.f;
+        g[a][i] *= silu_grad(pre);
+      }
+    }
+    // The run's own times: weight and bias gradients.
+#pragma unroll
+    for (int a = 0; a < kRun; ++a) {
+      if (t0 + a >= d.l) break;
+#pragma unroll
+      for (int i = 0; i < kRunChannels; ++i) {
+        db_acc[i] += g[a][i];
+#pragma unroll
+        for (int j = 0; j < K; ++j) dw_acc[j][i] += sv[a + j] == sv[a + K - 1] ? g[a][i] * xv[a + j][i] : 0.f;
+      }
+    }
+    // dx at u = t0 + a - (K - 1) for a in [K - 1, K - 1 + kRun) (the run's inputs), and at a row's start a in
+    // [0, K - 1) too (u < 0, the initial state). Input u = xv index a, its taps' outputs t = u + K - 1 - j are
+    // g index a - j.
+#pragma unroll
+    for (int a = 0; a < kRun + K - 1; ++a) {
+      const int u = t0 + a - (K - 1);
+      if (u >= d.l) break;
+      if (u < 0 && !dinit) continue;
+      if (a < K - 1 && t0 > 0) continue;  // the run before owns it
+      float out[kRunChannels] = {};
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const int ga = a - j;  // dpre index of output t = u + K - 1 - j, i.e. time t0 + ga
+        if (ga < 0 || ga >= kG) continue;
+        if (t0 + ga >= d.l || sv[ga + K - 1] != sv[a]) continue;
+#pragma unroll
+        for (int i = 0; i < kRunChannels; ++i) out[i] += wr[j][i] * g[ga][i];
+      }
+      if (dfinal && u >= d.l - (K - 1) && sv[a] == last_seg) {
+#pragma unroll
+        for (int i = 0; i < kRunChannels; ++i)
+          out[i] += to_float(dfinal[((long)bi * d.c + ch0 + i) * (K - 1) + (u - d.l + K - 1)]);
+      }
+      if (u >= 0) {
+        store4(dx + ((long)bi * d.l + u) * d.c + ch0, out);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kRunChannels; ++i)
+          dinit[((long)bi * d.c + ch0 + i) * (K - 1) + (K - 1 + u)] = from_float<T>(out[i]);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kRunChannels; ++i) {
+#pragma unroll
+    for (int j = 0; j < K; ++j) atomicAdd(&dw[(long)(ch0 + i) * K + j], dw_acc[j][i]);
+    if (dbias) atomicAdd(&dbias[ch0 + i], db_acc[i]);
+  }
+}
+
 template <typename T>
 __global__ void conv_step_kernel(ConvDims d, const T* x, T* state, const float* w, const float* bias, bool silu,
                                  T* y) {
@@ -146,6 +351,40 @@ ConvInput<T> input_of(const CausalConvForward& f) {
 
 constexpr int kThreads = 256;
 
+// Whether the runs path takes this conv: 4 channels per thread with aligned 4-element loads of every row operand.
+bool runs_apply(const CausalConvForward& f, std::initializer_list<const void*> rows) {
+  const size_t elem = f.dtype == ElementType::f32 ? 4 : 2;
+  if (f.k > 4 || f.c % kRunChannels != 0) return false;
+  for (const void* p : rows)
+    if (p && reinterpret_cast<uintptr_t>(p) % (kRunChannels * elem) != 0) return false;
+  return true;
+}
+
+// The runs path's grid: threads along channels (4 each), blockIdx.y over runs of the row (steps_per_thread each),
+// blockIdx.z the row.
+struct RunGrid {
+  dim3 grid, block;
+};
+RunGrid run_grid(const CausalConvForward& f, int steps_per_thread) {
+  const int threads_needed = f.c / kRunChannels;
+  const int threads = std::min(kThreads, (threads_needed + 31) / 32 * 32);
+  const long runs = (f.l + kRun - 1) / kRun;
+  const unsigned y = std::min<long>(ceil_div(runs, steps_per_thread), 65535);
+  return {dim3(ceil_div(threads_needed, threads), y, static_cast<unsigned>(f.b)), dim3(threads)};
+}
+
+// Calls f(std::integral_constant<int, K>{}) for k in 1..4.
+template <typename F>
+void dispatch_taps(int k, F&& f) {
+  switch (k) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+  }
+  CARVE_KERNEL_REQUIRE(false, "causal_conv: the runs path takes 1 to 4 taps");
+}
+
 }  // namespace
 
 void causal_conv_forward(const CausalConvForward& f, cudaStream_t stream) {
@@ -154,8 +393,16 @@ void causal_conv_forward(const CausalConvForward& f, cudaStream_t stream) {
   dispatch_element(f.dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto in = input_of<T>(f);
-    conv_forward_kernel<T><<<ceil_div((long)f.b * f.l * f.c, kThreads), kThreads, 0, stream>>>(
-        in, f.weight, f.bias, f.silu, static_cast<T*>(f.y));
+    if (runs_apply(f, {f.x, f.y})) {
+      const RunGrid g = run_grid(f, 1);
+      dispatch_taps(f.k, [&](auto taps) {
+        conv_forward_runs_kernel<T, decltype(taps)::value><<<g.grid, g.block, 0, stream>>>(
+            in, f.weight, f.bias, f.silu, static_cast<T*>(f.y));
+      });
+    } else {
+      conv_forward_kernel<T><<<ceil_div((long)f.b * f.l * f.c, kThreads), kThreads, 0, stream>>>(
+          in, f.weight, f.bias, f.silu, static_cast<T*>(f.y));
+    }
     CARVE_CUDA_CHECK_LAUNCH();
     if (f.final_state && f.k > 1) {
       conv_final_state_kernel<T><<<ceil_div((long)f.b * f.c * (f.k - 1), kThreads), kThreads, 0, stream>>>(
@@ -165,16 +412,32 @@ void causal_conv_forward(const CausalConvForward& f, cudaStream_t stream) {
   });
 }
 
+bool causal_conv_backward_uses_dpre(const CausalConvForward& f, const void* dy, const void* dx) {
+  return !runs_apply(f, {f.x, dy, dx});
+}
+
 void causal_conv_backward(const CausalConvBackward& b, cudaStream_t stream) {
-  CARVE_KERNEL_REQUIRE(b.fwd && b.dy && b.dx && b.dweight && b.dpre, "causal_conv_backward: a required pointer is null");
+  CARVE_KERNEL_REQUIRE(b.fwd && b.dy && b.dx && b.dweight, "causal_conv_backward: a required pointer is null");
   const CausalConvForward& f = *b.fwd;
   check(f);
   CARVE_KERNEL_REQUIRE(!f.bias || b.dbias, "causal_conv_backward: dbias is required with a bias");
+  const bool uses_dpre = causal_conv_backward_uses_dpre(f, b.dy, b.dx);
+  CARVE_KERNEL_REQUIRE(b.dpre || !uses_dpre, "causal_conv_backward: dpre is required for this shape");
   CARVE_CUDA_CHECK(cudaMemsetAsync(b.dweight, 0, sizeof(float) * f.c * f.k, stream));
   if (f.bias) CARVE_CUDA_CHECK(cudaMemsetAsync(b.dbias, 0, sizeof(float) * f.c, stream));
   dispatch_element(f.dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto in = input_of<T>(f);
+    if (!uses_dpre) {
+      const RunGrid g = run_grid(f, kRunsPerThread);
+      dispatch_taps(f.k, [&](auto taps) {
+        conv_backward_runs_kernel<T, decltype(taps)::value><<<g.grid, g.block, 0, stream>>>(
+            in, f.weight, f.bias, f.silu, static_cast<const T*>(b.dy), static_cast<const T*>(b.dfinal_state),
+            static_cast<T*>(b.dx), static_cast<T*>(b.dinitial_state), b.dweight, b.dbias);
+      });
+      CARVE_CUDA_CHECK_LAUNCH();
+      return;
+    }
     const long elems = (long)f.b * f.l * f.c;
     conv_dpre_kernel<T><<<ceil_div(elems, kThreads), kThreads, 0, stream>>>(in, f.weight, f.bias, f.silu,
                                                                               static_cast<const T*>(b.dy), b.dpre);

@@ -33,9 +33,12 @@ struct CausalConvBackward {
   float* dweight = nullptr;              // [c, k], zeroed here
   float* dbias = nullptr;                // [c] when bias is given, zeroed here
   void* dinitial_state = nullptr;        // null or [b, c, k - 1]
-  float* dpre = nullptr;                 // workspace [b, l, c]: gradient before the bias and SiLU
+  float* dpre = nullptr;                 // workspace [b, l, c] where causal_conv_backward_uses_dpre, else null
 };
 void causal_conv_backward(const CausalConvBackward& b, cudaStream_t stream);
+// Whether the backward needs the dpre workspace: the element-by-element path (channels not a multiple of 4, rows not
+// aligned to 4 elements, or more than 4 taps) keeps the gradient before SiLU there; the runs path in registers.
+bool causal_conv_backward_uses_dpre(const CausalConvForward& f, const void* dy, const void* dx);
 
 // One decode step: x, y [b, c]; state [b, c, k - 1] (x's dtype) shifted in place.
 void causal_conv_step(int b, int c, int k, ElementType dtype, const void* x, void* state, const float* weight,

@@ -178,11 +178,12 @@ class CausalConvFunction : public torch::autograd::Function<CausalConvFunction> 
     Tensor dx = fresh(x.sizes(), x.options()), dw = fresh(w.sizes(), f32);
     Tensor dbias = given(bias) ? fresh(bias.sizes(), f32) : Tensor();
     Tensor dinit = given(init) ? fresh(init.sizes(), init.options()) : Tensor();
-    Tensor dpre = fresh(x.sizes(), f32);
+    Tensor dpre = kernels::causal_conv_backward_uses_dpre(f, dy.data_ptr(), dx.data_ptr()) ? fresh(x.sizes(), f32)
+                                                                                            : Tensor();
     kernels::CausalConvBackward b;
     b.fwd = &f, b.dy = dy.data_ptr(), b.dfinal_state = ptr_or_null(dfinal), b.dx = dx.data_ptr();
     b.dweight = dw.data_ptr<float>(), b.dbias = mut_or_null<float>(dbias), b.dinitial_state = mut_or_null(dinit);
-    b.dpre = dpre.data_ptr<float>();
+    b.dpre = mut_or_null<float>(dpre);
     kernels::causal_conv_backward(b, stream());
     return {dx, dw, dbias, dinit, Tensor(), Tensor()};
   }
