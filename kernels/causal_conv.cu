@@ -173,7 +173,8 @@ __device__ __forceinline__ void input4(const ConvInput<T>& in, int bi, int u, in
   seg = u < d.l ? in.seg_at(bi, u) : -1;
 }
 
-// Which steps a thread takes: runs r0, r0 + stride, ... of row bi, kRunsPerThread of them at most.
+// Which steps a thread takes: runs first, first + stride, ... of row bi (about kRunsPerThread of them in the
+// backward; more when the grid's 65535 limit on y clamps the stride).
 struct RunSteps {
   int bi, first, stride, runs;
   __device__ RunSteps(const ConvDims& d) {
@@ -354,7 +355,7 @@ constexpr int kThreads = 256;
 // Whether the runs path takes this conv: 4 channels per thread with aligned 4-element loads of every row operand.
 bool runs_apply(const CausalConvForward& f, std::initializer_list<const void*> rows) {
   const size_t elem = f.dtype == ElementType::f32 ? 4 : 2;
-  if (f.k > 4 || f.c % kRunChannels != 0) return false;
+  if (f.k > 4 || f.c % kRunChannels != 0 || f.b > 65535) return false;  // (b is the grid's z)
   for (const void* p : rows)
     if (p && reinterpret_cast<uintptr_t>(p) % (kRunChannels * elem) != 0) return false;
   return true;
