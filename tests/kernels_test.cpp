@@ -185,6 +185,8 @@ const std::vector<ScanCase>& scan_cases() {
       {1, 330, 2, 2, 64, 32, 100, 1, true, true, true, true},
       // heads sharing a group with both: dCB and the group's dC and dB, element by element and past the chunk
       {2, 200, 6, 2, 36, 20, 100, 1, true, true, true, true},
+      // an odd chunk over 128 with heads sharing a group: C.B tiles off the diagonal read at odd row offsets
+      {1, 400, 4, 2, 32, 32, 131, 1, false, true, false, true},
   };
   return cases;
 }
