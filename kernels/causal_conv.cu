@@ -185,19 +185,35 @@ struct RunSteps {
   }
 };
 
+// A thread's taps and bias for its 4 channels, and the pre-activation of the output whose K inputs start at window
+// index a (the output's own input is the last; taps on another sample's inputs drop out).
+template <int K>
+struct RunTaps {
+  float w[K][kRunChannels], b[kRunChannels];
+  __device__ RunTaps(const float* weight, const float* bias, int ch0) {
+#pragma unroll
+    for (int i = 0; i < kRunChannels; ++i) {
+      b[i] = bias ? bias[ch0 + i] : 0.f;
+#pragma unroll
+      for (int j = 0; j < K; ++j) w[j][i] = weight[(long)(ch0 + i) * K + j];
+    }
+  }
+  template <int N>
+  __device__ float pre(const float (&xv)[N][kRunChannels], const int (&sv)[N], int a, int i) const {
+    float acc = b[i];
+#pragma unroll
+    for (int j = 0; j < K; ++j) acc += sv[a + j] == sv[a + K - 1] ? w[j][i] * xv[a + j][i] : 0.f;
+    return acc;
+  }
+};
+
 template <typename T, int K>
 __global__ void __launch_bounds__(256) conv_forward_runs_kernel(ConvInput<T> in, const float* w, const float* bias,
                                                                 bool silu, T* y) {
   const ConvDims d = in.d;
   const int ch0 = (blockIdx.x * blockDim.x + threadIdx.x) * kRunChannels;
   if (ch0 >= d.c) return;
-  float wr[K][kRunChannels], br[kRunChannels];
-#pragma unroll
-  for (int i = 0; i < kRunChannels; ++i) {
-    br[i] = bias ? bias[ch0 + i] : 0.f;
-#pragma unroll
-    for (int j = 0; j < K; ++j) wr[j][i] = w[(long)(ch0 + i) * K + j];
-  }
+  const RunTaps<K> taps(w, bias, ch0);
   const RunSteps steps(d);
   for (int run = steps.first; run < steps.runs; run += steps.stride) {
     const int t0 = run * kRun;
@@ -213,9 +229,7 @@ __global__ void __launch_bounds__(256) conv_forward_runs_kernel(ConvInput<T> in,
       float out[kRunChannels];
 #pragma unroll
       for (int i = 0; i < kRunChannels; ++i) {
-        float acc = br[i];
-#pragma unroll
-        for (int j = 0; j < K; ++j) acc += sv[a + j] == sv[a + K - 1] ? wr[j][i] * xv[a + j][i] : 0.f;
+        const float acc = taps.pre(xv, sv, a, i);
         out[i] = silu ? siluf(acc) : acc;
       }
       store4(y + ((long)steps.bi * d.l + t) * d.c + ch0, out);
@@ -236,13 +250,8 @@ __global__ void __launch_bounds__(256) conv_backward_runs_kernel(ConvInput<T> in
   const ConvDims d = in.d;
   const int ch0 = (blockIdx.x * blockDim.x + threadIdx.x) * kRunChannels;
   if (ch0 >= d.c) return;
-  float wr[K][kRunChannels], br[kRunChannels], dw_acc[K][kRunChannels] = {}, db_acc[kRunChannels] = {};
-#pragma unroll
-  for (int i = 0; i < kRunChannels; ++i) {
-    br[i] = bias ? bias[ch0 + i] : 0.f;
-#pragma unroll
-    for (int j = 0; j < K; ++j) wr[j][i] = w[(long)(ch0 + i) * K + j];
-  }
+  const RunTaps<K> taps(w, bias, ch0);
+  float dw_acc[K][kRunChannels] = {}, db_acc[kRunChannels] = {};
   const RunSteps steps(d);
   const int bi = steps.bi, last_seg = in.seg_at(bi, d.l - 1);
   for (int run = steps.first; run < steps.runs; run += steps.stride) {
@@ -266,12 +275,7 @@ __global__ void __launch_bounds__(256) conv_backward_runs_kernel(ConvInput<T> in
     for (int a = 0; a < kG; ++a) {
       if (!silu) break;
 #pragma unroll
-      for (int i = 0; i < kRunChannels; ++i) {
-        float pre = br[i];
-#pragma unroll
-        for (int j = 0; j < K; ++j) pre += sv[a + j] == sv[a + K - 1] ? wr[j][i] * xv[a + j][i] : 0.f;
-        g[a][i] *= silu_grad(pre);
-      }
+      for (int i = 0; i < kRunChannels; ++i) g[a][i] *= silu_grad(taps.pre(xv, sv, a, i));
     }
     // The run's own times: weight and bias gradients.
 #pragma unroll
@@ -300,7 +304,7 @@ __global__ void __launch_bounds__(256) conv_backward_runs_kernel(ConvInput<T> in
         if (ga < 0 || ga >= kG) continue;
         if (t0 + ga >= d.l || sv[ga + K - 1] != sv[a]) continue;
 #pragma unroll
-        for (int i = 0; i < kRunChannels; ++i) out[i] += wr[j][i] * g[ga][i];
+        for (int i = 0; i < kRunChannels; ++i) out[i] += taps.w[j][i] * g[ga][i];
       }
       if (dfinal && u >= d.l - (K - 1) && sv[a] == last_seg) {
 #pragma unroll

@@ -82,6 +82,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Sum over aligned groups of `lanes` neighbouring lanes (a power of two up to 32), returned to each lane of the group.
+// Every lane of the warp calls it at the same place.
+__device__ __forceinline__ float lanes_sum(float v, int lanes) {
+  for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Sum over the block, returned to every thread; scratch is shared memory for one float per warp (at most 32). Every
 // thread of the block calls it; scratch may be reused as soon as it returns.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {

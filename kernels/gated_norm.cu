@@ -139,12 +139,6 @@ struct RowSlice {
   }
 };
 
-// Sum over the item's `lanes` neighbouring threads; every lane of the warp calls it at the same place.
-__device__ __forceinline__ float lanes_sum(float v, int lanes) {
-  for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Which item and elements a thread takes (threads past the group's end and items past the last stay idle but take
 // part in the shuffles); every thread of a block runs the same number of steps.
 struct RowItems {

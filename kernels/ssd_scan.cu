@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lane
       if (dy_lo) store(dy_lo + o, g_lo);
       if (z) store(dz + o, gz);
     }
-    for (int off = lanes / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    dot = lanes_sum(dot, lanes);
     if (k == 0 && row < tokens) {
       const int bi = static_cast<int>(row / d.l), t = static_cast<int>(row % d.l);
       dyy[(((long)bi * d.h + hi) * d.c + t / d.q) * d.q + t % d.q] = dot;
