@@ -10,7 +10,6 @@
 #include "kernels/causal_conv.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <initializer_list>
 #include <type_traits>
 
@@ -133,39 +132,13 @@ constexpr int kRunChannels = 4;
 constexpr int kRun = 8;            // tokens a thread's outputs cover per step
 constexpr int kRunsPerThread = 8;  // steps per thread: the weight and bias gradients sum over them before atomics
 
-template <typename T>
-__device__ __forceinline__ void load4(const T* p, float (&v)[kRunChannels]) {
-  if constexpr (sizeof(T) == 2) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const T* h = reinterpret_cast<const T*>(&u);
-#pragma unroll
-    for (int i = 0; i < kRunChannels; ++i) v[i] = to_float(h[i]);
-  } else {
-    const float4 f = *reinterpret_cast<const float4*>(p);
-    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void store4(T* p, const float (&v)[kRunChannels]) {
-  if constexpr (sizeof(T) == 2) {
-    uint2 u;
-    T* h = reinterpret_cast<T*>(&u);
-#pragma unroll
-    for (int i = 0; i < kRunChannels; ++i) h[i] = from_float<T>(v[i]);
-    *reinterpret_cast<uint2*>(p) = u;
-  } else {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  }
-}
-
 // The 4 inputs at time u (u < 0: the initial state or zeros) and u's segment; past the row's end, zeros.
 template <typename T>
 __device__ __forceinline__ void input4(const ConvInput<T>& in, int bi, int u, int ch0, float (&v)[kRunChannels],
                                        int& seg) {
   const ConvDims& d = in.d;
   if (u >= 0 && u < d.l) {
-    load4(in.x + ((long)bi * d.l + u) * d.c + ch0, v);
+    load_floats(in.x + ((long)bi * d.l + u) * d.c + ch0, v);
   } else {
 #pragma unroll
     for (int i = 0; i < kRunChannels; ++i) v[i] = u < 0 ? in.at(bi, u, ch0 + i) : 0.f;
@@ -232,7 +205,7 @@ __global__ void __launch_bounds__(256) conv_forward_runs_kernel(ConvInput<T> in,
         const float acc = taps.pre(xv, sv, a, i);
         out[i] = silu ? siluf(acc) : acc;
       }
-      store4(y + ((long)steps.bi * d.l + t) * d.c + ch0, out);
+      store_floats(y + ((long)steps.bi * d.l + t) * d.c + ch0, out);
     }
   }
 }
@@ -266,7 +239,7 @@ __global__ void __launch_bounds__(256, 2) conv_backward_runs_kernel(ConvInput<T>
     for (int a = 0; a < kG; ++a) {
       const int t = t0 + a;
       if (t < d.l) {
-        load4(dy + ((long)bi * d.l + t) * d.c + ch0, g[a]);
+        load_floats(dy + ((long)bi * d.l + t) * d.c + ch0, g[a]);
       } else {
 #pragma unroll
         for (int i = 0; i < kRunChannels; ++i) g[a][i] = 0.f;
@@ -314,7 +287,7 @@ __global__ void __launch_bounds__(256, 2) conv_backward_runs_kernel(ConvInput<T>
           out[i] += to_float(dfinal[((long)bi * d.c + ch0 + i) * (K - 1) + (u - d.l + K - 1)]);
       }
       if (u >= 0) {
-        store4(dx + ((long)bi * d.l + u) * d.c + ch0, out);
+        store_floats(dx + ((long)bi * d.l + u) * d.c + ch0, out);
       } else {
 #pragma unroll
         for (int i = 0; i < kRunChannels; ++i)
@@ -361,10 +334,8 @@ constexpr int kThreads = 256;
 // Whether the runs path takes this conv: 4 channels per thread with aligned 4-element loads of every row operand.
 bool runs_apply(const CausalConvForward& f, std::initializer_list<const void*> rows) {
   const size_t elem = f.dtype == ElementType::f32 ? 4 : 2;
-  if (f.k > 4 || f.c % kRunChannels != 0 || f.b > 65535) return false;  // (b is the grid's z)
-  for (const void* p : rows)
-    if (p && reinterpret_cast<uintptr_t>(p) % (kRunChannels * elem) != 0) return false;
-  return true;
+  // (b is the grid's z)
+  return f.k <= 4 && f.c % kRunChannels == 0 && f.b <= 65535 && all_aligned(rows, kRunChannels * elem);
 }
 
 // The runs path's grid: threads along channels (4 each), blockIdx.y over runs of the row (steps_per_thread each),

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -61,6 +63,59 @@ __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
     w[i] = static_cast<unsigned>(raw_bits(from_float<T>(v[2 * i]))) |
            (static_cast<unsigned>(raw_bits(from_float<T>(v[2 * i + 1]))) << 16);
   return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// N consecutive elements as float32, one aligned load of N * sizeof(T) bytes (16-bit N = 1, 4 or 8; float32 N = 1
+// or 4), and the reverse, rounding to T, one aligned store.
+template <typename T, int N>
+__device__ __forceinline__ void load_floats(const T* p, float (&v)[N]) {
+  if constexpr (N == 1) {
+    v[0] = to_float(*p);
+  } else if constexpr (sizeof(T) == 2 && N == 8) {
+    unpack8<T>(*reinterpret_cast<const uint4*>(p), v);
+  } else if constexpr (sizeof(T) == 2 && N == 4) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = to_float(h[i]);
+  } else {
+    static_assert(sizeof(T) == 4 && N == 4, "load_floats: 1, 4 or 8 16-bit elements, 1 or 4 float32 ones");
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_floats(T* p, const float (&v)[N]) {
+  if constexpr (N == 1) {
+    *p = from_float<T>(v[0]);
+  } else if constexpr (sizeof(T) == 2 && N == 8) {
+    *reinterpret_cast<uint4*>(p) = pack8<T>(v);
+  } else if constexpr (sizeof(T) == 2 && N == 4) {
+    uint2 u;
+    T* h = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int i = 0; i < N; ++i) h[i] = from_float<T>(v[i]);
+    *reinterpret_cast<uint2*>(p) = u;
+  } else {
+    static_assert(sizeof(T) == 4 && N == 4, "store_floats: 1, 4 or 8 16-bit elements, 1 or 4 float32 ones");
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+// Whether every pointer but the null ones is aligned to `bytes` (vector loads and stores of rows).
+inline bool all_aligned(std::initializer_list<const void*> ptrs, uintptr_t bytes) {
+  for (const void* p : ptrs)
+    if (p && reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  return true;
+}
+
+// Threads per row when each takes `per_thread` elements of `width`: the smallest power of two that covers it (the
+// row's threads then reduce with lanes_sum).
+inline int lanes_for(int width, int per_thread) {
+  int lanes = 1;
+  while (lanes * per_thread < width) lanes *= 2;
+  return lanes;
 }
 
 // Calls f(T{}) with T the C++ type of `type`.

@@ -10,7 +10,6 @@
 #include "kernels/gated_norm.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <initializer_list>
 #include <numeric>
 
@@ -121,9 +120,9 @@ template <typename T>
 struct RowSlice {
   float y[kRowVec], z[kRowVec], gate[kRowVec], w[kRowVec], v[kRowVec], after[kRowVec];
   __device__ void load(const GatedNormForward& f, long at, const float* weight) {
-    unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(f.y) + at), y);
+    load_floats(static_cast<const T*>(f.y) + at, y);
     if (f.z) {
-      unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(f.z) + at), z);
+      load_floats(static_cast<const T*>(f.z) + at, z);
     } else {
 #pragma unroll
       for (int i = 0; i < kRowVec; ++i) z[i] = 0.f;
@@ -181,7 +180,7 @@ __global__ void __launch_bounds__(kRowThreads) gated_norm_forward_rows_kernel(Ga
     float out[kRowVec];
 #pragma unroll
     for (int i = 0; i < kRowVec; ++i) out[i] = e.v[i] * rstd * e.after[i];
-    *reinterpret_cast<uint4*>(static_cast<T*>(f.out) + it.at(f, item)) = pack8<T>(out);
+    store_floats(static_cast<T*>(f.out) + it.at(f, item), out);
   }
 }
 
@@ -204,7 +203,7 @@ __global__ void __launch_bounds__(kRowThreads) gated_norm_backward_rows_kernel(G
     if (live) {
       w0 = it.weight_at(f, item);
       e.load(f, it.at(f, item), f.weight + w0);
-      unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(dout_ptr) + it.at(f, item)), go);
+      load_floats(static_cast<const T*>(dout_ptr) + it.at(f, item), go);
       rstd = f.rstd[item];
 #pragma unroll
       for (int i = 0; i < kRowVec; ++i) {
@@ -228,8 +227,8 @@ __global__ void __launch_bounds__(kRowThreads) gated_norm_backward_rows_kernel(G
         dz[i] = dv * e.y[i] * silu_grad(e.z[i]);
       }
     }
-    *reinterpret_cast<uint4*>(static_cast<T*>(dy_ptr) + it.at(f, item)) = pack8<T>(dy);
-    if (f.z) *reinterpret_cast<uint4*>(static_cast<T*>(dz_ptr) + it.at(f, item)) = pack8<T>(dz);
+    store_floats(static_cast<T*>(dy_ptr) + it.at(f, item), dy);
+    if (f.z) store_floats(static_cast<T*>(dz_ptr) + it.at(f, item), dz);
   }
   if (w0 >= 0) {
 #pragma unroll
@@ -242,12 +241,8 @@ __global__ void __launch_bounds__(kRowThreads) gated_norm_backward_rows_kernel(G
 // The row path's threads per item (0: the shape takes the element-by-element path).
 int row_lanes(const GatedNormForward& f, std::initializer_list<const void*> rows) {
   if (f.dtype == ElementType::f32 || f.group % kRowVec != 0 || f.group > 32 * kRowVec) return 0;
-  for (const void* p : rows)
-    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 0;
-  if (reinterpret_cast<uintptr_t>(f.weight) % 16 != 0) return 0;
-  int lanes = 1;
-  while (lanes * kRowVec < f.group) lanes *= 2;
-  return lanes;
+  if (!all_aligned(rows, 16) || !all_aligned({f.weight}, 16)) return 0;
+  return lanes_for(f.group, kRowVec);
 }
 
 // Blocks of the row path: a stride that is a multiple of the groups per row, so each thread's weights stay put.

@@ -22,9 +22,8 @@
  * e_row (times dt'_s for DB, which then skips the epilogue's dt') in registers on their way into the tensor cores.
  *
  * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an
- * Output without y_ssm) once per element by the whole
- * block, 64 output columns at a time, into the Q, V and extra tiles (free until the source tiles), each thread
- * loading 8 x 4 elements before it splits any. (When each warp split its own fragments from global memory, this
+ * Output without y_ssm) once per element by the whole block, 64 output columns at a time, into the Q, V and extra
+ * tiles (free until the source tiles), each thread loading 8 x 4 elements before it splits any. (When each warp split its own fragments from global memory, this
  * product was 60% of the output kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block
  * for the warp's 16 rows (or, for Output with heads sharing a group, read from the C.B buffer), weighted in
  * registers, split into parts and multiplied into V without leaving registers (mma.cuh says why the accumulator
@@ -82,7 +81,6 @@ struct ChunkPairTc {
   float* ddt_u;          // Dx: x_s . U_s per token
   bool vector;           // 16-byte row copies (widths multiples of 8, aligned bases)
   bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
-  int parts = kParts;    // Output without y_ssm: kInferenceParts
 };
 
 // Shared memory: per-token cum (float64), dt', segment ids, the head's D per channel, then 16-bit tiles: P rows of
@@ -345,7 +343,7 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
 }
 
 // kGroup: DC or DB with group_heads (an instance of its own: the r = 1 instances keep their registers). P: the
-// parts of computed operands (ChunkPairTc::parts).
+// parts of computed operands (kParts; an Output without y_ssm kInferenceParts).
 template <typename T, PairKind K, bool kGroup, int P>
 __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairTc<T> a) {
   using TC = TensorCore<T>;
@@ -642,8 +640,8 @@ void chunk_pair_tc(const ChunkPairTc<T>& a, cudaStream_t stream) {
   if constexpr (K == PairKind::DC || K == PairKind::DB) {
     if (a.group_heads) return launch_with_smem(chunk_pair_tc_kernel<T, K, true, kParts>, grid, bytes, stream, a);
   }
-  if constexpr (K == PairKind::Output) {  // (the backward's products always keep two parts)
-    if (a.parts == kInferenceParts) {
+  if constexpr (K == PairKind::Output) {  // without y_ssm no backward follows (the backward's products keep kParts)
+    if (!a.y_ssm) {
       return launch_with_smem(chunk_pair_tc_kernel<T, K, false, kInferenceParts>, grid, bytes, stream, a);
     }
   }

@@ -246,20 +246,6 @@ __global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lane
   __shared__ float dD_sum[256];  // per channel, with D per channel
   const int hi = blockIdx.x, k = threadIdx.x % lanes, rows_per_block = blockDim.x / lanes;
   const long tokens = (long)d.b * d.l;
-  auto load = [](const T* from, float (&v)[kVec]) {
-    if constexpr (kVec == 8) {
-      unpack8<T>(*reinterpret_cast<const uint4*>(from), v);
-    } else {
-      v[0] = to_float(*from);
-    }
-  };
-  auto store = [](T* to, const float (&v)[kVec]) {
-    if constexpr (kVec == 8) {
-      *reinterpret_cast<uint4*>(to) = pack8<T>(v);
-    } else {
-      *to = from_float<T>(v[0]);
-    }
-  };
   float dD_part[kChunks][kVec] = {}, Dv[kChunks][kVec];
 #pragma unroll
   for (int j = 0; j < kChunks; ++j)
@@ -278,15 +264,15 @@ __global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lane
       if (row >= tokens || c0 >= d.p) continue;
       const long o = (row * d.h + hi) * d.p + c0;
       float go[kVec], xv[kVec], ys[kVec], zv[kVec] = {}, g[kVec], g_lo[kVec], gz[kVec] = {};
-      load(dout + o, go);
-      load(x + o, xv);
+      load_floats(dout + o, go);
+      load_floats(x + o, xv);
       if constexpr (kVec == 8) {
         const float4 a = *reinterpret_cast<const float4*>(y_ssm + o), b = *reinterpret_cast<const float4*>(y_ssm + o + 4);
         ys[0] = a.x, ys[1] = a.y, ys[2] = a.z, ys[3] = a.w, ys[4] = b.x, ys[5] = b.y, ys[6] = b.z, ys[7] = b.w;
       } else {
         ys[0] = y_ssm[o];
       }
-      if (z) load(z + o, zv);
+      if (z) load_floats(z + o, zv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         g[i] = go[i];
@@ -298,9 +284,9 @@ __global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lane
         dot += g[i] * ys[i];
         dD_part[j][i] += g[i] * xv[i];
       }
-      store(dy + o, g);
-      if (dy_lo) store(dy_lo + o, g_lo);
-      if (z) store(dz + o, gz);
+      store_floats(dy + o, g);
+      if (dy_lo) store_floats(dy_lo + o, g_lo);
+      if (z) store_floats(dz + o, gz);
     }
     dot = lanes_sum(dot, lanes);
     if (k == 0 && row < tokens) {
@@ -335,14 +321,9 @@ __global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lane
 template <typename T>
 void launch_gate_backward(const SsdScanBackward& bw, const ScanDims& d, cudaStream_t stream) {
   const SsdScanForward& f = *bw.fwd;
-  auto aligned16 = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool runs = sizeof(T) == 2 && d.p % 8 == 0 && aligned16(bw.dout) && aligned16(f.z) && aligned16(f.y_ssm) &&
-                    aligned16(f.x) && aligned16(bw.dy) && aligned16(bw.dy_lo) && aligned16(bw.dz);
-  int lanes = 32;
-  if (runs) {
-    lanes = 1;
-    while (lanes * 8 < d.p) lanes *= 2;
-  }
+  const bool runs = sizeof(T) == 2 && d.p % 8 == 0 &&
+                    all_aligned({bw.dout, f.z, f.y_ssm, f.x, bw.dy, bw.dy_lo, bw.dz}, 16);
+  const int lanes = runs ? lanes_for(d.p, 8) : 32;
   constexpr unsigned kThreads = 256;
   const long tokens = (long)d.b * d.l, rows_per_block = kThreads / lanes;
   // About 4 steps per block, so that each block's dD sums cover a few rows before their atomics.
@@ -676,11 +657,11 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   launch_dt_prepare<T>(f, d, stream);
 
   // Without a backward to follow (no y_ssm kept), computed operands are rounded to 16 bits once (kParts says why).
-  const int parts = f.y_ssm ? kParts : kInferenceParts;
+  // (The output kernel decides the same from y_ssm.)
   ChunkStateTc<T> local{};
   local.kind = StateProduct::Local, local.left = x, local.right = B;
   local.dtp = f.dtp, local.cum = f.cum, local.states = f.states;
-  local.vector = x_rows && bc_rows, local.parts = parts;
+  local.vector = x_rows && bc_rows, local.parts = f.y_ssm ? kParts : kInferenceParts;
   chunk_state_tc(with_chunk(local, d, f.seg), stream);
   launch_state_pass(f, d, stream);
 
@@ -697,7 +678,6 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   out.P = group_rows(C, d), out.Q = group_rows(B, d), out.V = head_rows(x, d);
   out.inter = f.states, out.dtp = f.dtp, out.cum = f.cum, out.cb = f.cb;
   out.cb_source = d.r > 1 ? CbSource::Load : CbSource::Compute;
-  out.parts = parts;
   out.x = x, out.z = static_cast<const T*>(f.z), out.extra = out.z, out.D = f.D, out.D_per_channel = f.D_per_channel;
   out.out = static_cast<T*>(f.out), out.y_ssm = f.y_ssm;
   out.vector = x_rows && bc_rows;
@@ -873,17 +853,19 @@ __global__ void ssd_step_kernel(SsdStep s) {
   }
 }
 
-}  // namespace
-
-bool ssd_scan_uses_cb(const SsdScanShape& s, ElementType dtype) {
-  // Version 1 stores C.B for its output and backward; the tensor-core kernels only for heads sharing a group.
-  return dtype == ElementType::f32 || s.h != s.g || !use_tensor_cores(s);
+// Whether the tensor-core kernels make every (C . B) and (dy . x) block in registers, never storing one: with one head
+// per group. Version 1 stores both for its products; with heads sharing a group, C.B is made once per group for
+// the output and dx, and (dy . x) summed over the group's heads for dC and dB (backward_products).
+bool pair_blocks_in_registers(const SsdScanShape& s, ElementType dtype) {
+  return dtype != ElementType::f32 && s.h == s.g && use_tensor_cores(s);
 }
 
+}  // namespace
+
+bool ssd_scan_uses_cb(const SsdScanShape& s, ElementType dtype) { return !pair_blocks_in_registers(s, dtype); }
+
 bool ssd_scan_backward_uses_dcb(const SsdScanShape& s, ElementType dtype) {
-  // The tensor-core backward makes the (dy . x) block in registers with one head per group; with more it is summed
-  // over the group's heads into dcb (backward_products).
-  return dtype == ElementType::f32 || s.h != s.g || !use_tensor_cores(s);
+  return !pair_blocks_in_registers(s, dtype);
 }
 
 SsdScanWorkspace ssd_scan_workspace(const SsdScanShape& s) {
