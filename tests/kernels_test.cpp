@@ -14,6 +14,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <string>
@@ -49,8 +51,10 @@ double tolerance(torch::ScalarType t) { return t == torch::kFloat ? 1e-4 : 1e-2;
 
 // Gradients that are one sum over every token of a row (dA, dt_bias): the decay gradient behind them is a
 // difference of a token's "target" and "source" sums, which cancel to a small residual, so float32 keeps about
-// three fewer digits there than elsewhere (measured: up to 4e-4 at chunk 256). Triton's "stable" dA kernels sum
-// the pairs straddling each token instead; carve does not yet (docs/kernels.md). Low precision keeps 1e-2.
+// three fewer digits there than elsewhere (measured: up to 4e-4 at chunk 256). Triton's "stable" form sums the
+// pairs straddling each token instead; carve's tensor-core version of it, with products rounded once, left dA at
+// 1.3e-2 on the short-sample bfloat16 case below and was not merged (docs/kernels.md, "The stable decay gradient").
+// Low precision keeps 1e-2.
 double tolerance_for(const std::string& name, double tol) {
   return (name == "ddt_bias" || name == "dA") && tol < 1e-3 ? 1e-3 : tol;
 }
@@ -67,6 +71,8 @@ void expect_close(const std::map<std::string, Tensor>& got, const std::map<std::
     ASSERT_GT(ref.abs().max().item<double>(), 0.0) << what << ": " << name << " reference is all zero";
     const double err = carve::test::relative_norm_error(g, ref);
     EXPECT_LT(err, tolerance_for(name, tol)) << what << ": " << name << " relative error " << err;
+    // CARVE_TEST_ERRORS=1 prints every error, not only the failing ones (the margins docs/kernels.md quotes).
+    if (std::getenv("CARVE_TEST_ERRORS")) std::printf("error %s: %s %.3g\n", what.c_str(), name.c_str(), err);
   }
 }
 
