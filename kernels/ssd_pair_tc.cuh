@@ -83,7 +83,7 @@ struct ChunkPairTc {
   bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
 };
 
-// Shared memory: per-token cum (float64), dt', segment ids, the head's D per channel, then 16-bit tiles: P rows of
+// Shared memory: per-token source exponents (float pairs, LogPair), dt', segment ids, the head's D per channel, then 16-bit tiles: P rows of
 // the block [64, inner], Q rows of the source tile [64, inner], V rows of the source tile [64, width], extra rows
 // [64, width]. Before the source tiles, the Q, V and extra tiles hold the parts of 64 columns of S': [64, inner]
 // (n-major, ld ldk) or [inner, 64] (k-major, ld ld_inter), so each tile is as large as the largest of these.
@@ -107,6 +107,22 @@ __host__ __device__ inline TcPairLayout tc_pair_layout(const ScanDims& d, int in
   L.bytes = L.per_token_bytes + (L.es + tile) * 2;
   return L;
 }
+
+// A float64 exponent held as two floats, hi + lo. The weights W(row, src) = exp(L_l - L_s) (dt'_s) are computed as
+// exp2(row + src), row and src such pairs in base 2 (the table above says which token carries which sign and dt'),
+// so that the per-element work is three float adds and an exp2: a float64 difference of the cumsums, its conversion
+// to float32 and the multiply by dt' (ncu: the conversion runs at a sixteenth of float32's rate) cost more in the
+// issue-bound loop that makes the weights. The sum of the two his is exact where they nearly cancel, so a weight
+// keeps float32's relative precision in the exponent's difference, as the float64 difference converted once did.
+struct LogPair {
+  float hi, lo;
+};
+__device__ __forceinline__ LogPair log_pair(double v) {
+  const float hi = static_cast<float>(v);
+  return {hi, isfinite(hi) ? static_cast<float>(v - static_cast<double>(hi)) : 0.f};  // (dt' = 0: -inf, weight 0)
+}
+__device__ __forceinline__ float exp2_pair(LogPair a, LogPair b) { return exp2f((a.hi + b.hi) + (a.lo + b.lo)); }
+constexpr double kLog2e = 1.4426950408889634;
 
 // Where a thread's accumulators are: rows r0 and r0 + 8 (tokens of the chunk, live if real), columns
 // 8 j + 2 tig + {0, 1}; tile rows of r0 in the block's tiles start at m0.
@@ -356,8 +372,9 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   const ScanDims& d = cx.d;
   const int inner = a.P.width, width = a.V.width;
   const TcPairLayout lay = tc_pair_layout(d, inner, width, Traits::kInterKMajor);
-  double* cum_s = reinterpret_cast<double*>(smem);
-  float* dtp_s = reinterpret_cast<float*>(cum_s + d.q);
+  static_assert(sizeof(LogPair) == sizeof(double), "the per-token layout holds 8 bytes per token first");
+  LogPair* src_s = reinterpret_cast<LogPair*>(smem);
+  float* dtp_s = reinterpret_cast<float*>(src_s + d.q);
   int* seg_s = reinterpret_cast<int*>(dtp_s + d.q);
   float* D_s = reinterpret_cast<float*>(seg_s + d.q);
   T* tiles = reinterpret_cast<T*>(smem + lay.per_token_bytes);
@@ -378,7 +395,11 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   for (int i = tid; i < d.q; i += kTcThreads) {
     if (!kGroup) {  // a group's blocks read per-head values per head
       const long si = cx.scan(cx.hi, i);
-      cum_s[i] = a.cum[si];
+      // Sources: +L_l (anticausal kinds, whose sources are targets), or -L_s + log2 dt'_s (kSourceDt) or -L_s.
+      const double l2 = a.cum[si] * kLog2e;
+      double v = Traits::kAnticausal ? l2 : -l2;
+      if (Traits::kSourceDt) v += static_cast<double>(log2f(a.dtp[si]));
+      src_s[i] = log_pair(v);
       dtp_s[i] = a.dtp[si];
     }
     seg_s[i] = cx.seg_of(i);
@@ -517,11 +538,12 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   }
   pr.live0 = token_row(r0), pr.live1 = token_row(r1);
   if (!kGroup) {  // (a group's heads were scaled each by its own)
-    const double L_end = cum_s[d.q - 1];
+    const double L_end = a.cum[cx.scan(cx.hi, d.q - 1)];
     auto entry = [&](int r, bool live) -> float {
       if (!live) return 0.f;
-      if (Traits::kAnticausal) return seg_s[r] == cx.seg_end ? expf(static_cast<float>(L_end - cum_s[r])) : 0.f;
-      return seg_s[r] == cx.seg_prev ? expf(static_cast<float>(cum_s[r])) : 0.f;
+      const double L = a.cum[cx.scan(cx.hi, r)];
+      if (Traits::kAnticausal) return seg_s[r] == cx.seg_end ? expf(static_cast<float>(L_end - L)) : 0.f;
+      return seg_s[r] == cx.seg_prev ? expf(static_cast<float>(L)) : 0.f;
     };
     const float e0 = entry(r0, pr.live0), e1 = entry(r1, pr.live1);
 #pragma unroll
@@ -536,7 +558,12 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   const int last_tile = (d.q - 1) / kTcRows, own_tile = m0 / kTcRows;
   // The rows' per-token values, read once (published by the inter-chunk term's barriers).
   const int seg0 = seg_s[min(r0, d.q - 1)], seg1 = seg_s[min(r1, d.q - 1)];
-  const double cum0 = kGroup ? 0.0 : cum_s[min(r0, d.q - 1)], cum1 = kGroup ? 0.0 : cum_s[min(r1, d.q - 1)];
+  // Rows: +L_l, or -L_s for the anticausal kinds.
+  auto row_exponent = [&](int r) {
+    const double l2 = kGroup ? 0.0 : a.cum[cx.scan(cx.hi, min(r, d.q - 1))] * kLog2e;
+    return log_pair(Traits::kAnticausal ? -l2 : l2);
+  };
+  const LogPair row0 = row_exponent(r0), row1 = row_exponent(r1);
   const int source_tiles = Traits::kAnticausal ? last_tile - own_tile + 1 : own_tile + 1;
   for (int ti = 0; ti < source_tiles; ++ti) {
     const int s0 = kTcRows * (Traits::kAnticausal ? last_tile - ti : ti);
@@ -597,11 +624,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
               live && c < d.q && (Traits::kAnticausal ? c >= r : c <= r) && (e < 2 ? seg0 : seg1) == seg_s[cq];
           // Without branches: a weight outside `keep` may be infinite, and the select drops it.
           float v = sc[j][e];  // with heads sharing a group, dCB holds the weights
-          if (!kGroup) {
-            const double cr = e < 2 ? cum0 : cum1;
-            v *= expf(static_cast<float>(Traits::kAnticausal ? cum_s[cq] - cr : cr - cum_s[cq]));
-            if (Traits::kSourceDt) v *= dtp_s[cq];
-          }
+          if (!kGroup) v *= exp2_pair(e < 2 ? row0 : row1, src_s[cq]);
           split<T>(keep ? v : 0.f, part[e]);
         }
 #pragma unroll
