@@ -9,8 +9,10 @@
 #     without tests, in parallel, and bench this tree, DIR, this tree again: a before/after in one call
 #   TRITON=1: also run mamba_ssm's Triton kernel first (.third_party/mamba and .third_party/einops, carried)
 #   NCU=1: per-kernel times of one forward and backward at NCU_SHAPE (default hovle; ncu, one launch at a time)
-#   NCU_KERNEL='REGEX[;REGEX...]': ncu's speed-of-light, memory, occupancy, warp-stall and source sections for the
-#     first launch matching each REGEX at NCU_SHAPE, and its per-line SASS table (where the stalls are)
+#   NCU_KERNEL='REGEX[@SKIP][;REGEX[@SKIP]...]': ncu's speed-of-light, memory, occupancy, warp-stall and source
+#     sections for the first launch matching each REGEX at NCU_SHAPE after SKIP matching ones (ncu matches the function
+#     name without template arguments: chunk_pair_tc_kernel@2 is the backward's dx, after the forward alone's and the
+#     training forward's output), and its per-line SASS table (where the stalls are)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,10 +65,13 @@ if [ -n "${NCU_KERNEL:-}" ]; then
   # Several regexes separated by ';': one detail report each (ncu_detail_1.txt, ...).
   IFS=';' read -ra ncu_kernels <<< "$NCU_KERNEL"
   i=0
-  for regex in "${ncu_kernels[@]}"; do
+  for entry in "${ncu_kernels[@]}"; do
     i=$((i + 1))
-    step "ncu detail $i: $regex"
-    timeout 240 "$ncu" --clock-control none -k "regex:$regex" --launch-count 1 --import-source yes \
+    regex=${entry%@*}
+    skip=0
+    [ "$regex" != "$entry" ] && skip=${entry##*@}
+    step "ncu detail $i: $regex, after $skip"
+    timeout 240 "$ncu" --clock-control none -k "regex:$regex" --launch-skip "$skip" --launch-count 1 --import-source yes \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
       --section WarpStateStats --section SourceCounters -f -o "/tmp/ncu_detail_$i" "$build/carve" "${one_run[@]}" \
       > "$out/ncu_detail_$i.log" 2>&1
