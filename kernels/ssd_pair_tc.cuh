@@ -83,10 +83,11 @@ struct ChunkPairTc {
   bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
 };
 
-// Shared memory: per-token source exponents (float pairs, LogPair), dt', segment ids, the head's D per channel, then 16-bit tiles: P rows of
-// the block [64, inner], Q rows of the source tile [64, inner], V rows of the source tile [64, width], extra rows
-// [64, width]. Before the source tiles, the Q, V and extra tiles hold the parts of 64 columns of S': [64, inner]
-// (n-major, ld ldk) or [inner, 64] (k-major, ld ld_inter), so each tile is as large as the largest of these.
+// Shared memory: per-token source exponents (float pairs, LogPair), dt', segment ids, the head's D per channel, then
+// 16-bit tiles: P rows of the block [64, inner], Q rows of the source tile [64, inner], V rows of the source tile
+// [64, width], extra rows [64, width]. Before the source tiles, the Q, V and extra tiles hold the parts of 64
+// columns of S': [64, inner] (n-major, ld ldk) or [inner, 64] (k-major, ld ld_inter), so each tile is as large as
+// the largest of these.
 struct TcPairLayout {
   int k16, n16, ldk, ldv, ld_inter;
   size_t per_token_bytes, ps, qs, vs, es, bytes;
