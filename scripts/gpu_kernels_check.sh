@@ -73,7 +73,8 @@ if [ -n "${NCU_KERNEL:-}" ]; then
     step "ncu detail $i: $regex, after $skip"
     timeout 240 "$ncu" --clock-control none -k "regex:$regex" --launch-skip "$skip" --launch-count 1 \
       --import-source yes --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-      --section LaunchStats --section WarpStateStats --section SourceCounters -f -o "/tmp/ncu_detail_$i" "$build/carve" "${one_run[@]}" \
+      --section LaunchStats --section WarpStateStats --section SourceCounters -f -o "/tmp/ncu_detail_$i" \
+      "$build/carve" "${one_run[@]}" \
       > "$out/ncu_detail_$i.log" 2>&1
     echo "ncu detail rc=$?" | tee -a "$summary"
     "$ncu" -i "/tmp/ncu_detail_$i.ncu-rep" --print-details all > "$out/ncu_detail_$i.txt" 2>&1
