@@ -65,8 +65,8 @@ __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// N consecutive elements as float32, one aligned load of N * sizeof(T) bytes (16-bit N = 1, 4 or 8; float32 N = 1
-// or 4), and the reverse, rounding to T, one aligned store.
+// N consecutive elements as float32 in aligned vector loads (16-bit N = 1, 4 or 8 in one load; float32 N = 1, 4 or 8,
+// the last in two), and store_floats the reverse, rounding to T, in one aligned store (float32 N = 1 or 4).
 template <typename T, int N>
 __device__ __forceinline__ void load_floats(const T* p, float (&v)[N]) {
   if constexpr (N == 1) {
@@ -79,9 +79,12 @@ __device__ __forceinline__ void load_floats(const T* p, float (&v)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) v[i] = to_float(h[i]);
   } else {
-    static_assert(sizeof(T) == 4 && N == 4, "load_floats: 1, 4 or 8 16-bit elements, 1 or 4 float32 ones");
-    const float4 f = *reinterpret_cast<const float4*>(p);
-    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    static_assert(sizeof(T) == 4 && (N == 4 || N == 8), "load_floats: 1, 4 or 8 16-bit or float32 elements");
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const float4 f = *reinterpret_cast<const float4*>(p + i);
+      v[i] = f.x, v[i + 1] = f.y, v[i + 2] = f.z, v[i + 3] = f.w;
+    }
   }
 }
 

@@ -23,8 +23,8 @@
  *
  * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an
  * Output without y_ssm) once per element by the whole block, 64 output columns at a time, into the Q, V and extra
- * tiles (free until the source tiles), each thread loading 8 x 4 elements before it splits any. (When each warp split its own fragments from global memory, this
- * product was 60% of the output kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block
+ * tiles (free until the source tiles), each thread loading 8 x 4 elements before it splits any. (When each warp
+ * split its own fragments from global memory, this product was 60% of the output kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block
  * for the warp's 16 rows (or, for Output with heads sharing a group, read from the C.B buffer), weighted in
  * registers, split into parts and multiplied into V without leaving registers (mma.cuh says why the accumulator
  * layout allows that). The diagonal tile comes last, so that V's rows of the block's own tokens (x for Output, dy
@@ -506,7 +506,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   if constexpr (kGroup) {
     __syncthreads();  // seg_s written: inter_over_heads reads its rows' segments before its first barrier
     inter_over_heads<T, K, P, kBatch>(acc, a, cx, lay, ps, st, token_row, stage_inter, load_kmajor, put_kmajor,
-                                   kInterBatchRows, seg_s, m0);
+                                      kInterBatchRows, seg_s, m0);
   }
 #pragma unroll
   for (int half = 0; half < kTcMaxDim / kTcRows; ++half) {
@@ -539,15 +539,17 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
     }
   }
   pr.live0 = token_row(r0), pr.live1 = token_row(r1);
+  // The rows' cumsums, read once: the entering term's scale here and the rows' exponents of the weights below.
+  const double cum0 = kGroup ? 0.0 : a.cum[cx.scan(cx.hi, min(r0, d.q - 1))];
+  const double cum1 = kGroup ? 0.0 : a.cum[cx.scan(cx.hi, min(r1, d.q - 1))];
   if (!kGroup) {  // (a group's heads were scaled each by its own)
     const double L_end = a.cum[cx.scan(cx.hi, d.q - 1)];
-    auto entry = [&](int r, bool live) -> float {
+    auto entry = [&](int r, double L, bool live) -> float {
       if (!live) return 0.f;
-      const double L = a.cum[cx.scan(cx.hi, r)];
       if (Traits::kAnticausal) return seg_s[r] == cx.seg_end ? expf(static_cast<float>(L_end - L)) : 0.f;
       return seg_s[r] == cx.seg_prev ? expf(static_cast<float>(L)) : 0.f;
     };
-    const float e0 = entry(r0, pr.live0), e1 = entry(r1, pr.live1);
+    const float e0 = entry(r0, cum0, pr.live0), e1 = entry(r1, cum1, pr.live1);
 #pragma unroll
     for (int j = 0; j < kTcMaxDim / 8; ++j) {
       acc[j][0] *= e0, acc[j][1] *= e0;
@@ -561,11 +563,8 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   // The rows' per-token values, read once (published by the inter-chunk term's barriers).
   const int seg0 = seg_s[min(r0, d.q - 1)], seg1 = seg_s[min(r1, d.q - 1)];
   // Rows: +L_l, or -L_s for the anticausal kinds.
-  auto row_exponent = [&](int r) {
-    const double l2 = kGroup ? 0.0 : a.cum[cx.scan(cx.hi, min(r, d.q - 1))] * kLog2e;
-    return log_pair(Traits::kAnticausal ? -l2 : l2);
-  };
-  const LogPair row0 = row_exponent(r0), row1 = row_exponent(r1);
+  auto row_exponent = [](double L) { return log_pair(Traits::kAnticausal ? -L * kLog2e : L * kLog2e); };
+  const LogPair row0 = row_exponent(cum0), row1 = row_exponent(cum1);
   const int source_tiles = Traits::kAnticausal ? last_tile - own_tile + 1 : own_tile + 1;
   for (int ti = 0; ti < source_tiles; ++ti) {
     const int s0 = kTcRows * (Traits::kAnticausal ? last_tile - ti : ti);

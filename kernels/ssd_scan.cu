@@ -266,12 +266,7 @@ __global__ void __launch_bounds__(256) gate_backward_kernel(ScanDims d, int lane
       float go[kVec], xv[kVec], ys[kVec], zv[kVec] = {}, g[kVec], g_lo[kVec], gz[kVec] = {};
       load_floats(dout + o, go);
       load_floats(x + o, xv);
-      if constexpr (kVec == 8) {
-        const float4 a = *reinterpret_cast<const float4*>(y_ssm + o), b = *reinterpret_cast<const float4*>(y_ssm + o + 4);
-        ys[0] = a.x, ys[1] = a.y, ys[2] = a.z, ys[3] = a.w, ys[4] = b.x, ys[5] = b.y, ys[6] = b.z, ys[7] = b.w;
-      } else {
-        ys[0] = y_ssm[o];
-      }
+      load_floats(y_ssm + o, ys);
       if (z) load_floats(z + o, zv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
