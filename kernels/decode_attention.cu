@@ -18,16 +18,8 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
-// 8 consecutive elements as float32 (16-byte loads for 16-bit types; the addresses are 16-byte aligned because
-// head_dim is a multiple of 8).
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, float (&o)[8]) {
-  unpack8<T>(*reinterpret_cast<const uint4*>(p), o);
-}
-__device__ __forceinline__ void load8(const float* p, float (&o)[8]) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
-}
+// Lanes load 8 consecutive elements with load_floats (element.cuh): the addresses are 16-byte aligned because
+// head_dim is a multiple of 8.
 
 // The splits that hold positions for a row of `length` cached positions, and split s's range. Both kernels compute
 // it from the length in device memory, so a captured graph adapts to every step.
@@ -120,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttenti
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) {
     if (g < groups && has_dims) {
-      load8(static_cast<const T*>(a.q_rotated) + (static_cast<long>(row) * a.heads + kh * groups + g) * d + lane * 8,
+      load_floats(static_cast<const T*>(a.q_rotated) + (static_cast<long>(row) * a.heads + kh * groups + g) * d + lane * 8,
             q[g]);
 #pragma unroll
       for (int i = 0; i < 8; ++i) q[g][i] *= q_scale;
@@ -148,8 +140,8 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttenti
       const long key = k0 + u * KG + kg;
       valid[u] = key < range.end;
       if (valid[u] && has_dims) {
-        load8(keys + key * d, kv[u]);
-        load8(values + key * d, vv[u]);
+        load_floats(keys + key * d, kv[u]);
+        load_floats(values + key * d, vv[u]);
       } else {
 #pragma unroll
         for (int i = 0; i < 8; ++i) kv[u][i] = vv[u][i] = 0.f;

@@ -127,8 +127,7 @@ struct RowSlice {
 #pragma unroll
       for (int i = 0; i < kRowVec; ++i) z[i] = 0.f;
     }
-    const float4 w0 = *reinterpret_cast<const float4*>(weight), w1 = *reinterpret_cast<const float4*>(weight + 4);
-    w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
+    load_floats(weight, w);
 #pragma unroll
     for (int i = 0; i < kRowVec; ++i) {
       gate[i] = f.z ? siluf(z[i]) : 1.f;
