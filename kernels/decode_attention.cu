@@ -18,9 +18,6 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
-// Lanes load 8 consecutive elements with load_floats (element.cuh): the addresses are 16-byte aligned because
-// head_dim is a multiple of 8.
-
 // The splits that hold positions for a row of `length` cached positions, and split s's range. Both kernels compute
 // it from the length in device memory, so a captured graph adapts to every step.
 struct SplitRange {
@@ -108,12 +105,13 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttenti
   const int lane = threadIdx.x % LANES, kg = threadIdx.x / LANES;
   const bool has_dims = lane * 8 < d;
 
+  // Each lane loads 8 consecutive channels (load_floats: 16-byte loads, aligned since head_dim is a multiple of 8).
   float q[GMAX][8];
+  const T* q_row = static_cast<const T*>(a.q_rotated) + static_cast<long>(row) * a.heads * d + lane * 8;
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) {
     if (g < groups && has_dims) {
-      load_floats(static_cast<const T*>(a.q_rotated) + (static_cast<long>(row) * a.heads + kh * groups + g) * d + lane * 8,
-            q[g]);
+      load_floats(q_row + static_cast<long>(kh * groups + g) * d, q[g]);
 #pragma unroll
       for (int i = 0; i < 8; ++i) q[g][i] *= q_scale;
     } else {

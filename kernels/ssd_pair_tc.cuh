@@ -24,11 +24,11 @@
  * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an
  * Output without y_ssm) once per element by the whole block, 64 output columns at a time, into the Q, V and extra
  * tiles (free until the source tiles), each thread loading 8 x 4 elements before it splits any. (When each warp
- * split its own fragments from global memory, this product was 60% of the output kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block
- * for the warp's 16 rows (or, for Output with heads sharing a group, read from the C.B buffer), weighted in
- * registers, split into parts and multiplied into V without leaving registers (mma.cuh says why the accumulator
- * layout allows that). The diagonal tile comes last, so that V's rows of the block's own tokens (x for Output, dy
- * for Dx) are in shared memory for the epilogue.
+ * split its own fragments from global memory, this product was 60% of the output kernel's time; ncu, hovle.) Then,
+ * for each 64-token source tile, the (P . Q) block for the warp's 16 rows (or, for Output with heads sharing a
+ * group, read from the C.B buffer), weighted in registers, split into parts and multiplied into V without leaving
+ * registers (mma.cuh says why the accumulator layout allows that). The diagonal tile comes last, so that V's rows of
+ * the block's own tokens (x for Output, dy for Dx) are in shared memory for the epilogue.
  */
 #pragma once
 
@@ -83,32 +83,6 @@ struct ChunkPairTc {
   bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
 };
 
-// Shared memory: per-token source exponents (float pairs, LogPair), dt', segment ids, the head's D per channel, then
-// 16-bit tiles: P rows of the block [64, inner], Q rows of the source tile [64, inner], V rows of the source tile
-// [64, width], extra rows [64, width]. Before the source tiles, the Q, V and extra tiles hold the parts of 64
-// columns of S': [64, inner] (n-major, ld ldk) or [inner, 64] (k-major, ld ld_inter), so each tile is as large as
-// the largest of these.
-struct TcPairLayout {
-  int k16, n16, ldk, ldv, ld_inter;
-  size_t per_token_bytes, ps, qs, vs, es, bytes;
-};
-__host__ __device__ inline TcPairLayout tc_pair_layout(const ScanDims& d, int inner, int width, bool inter_kmajor) {
-  TcPairLayout L{};
-  L.k16 = round16(inner), L.n16 = round16(width), L.ldk = L.k16 + 8, L.ldv = L.n16 + 8;
-  L.ld_inter = inter_kmajor ? kTcRows + 8 : L.ldk;
-  L.per_token_bytes = static_cast<size_t>(d.q) * (sizeof(double) + sizeof(float) + sizeof(int)) +
-                      static_cast<size_t>(kTcMaxDim) * sizeof(float);
-  L.per_token_bytes = (L.per_token_bytes + 15) / 16 * 16;
-  size_t tile = static_cast<size_t>(kTcRows) * (L.ldk > L.ldv ? L.ldk : L.ldv);
-  if (inter_kmajor && static_cast<size_t>(L.k16) * L.ld_inter > tile) tile = static_cast<size_t>(L.k16) * L.ld_inter;
-  L.ps = 0;
-  L.qs = L.ps + static_cast<size_t>(kTcRows) * L.ldk;
-  L.vs = L.qs + tile;
-  L.es = L.vs + tile;
-  L.bytes = L.per_token_bytes + (L.es + tile) * 2;
-  return L;
-}
-
 // A float64 exponent held as two floats, hi + lo. The weights W(row, src) = exp(L_l - L_s) (dt'_s) are computed as
 // exp2(row + src), row and src such pairs in base 2 (the table above says which token carries which sign and dt'),
 // so that the per-element work is three float adds and an exp2. A float64 difference of the cumsums, its conversion
@@ -125,6 +99,32 @@ __device__ __forceinline__ LogPair log_pair(double v) {
 }
 __device__ __forceinline__ float exp2_pair(LogPair a, LogPair b) { return exp2f((a.hi + b.hi) + (a.lo + b.lo)); }
 constexpr double kLog2e = 1.4426950408889634;
+
+// Shared memory: per-token source exponents (float pairs, LogPair), dt', segment ids, the head's D per channel, then
+// 16-bit tiles: P rows of the block [64, inner], Q rows of the source tile [64, inner], V rows of the source tile
+// [64, width], extra rows [64, width]. Before the source tiles, the Q, V and extra tiles hold the parts of 64
+// columns of S': [64, inner] (n-major, ld ldk) or [inner, 64] (k-major, ld ld_inter), so each tile is as large as
+// the largest of these.
+struct TcPairLayout {
+  int k16, n16, ldk, ldv, ld_inter;
+  size_t per_token_bytes, ps, qs, vs, es, bytes;
+};
+__host__ __device__ inline TcPairLayout tc_pair_layout(const ScanDims& d, int inner, int width, bool inter_kmajor) {
+  TcPairLayout L{};
+  L.k16 = round16(inner), L.n16 = round16(width), L.ldk = L.k16 + 8, L.ldv = L.n16 + 8;
+  L.ld_inter = inter_kmajor ? kTcRows + 8 : L.ldk;
+  L.per_token_bytes = static_cast<size_t>(d.q) * (sizeof(LogPair) + sizeof(float) + sizeof(int)) +
+                      static_cast<size_t>(kTcMaxDim) * sizeof(float);
+  L.per_token_bytes = (L.per_token_bytes + 15) / 16 * 16;
+  size_t tile = static_cast<size_t>(kTcRows) * (L.ldk > L.ldv ? L.ldk : L.ldv);
+  if (inter_kmajor && static_cast<size_t>(L.k16) * L.ld_inter > tile) tile = static_cast<size_t>(L.k16) * L.ld_inter;
+  L.ps = 0;
+  L.qs = L.ps + static_cast<size_t>(kTcRows) * L.ldk;
+  L.vs = L.qs + tile;
+  L.es = L.vs + tile;
+  L.bytes = L.per_token_bytes + (L.es + tile) * 2;
+  return L;
+}
 
 // Where a thread's accumulators are: rows r0 and r0 + 8 (tokens of the chunk, live if real), columns
 // 8 j + 2 tig + {0, 1}; tile rows of r0 in the block's tiles start at m0.
@@ -374,7 +374,6 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   const ScanDims& d = cx.d;
   const int inner = a.P.width, width = a.V.width;
   const TcPairLayout lay = tc_pair_layout(d, inner, width, Traits::kInterKMajor);
-  static_assert(sizeof(LogPair) == sizeof(double), "the per-token layout holds 8 bytes per token first");
   LogPair* src_s = reinterpret_cast<LogPair*>(smem);
   float* dtp_s = reinterpret_cast<float*>(src_s + d.q);
   int* seg_s = reinterpret_cast<int*>(dtp_s + d.q);
