@@ -5,6 +5,7 @@
 
 #include "kernels/element.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/rope.cuh"
 
 namespace carve::kernels {
 namespace {
@@ -12,11 +13,6 @@ namespace {
 constexpr int kThreads = 128;          // per attention block: 4 warps
 constexpr long kMinKeysPerSplit = 64;  // a split never reads fewer positions than this (except the last one)
 constexpr int kUnroll = 4;             // keys each thread loads before it computes: bytes in flight per thread
-
-template <typename T>
-__device__ __forceinline__ float round_to(float v) {
-  return to_float(from_float<T>(v));
-}
 
 // The splits that hold positions for a row of `length` cached positions, and split s's range. Both kernels compute
 // it from the length in device memory, so a captured graph adapts to every step.
@@ -75,25 +71,17 @@ __global__ void rope_append_kernel(DecodeAttention a) {
     T* v_dst = static_cast<T*>(a.v_cache) + slot;
     for (int i = threadIdx.x; i < d; i += blockDim.x) v_dst[i] = v[i];
   }
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    if (i >= rd) {
-      dst[i] = src[i];
-      continue;
-    }
-    const int j = i < half ? i : i - half;
-    const float inv_freq = 1.f / powf(a.rope_theta, static_cast<float>(2 * j) / static_cast<float>(rd));
-    const float angle = static_cast<float>(pos) * inv_freq;
-    const float c = round_to<T>(cosf(angle)), s = round_to<T>(sinf(angle));
-    const float partner = i < half ? -to_float(src[i + half]) : to_float(src[i - half]);
-    dst[i] = from_float<T>(round_to<T>(to_float(src[i]) * c) + round_to<T>(partner * s));
-  }
+  for (int j = threadIdx.x; j < half; j += blockDim.x)
+    rope_rotate_pair<T>(pos, j, rd, a.rope_theta, to_float(src[j]), to_float(src[j + half]), dst[j], dst[j + half]);
+  for (int i = rd + threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
 }
 
 // One (split, KV head, row): LANES lanes share a key (8 channels each), the block's kThreads / LANES key groups
 // take consecutive keys, and each key is read once for the GMAX >= groups query heads that use it. Scores are in
 // log2 units (q pre-scaled by log2(e) / sqrt(head_dim)).
 template <typename T, int LANES, int GMAX>
-__global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttention a, float q_scale) {
+__global__ void __launch_bounds__(kThreads)
+    attention_split_kernel(DecodeAttention a, const void* q_in, long q_in_row, float q_scale) {
   let_next_kernel_launch();
   wait_for_previous_kernel();
   constexpr int KG = kThreads / LANES;
@@ -107,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(DecodeAttenti
 
   // Each lane loads 8 consecutive channels (load_floats: 16-byte loads, aligned since head_dim is a multiple of 8).
   float q[GMAX][8];
-  const T* q_row = static_cast<const T*>(a.q_rotated) + static_cast<long>(row) * a.heads * d + lane * 8;
+  const T* q_row = static_cast<const T*>(q_in) + row * q_in_row + lane * 8;
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) {
     if (g < groups && has_dims) {
@@ -245,17 +233,20 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttentio
   }
 }
 
+// The split kernel reads the rotated q from the workspace step 1 wrote, or from the qkv product's output.
 template <typename T, int LANES>
 void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStream_t stream) {
   const LaunchShape shape(dim3(a.splits, a.kv_heads, a.b), dim3(kThreads));
+  const void* q = a.rope_done ? a.q : a.q_rotated;
+  const long q_row = a.rope_done ? a.q_row : static_cast<long>(a.heads) * a.head_dim;
   if (groups <= 1) {
-    launch_kernel(attention_split_kernel<T, LANES, 1>, shape, stream, a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 1>, shape, stream, a, q, q_row, q_scale);
   } else if (groups <= 2) {
-    launch_kernel(attention_split_kernel<T, LANES, 2>, shape, stream, a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 2>, shape, stream, a, q, q_row, q_scale);
   } else if (groups <= 4) {
-    launch_kernel(attention_split_kernel<T, LANES, 4>, shape, stream, a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 4>, shape, stream, a, q, q_row, q_scale);
   } else {
-    launch_kernel(attention_split_kernel<T, LANES, 8>, shape, stream, a, q_scale);
+    launch_kernel(attention_split_kernel<T, LANES, 8>, shape, stream, a, q, q_row, q_scale);
   }
 }
 
@@ -282,12 +273,15 @@ void decode_attention(const DecodeAttention& a, cudaStream_t stream) {
   CARVE_KERNEL_REQUIRE(a.rotary_dim >= 0 && a.rotary_dim <= a.head_dim && a.rotary_dim % 2 == 0,
                        "decode_attention: rotary_dim must be even and at most head_dim");
   CARVE_KERNEL_REQUIRE(a.b > 0 && a.capacity > 0 && a.splits > 0, "decode_attention: empty batch, cache or grid");
+  CARVE_KERNEL_REQUIRE(!a.rope_done || (a.q_row % 8 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0),
+                       "decode_attention: a rotated q must have 16-byte aligned rows");
   const int groups = a.heads / a.kv_heads;
   const float q_scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(a.head_dim)));
   const int lanes_needed = a.head_dim / 8;
   dispatch_element(a.dtype, [&](auto t) {
     using T = decltype(t);
-    launch_kernel(rope_append_kernel<T>, LaunchShape(dim3(a.heads + a.kv_heads, a.b), dim3(128)), stream, a);
+    if (!a.rope_done)
+      launch_kernel(rope_append_kernel<T>, LaunchShape(dim3(a.heads + a.kv_heads, a.b), dim3(128)), stream, a);
     if (lanes_needed <= 1) {
       launch_split<T, 1>(a, q_scale, groups, stream);
     } else if (lanes_needed <= 2) {

@@ -1,7 +1,7 @@
 /*
  * One decode step of grouped-query attention over a KV cache, in CUDA (model/attention.cpp is the reference):
  *   1. RoPE on the new token's q and k (rotate-half over the first rotary_dim channels, Hugging Face's numerics),
- *      k and v written into the cache at the row's position;
+ *      k and v written into the cache at the row's position (or already done by the qkv product: rope_done);
  *   2. split-KV attention ("flash decoding"): the cached positions are cut into splits and every (row, KV head,
  *      split) block reads its keys and values once for all the query heads that share them, keeping an online
  *      softmax in float32;
@@ -34,7 +34,10 @@ struct DecodeAttention {
   void* k_cache = nullptr;             // [b, kv_heads, capacity, head_dim], after RoPE
   void* v_cache = nullptr;             // [b, kv_heads, capacity, head_dim]
   int splits = 0;                      // grid splits per (row, KV head): decode_attention_splits
-  void* q_rotated = nullptr;           // workspace [b, heads, head_dim] in dtype
+  // Set when the qkv product already rotated q and k and wrote k and v into the cache (kernels/gemv.h,
+  // GemvEpilogue::rope_cache): step 1 is not launched and q is read as it is.
+  bool rope_done = false;
+  void* q_rotated = nullptr;           // workspace [b, heads, head_dim] in dtype (unused with rope_done)
   float* partial = nullptr;            // workspace [b, heads, splits, head_dim + 2]
   void* out = nullptr;                 // [b, heads * head_dim]
 };

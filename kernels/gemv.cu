@@ -2,6 +2,7 @@
 
 #include "kernels/element.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/rope.cuh"
 
 namespace carve::kernels {
 namespace {
@@ -34,6 +35,15 @@ __device__ T conv_step(const GemvConv& c, int b, int ch, T x) {
   for (int j = 0; j + 1 < c.kernel - 1; ++j) s[j] = s[j + 1];
   if (c.kernel > 1) s[c.kernel - 2] = x;
   return from_float<T>(siluf(acc));
+}
+
+// rope_cache's row pairs of q and k: pair p is channels (j, j + rotary_dim / 2) of head p / (head_dim / 2), where
+// j = p % (head_dim / 2) < rotary_dim / 2, and two consecutive channels past the rotary ones.
+__device__ __forceinline__ int2 rope_rows(int pair, int head_dim, int rotary_dim) {
+  const int per_head = head_dim / 2, half = rotary_dim / 2;
+  const int head = pair / per_head, j = pair % per_head;
+  const int first = head * head_dim + (j < half ? j : rotary_dim + 2 * (j - half));
+  return make_int2(first, j < half ? first + half : first + 1);
 }
 
 template <typename T>
@@ -103,8 +113,11 @@ __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x
 
 // A warp reduces two weight rows (w0, w1) against B rows of x; SwiGLU pairs row j of gate with row j of up, the
 // other epilogues take two consecutive rows of one part. With grid.split > 1, that many warps share the rows.
+// (rope_cache's epilogue would take one row's kernel from 64 to 70 registers, 7 blocks per SM instead of 8, like the
+// other epilogues at one row of x: its bounds keep 8, without spills.)
 template <typename T, int B, GemvEpilogue E>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid) {
+__global__ void __launch_bounds__(kWarps * 32, E == GemvEpilogue::rope_cache && B == 1 ? 8 : 0)
+    gemv_kernel(Gemv g, GemvGrid grid) {
   let_next_kernel_launch();
   extern __shared__ uint4 normed_x[];  // [B][k / 8] when g.norm.weight is set
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -113,12 +126,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
   // This block's part, selected with constant indices only (indexing the parameters with a variable copies them
   // to local memory).
   GemvPart pt = g.parts[0];
-  int first_block = 0, first_col = 0;
+  int part = 0, first_block = 0, first_col = 0;
 #pragma unroll
   for (int i = 1; i < kGemvMaxParts; ++i) {
     if (i < grid.parts && static_cast<int>(blockIdx.x) >= grid.first_block[i]) {
       pt = g.parts[i];
-      first_block = grid.first_block[i], first_col = grid.first_col[i];
+      part = i, first_block = grid.first_block[i], first_col = grid.first_col[i];
     }
   }
   constexpr int kOutPerWarp = E == GemvEpilogue::swiglu ? 1 : kRowsPerWarp;
@@ -126,14 +139,22 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
                    kOutPerWarp;
   // Warps past the part's last row still take part in the split's barrier below.
   const bool active = row0 < pt.n;
-  const uint4* w0 = reinterpret_cast<const uint4*>(static_cast<const T*>(pt.w)) + static_cast<long>(row0) * chunks;
+  // The two weight rows: row0 and the next, or for rope_cache's q and k the two that RoPE mixes.
+  int row_a = row0, row_b = row0 + 1;
+  if constexpr (E == GemvEpilogue::rope_cache) {
+    if (part < 2) {
+      const int2 pair = rope_rows(row0 / 2, g.rope.head_dim, g.rope.rotary_dim);
+      row_a = pair.x, row_b = pair.y;
+    }
+  }
+  const uint4* w0 = reinterpret_cast<const uint4*>(static_cast<const T*>(pt.w)) + static_cast<long>(row_a) * chunks;
   const uint4* w1;
   bool second = true;
   if constexpr (E == GemvEpilogue::swiglu) {
     w1 = reinterpret_cast<const uint4*>(static_cast<const T*>(g.parts[1].w)) + static_cast<long>(row0) * chunks;
   } else {
-    second = row0 + 1 < pt.n;
-    w1 = w0 + chunks;
+    second = row_b < pt.n;
+    w1 = w0 + static_cast<long>(row_b - row_a) * chunks;
   }
   const int stride = 32 * split;  // between one lane's consecutive chunks
   const int step = stride * kUnroll;
@@ -221,6 +242,23 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(Gemv g, GemvGrid grid
       const float up = to_float(from_float<T>(acc[1][b] + bias_of<T>(g.parts[1].bias, row0)));
       const float silu = to_float(from_float<T>(gate / (1.f + expf(-gate))));
       y[b * g.y_row + row0] = from_float<T>(silu * up);
+    } else if constexpr (E == GemvEpilogue::rope_cache) {
+      // Whole heads (checked on the host): both rows exist and lie in one head.
+      T out_a = from_float<T>(acc[0][b] + bias_of<T>(pt.bias, row_a));
+      T out_b = from_float<T>(acc[1][b] + bias_of<T>(pt.bias, row_b));
+      const long pos = g.rope.positions[b];
+      const int d = g.rope.head_dim, j = row_a % d;
+      if (part < 2 && j < g.rope.rotary_dim / 2)
+        rope_rotate_pair<T>(pos, j, g.rope.rotary_dim, g.rope.theta, to_float(out_a), to_float(out_b), out_a, out_b);
+      y[b * g.y_row + first_col + row_a] = out_a;
+      y[b * g.y_row + first_col + row_b] = out_b;
+      if (part > 0 && pos >= 0 && pos < g.rope.capacity) {
+        const long kv_heads = pt.n / d;
+        T* slot = static_cast<T*>(part == 1 ? g.rope.k_cache : g.rope.v_cache) +
+                  ((b * kv_heads + row_a / d) * g.rope.capacity + pos) * d;
+        slot[j] = out_a;
+        slot[row_b % d] = out_b;
+      }
     } else {
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -256,6 +294,7 @@ void launch(const Gemv& g, const GemvGrid& grid, cudaStream_t stream) {
     case GemvEpilogue::plain: launch<T, GemvEpilogue::plain>(g, grid, stream); return;
     case GemvEpilogue::swiglu: launch<T, GemvEpilogue::swiglu>(g, grid, stream); return;
     case GemvEpilogue::residual: launch<T, GemvEpilogue::residual>(g, grid, stream); return;
+    case GemvEpilogue::rope_cache: launch<T, GemvEpilogue::rope_cache>(g, grid, stream); return;
   }
 }
 
@@ -304,6 +343,16 @@ void check(const Gemv& g) {
                                g.residual_row >= g.parts[0].n,
                            "gemv: residual takes one part and the residual");
       break;
+    case GemvEpilogue::rope_cache: {
+      const GemvRope& r = g.rope;
+      const int d = r.head_dim;
+      CARVE_KERNEL_REQUIRE(g.num_parts == 3 && d > 0 && d % 2 == 0 && r.rotary_dim >= 0 && r.rotary_dim <= d &&
+                               r.rotary_dim % 2 == 0 && g.parts[0].n % d == 0 && g.parts[1].n % d == 0 &&
+                               g.parts[2].n == g.parts[1].n && g.y_row >= columns && r.positions && r.k_cache &&
+                               r.v_cache && r.capacity > 0,
+                           "gemv: rope_cache takes q, k and v of whole heads, the positions and both caches");
+      break;
+    }
   }
   const GemvNorm& nm = g.norm;
   if (nm.weight) {

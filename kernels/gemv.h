@@ -11,6 +11,7 @@
  *     conv step + SiLU of a Mamba-2 mixer, updating its conv state.
  *   - SwiGLU: round(silu(gate x)) * (up x), two weights read together and only the product written.
  *   - Residual: residual + x W^T, the residual stream's add after an output projection.
+ *   - RoPE and the KV cache append after attention's q, k and v (GemvRope): the attention's own first launch.
  *   - An RMSNorm of x first (GemvNorm), the residual add before it optional: every block normalizes the rows of x
  *     into shared memory (they are a few KB and come from L2), so the norm that precedes a product is no launch of
  *     its own. A single-block norm kernel took 6.5-10 us at hidden 2048, more than the 2048 x 2048 product after it.
@@ -27,6 +28,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "kernels/element.h"
 
 namespace carve::kernels {
@@ -35,9 +38,10 @@ constexpr int kGemvMaxRows = 8;
 constexpr int kGemvMaxParts = 5;
 
 enum class GemvEpilogue {
-  plain,     // y = x W^T + bias (per part), optionally through the conv step on columns [conv.begin, conv.end)
-  swiglu,    // parts[0] = gate, parts[1] = up (same n): y = round(silu(round(gate))) * round(up)
-  residual,  // one part: y = round(residual + round(x W^T + bias))
+  plain,       // y = x W^T + bias (per part), optionally through the conv step on columns [conv.begin, conv.end)
+  swiglu,      // parts[0] = gate, parts[1] = up (same n): y = round(silu(round(gate))) * round(up)
+  residual,    // one part: y = round(residual + round(x W^T + bias))
+  rope_cache,  // parts q, k, v of attention (GemvRope): q and k rotated, k and v also written into the KV cache
 };
 
 struct GemvPart {
@@ -55,6 +59,21 @@ struct GemvConv {
   void* state = nullptr;       // [rows, end - begin, kernel - 1] in the element type
   const void* weight = nullptr;  // [end - begin, kernel] in the element type
   const void* bias = nullptr;    // null or [end - begin]
+};
+
+// Attention's q, k and v products of one decode token (parts 0, 1 and 2, of heads * head_dim and twice kv_heads *
+// head_dim columns), with what kernels/decode_attention's first step would do next: q and k rotated by RoPE at each
+// row's position (kernels/rope.cuh, bit for bit the same), k and v also written into the caches at that position.
+// Each warp reduces the two weight rows of q or k that RoPE mixes, (j, j + rotary_dim / 2) of a head, so the rotation
+// needs no other warp's result. decode_attention then runs with rope_done. Rows whose position is outside the
+// cache write nothing there.
+struct GemvRope {
+  int head_dim = 0, rotary_dim = 0;  // rotary_dim even, at most head_dim
+  float theta = 10000.f;
+  const int64_t* positions = nullptr;  // [rows]: the new token's position
+  long capacity = 0;                   // positions each cache row holds
+  void* k_cache = nullptr;             // [rows, kv_heads, capacity, head_dim] in the element type
+  void* v_cache = nullptr;
 };
 
 // x's rows are replaced by rms_norm(x [+ delta]) before the product, as kernels/inference_ops' add_rms_norm
@@ -77,6 +96,7 @@ struct Gemv {
   GemvEpilogue epilogue = GemvEpilogue::plain;
   GemvNorm norm;                   // any epilogue; gemv_norm_supports bounds rows x k (shared memory)
   GemvConv conv;                   // plain only; ignored when conv.end == conv.begin
+  GemvRope rope;                   // rope_cache only
   const void* residual = nullptr;  // residual: [rows, n], row stride residual_row
   long residual_row = 0;
   void* y = nullptr;  // [rows, y_row]: the parts' columns side by side (swiglu and residual: n columns)

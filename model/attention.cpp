@@ -127,29 +127,30 @@ torch::Tensor AttentionImpl::decode_step(const torch::Tensor& u, KvCache& cache,
   const int64_t b = u.size(0);
   DecodeAttentionInputs in;
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+  cache.make_room(b, num_kv_heads, head_dim, q_proj->weight.options(), 1);
+  in.k_cache = cache.k;
+  in.v_cache = cache.v;
+  in.positions = ctx.positions.select(1, 0).contiguous();
+  in.heads = num_heads, in.kv_heads = num_kv_heads, in.head_dim = head_dim, in.rotary_dim = rotary_dim;
+  in.rope_theta = rope_theta;
   const std::vector<GemvWeight> qkv = {
       {q_proj->weight, q_proj->bias}, {k_proj->weight, k_proj->bias}, {v_proj->weight, v_proj->bias}};
   const auto norm = input_norm_step(ctx);
   const GemvNormStep* norm_ptr = norm ? &*norm : nullptr;
   if (fused::gemv_applies(u, qkv, norm_ptr)) {
-    // One launch for the layer's input norm and the three products; the kernel reads q, k and v as column ranges
-    // of its output.
-    auto proj = fused::gemv_parts(u, qkv, nullptr, {}, norm_ptr).view({b, q_size + 2 * kv_size});
+    // One launch for the layer's input norm, the three products, RoPE and the cache append; the attention reads q
+    // as a column range of its output.
+    auto proj = fused::gemv_qkv_rope(u, qkv, in, norm_ptr).view({b, q_size + 2 * kv_size});
     in.q = proj.narrow(1, 0, q_size);
     in.k = proj.narrow(1, q_size, kv_size);
     in.v = proj.narrow(1, q_size + kv_size, kv_size);
+    in.rope_done = true;
   } else {
     const auto h = normed_input(u, ctx);
     in.q = q_proj(h).view({b, q_size});
     in.k = k_proj(h).view({b, kv_size});
     in.v = v_proj(h).view({b, kv_size});
   }
-  cache.make_room(b, num_kv_heads, head_dim, in.q.options(), 1);
-  in.k_cache = cache.k;
-  in.v_cache = cache.v;
-  in.positions = ctx.positions.select(1, 0).contiguous();
-  in.heads = num_heads, in.kv_heads = num_kv_heads, in.head_dim = head_dim, in.rotary_dim = rotary_dim;
-  in.rope_theta = rope_theta;
   auto out = fused::decode_attention(in).view({b, 1, num_heads * head_dim});
   cache.length += 1;
   if (ctx.pre_output) *ctx.pre_output = out;

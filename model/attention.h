@@ -42,8 +42,9 @@ class AttentionImpl : public Mixer {
   torch::Tensor forward(const torch::Tensor& u, const MixerContext& ctx) override;
   std::unique_ptr<MixerState> new_state() const override { return std::make_unique<KvCache>(); }
   std::string kind() const override { return "attention"; }
-  // One new token per row through the CUDA decode kernel (RoPE, cache write and attention in three launches that read
-  // the position from ctx.positions in device memory).
+  // One new token per row through the CUDA decode kernels, which read the position from ctx.positions in device
+  // memory: the qkv product with RoPE and the cache write in its epilogue, then the split attention and its merge
+  // (where the product kernel does not apply, the attention's own RoPE launch comes first).
   torch::Tensor decode_step(const torch::Tensor& u, KvCache& cache, const MixerContext& ctx);
 
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;

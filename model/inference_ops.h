@@ -23,6 +23,8 @@ struct DecodeAttentionInputs {
   torch::Tensor positions;         // [b] int64 on the device: the new token's position (= positions cached before it)
   int64_t heads = 0, kv_heads = 0, head_dim = 0, rotary_dim = 0;
   double rope_theta = 10000.0;
+  // q and k already rotated, k and v already in the cache: they came from fused::gemv_qkv_rope.
+  bool rope_done = false;
 };
 
 // A Linear's parameters (bias undefined when it has none).
@@ -87,6 +89,12 @@ torch::Tensor gemv_parts(const torch::Tensor& x, const std::vector<GemvWeight>& 
 // with `norm`).
 torch::Tensor gemv_swiglu(const torch::Tensor& x, const GemvWeight& gate, const GemvWeight& up,
                           const GemvNormStep* norm = nullptr);
+// Attention's q, k and v products of one decode step with what decode_attention would do to them first (kernels/gemv.h,
+// GemvRope): [..., q + k + v columns] with q and k rotated by RoPE at each row's position, k and v also written into
+// the caches at that position. `attention` gives the caches, positions, heads and RoPE (its q, k and v are not
+// read); decode_attention then takes these columns with rope_done set. With `norm`, the products read the normed x.
+torch::Tensor gemv_qkv_rope(const torch::Tensor& x, const std::vector<GemvWeight>& qkv,
+                            const DecodeAttentionInputs& attention, const GemvNormStep* norm = nullptr);
 // residual + x W^T + bias, each rounded as LibTorch rounds it.
 torch::Tensor gemv_residual(const torch::Tensor& x, const GemvWeight& w, const torch::Tensor& residual);
 

@@ -303,6 +303,81 @@ TEST(DecodeAttentionKernel, MatchesFloat64Reference) {
   }
 }
 
+// RoPE and the cache append in the qkv product's epilogue (gemv_qkv_rope) against the product, then the attention's
+// own RoPE launch: the same keys, values and output, bit for bit (both rotate with kernels/rope.cuh). Shapes: HoVLE's
+// heads (k split over warps), partial rotary at Phi-2's head dim, 3 query heads per KV head, the fixtures' head dim;
+// with the input norm in the prologue and without; one row and three at different positions.
+TEST(DecodeAttentionKernel, RopeInTheQkvProductMatchesItsOwnRope) {
+  REQUIRE_KERNELS();
+  PoisonScope scope;
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(12);
+  struct Shape {
+    int64_t heads, kv_heads, d, rotary, k;
+  };
+  const std::vector<Shape> shapes = {{16, 8, 128, 128, 2048}, {8, 8, 80, 32, 264}, {12, 4, 96, 96, 1032},
+                                     {4, 2, 16, 16, 264}};
+  for (auto dtype : {torch::kBFloat16, torch::kHalf})
+  for (const auto& s : shapes)
+  for (const bool with_norm : {false, true})
+  for (const std::vector<int64_t>& positions : {std::vector<int64_t>{5}, std::vector<int64_t>{37, 1, 63}}) {
+    const auto rows = static_cast<int64_t>(positions.size());
+    const std::string what = std::string(c10::toString(dtype)) + ", head dim " + std::to_string(s.d) + ", rotary " +
+                             std::to_string(s.rotary) + ", k " + std::to_string(s.k) + ", " + std::to_string(rows) +
+                             " rows" + (with_norm ? ", norm" : "");
+    auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+    const std::vector<GemvWeight> qkv = {
+        {torch::randn({s.heads * s.d, s.k}, opts) * 0.05, torch::randn({s.heads * s.d}, opts)},
+        {torch::randn({s.kv_heads * s.d, s.k}, opts) * 0.05, Tensor()},
+        {torch::randn({s.kv_heads * s.d, s.k}, opts) * 0.05, torch::randn({s.kv_heads * s.d}, opts)}};
+    const Tensor x = torch::randn({rows, 1, s.k}, opts) * 3;
+    GemvNormStep norm;
+    norm.weight = torch::empty({s.k}, opts).uniform_(0.5, 1.5);
+    const GemvNormStep* norm_ptr = with_norm ? &norm : nullptr;
+    const int64_t capacity = 64, q_size = s.heads * s.d, kv_size = s.kv_heads * s.d;
+
+    DecodeAttentionInputs own;
+    own.heads = s.heads, own.kv_heads = s.kv_heads, own.head_dim = s.d, own.rotary_dim = s.rotary;
+    own.rope_theta = 10000.0;
+    own.positions = torch::tensor(positions, torch::TensorOptions().dtype(torch::kInt64)).to(torch::kCUDA);
+    own.k_cache = torch::randn({rows, s.kv_heads, capacity, s.d}, opts);
+    own.v_cache = torch::randn({rows, s.kv_heads, capacity, s.d}, opts);
+    DecodeAttentionInputs fused_in = own;
+    fused_in.k_cache = own.k_cache.clone(), fused_in.v_cache = own.v_cache.clone();
+
+    const Tensor proj = fused::gemv_parts(x, qkv, nullptr, {}, norm_ptr).view({rows, -1});
+    own.q = proj.narrow(1, 0, q_size);
+    own.k = proj.narrow(1, q_size, kv_size);
+    own.v = proj.narrow(1, q_size + kv_size, kv_size);
+    const Tensor want = fused::decode_attention(own);
+
+    const Tensor rotated = fused::gemv_qkv_rope(x, qkv, fused_in, norm_ptr).view({rows, -1});
+    fused_in.q = rotated.narrow(1, 0, q_size);
+    fused_in.k = rotated.narrow(1, q_size, kv_size);
+    fused_in.v = rotated.narrow(1, q_size + kv_size, kv_size);
+    fused_in.rope_done = true;
+    const Tensor got = fused::decode_attention(fused_in);
+
+    EXPECT_TRUE(torch::equal(got, want)) << what << ": output";
+    EXPECT_TRUE(torch::equal(fused_in.k_cache, own.k_cache)) << what << ": keys";
+    EXPECT_TRUE(torch::equal(fused_in.v_cache, own.v_cache)) << what << ": values";
+    EXPECT_TRUE(torch::equal(fused_in.v, own.v)) << what << ": v columns";
+    // The q columns are rotated (no position here is 0, where RoPE is the identity).
+    EXPECT_FALSE(torch::equal(fused_in.q, own.q)) << what << ": q columns";
+  }
+  // Heads that do not match the weights' rows are refused by name.
+  auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  DecodeAttentionInputs in;
+  in.heads = 4, in.kv_heads = 2, in.head_dim = 16, in.rotary_dim = 16;
+  in.positions = torch::zeros({1}, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
+  in.k_cache = torch::zeros({1, 2, 8, 16}, opts), in.v_cache = torch::zeros({1, 2, 8, 16}, opts);
+  const std::vector<GemvWeight> wrong = {{torch::randn({48, 64}, opts), Tensor()},
+                                         {torch::randn({32, 64}, opts), Tensor()},
+                                         {torch::randn({32, 64}, opts), Tensor()}};
+  const auto message = test::error_of([&] { fused::gemv_qkv_rope(torch::randn({1, 64}, opts), wrong, in); });
+  EXPECT_NE(message.find("gemv_qkv_rope: q, k and v must have 64, 32 and 32 rows"), std::string::npos) << message;
+}
+
 TEST(InferenceKernels, RmsNormAndSiluMulMatchTheReference) {
   REQUIRE_KERNELS();
   PoisonScope scope;

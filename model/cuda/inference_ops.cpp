@@ -24,6 +24,27 @@ bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim
                                             static_cast<int>(head_dim));
 }
 
+namespace {
+
+bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// The KV caches and positions of `in` for b rows of `like`'s element type and device.
+void check_cache_and_positions(const DecodeAttentionInputs& in, int64_t b, const torch::Tensor& like,
+                               const char* what) {
+  const int64_t d = in.head_dim;
+  for (const auto* t : {&in.k_cache, &in.v_cache})
+    CARVE_CHECK(t->dim() == 4 && t->size(0) == b && t->size(1) == in.kv_heads && t->size(3) == d &&
+                    t->is_contiguous() && t->scalar_type() == like.scalar_type() && t->device() == like.device(),
+                what, ": the caches must be contiguous [", b, ", ", in.kv_heads, ", capacity, ", d, "] like ",
+                describe_tensor(like), "; got ", describe_tensor(*t));
+  CARVE_CHECK(in.positions.dim() == 1 && in.positions.size(0) == b && in.positions.scalar_type() == torch::kInt64 &&
+                  in.positions.is_contiguous() && in.positions.device() == like.device(),
+              what, ": positions must be [", b, "] int64 on ", like.device().str(), "; got ",
+              describe_tensor(in.positions));
+}
+
+}  // namespace
+
 torch::Tensor decode_attention(const DecodeAttentionInputs& in) {
   const c10::cuda::CUDAGuard guard(in.q.device());
   const int64_t b = in.q.size(0), d = in.head_dim;
@@ -31,19 +52,14 @@ torch::Tensor decode_attention(const DecodeAttentionInputs& in) {
               in.kv_heads, " KV heads of dim ", d, " are not supported by the kernel");
   CARVE_CHECK(in.q.dim() == 2 && in.q.size(1) == in.heads * d && in.q.stride(1) == 1, "decode_attention: q must be [",
               b, ", ", in.heads * d, "] with unit channel stride; got ", describe_tensor(in.q));
+  // The split kernel reads a rotated q in 16-byte pieces (its own workspace is aligned).
+  CARVE_CHECK(!in.rope_done || (in.q.stride(0) % 8 == 0 && aligned16(in.q)), "decode_attention: a q rotated by ",
+              "gemv_qkv_rope must start 16-byte aligned rows; got ", describe_tensor(in.q));
   for (const auto* t : {&in.k, &in.v})
     CARVE_CHECK(t->dim() == 2 && t->size(0) == b && t->size(1) == in.kv_heads * d && t->stride(1) == 1 &&
                     t->scalar_type() == in.q.scalar_type(),
                 "decode_attention: k and v must be [", b, ", ", in.kv_heads * d, "] like q; got ", describe_tensor(*t));
-  for (const auto* t : {&in.k_cache, &in.v_cache})
-    CARVE_CHECK(t->dim() == 4 && t->size(0) == b && t->size(1) == in.kv_heads && t->size(3) == d &&
-                    t->is_contiguous() && t->scalar_type() == in.q.scalar_type(),
-                "decode_attention: the caches must be contiguous [", b, ", ", in.kv_heads, ", capacity, ", d,
-                "] like q; got ", describe_tensor(*t));
-  CARVE_CHECK(in.positions.dim() == 1 && in.positions.size(0) == b && in.positions.scalar_type() == torch::kInt64 &&
-                  in.positions.is_contiguous() && in.positions.device() == in.q.device(),
-              "decode_attention: positions must be [", b, "] int64 on ", in.q.device().str(), "; got ",
-              describe_tensor(in.positions));
+  check_cache_and_positions(in, b, in.q, "decode_attention");
   kernels::DecodeAttention a;
   a.b = static_cast<int>(b), a.heads = static_cast<int>(in.heads), a.kv_heads = static_cast<int>(in.kv_heads);
   a.head_dim = static_cast<int>(d), a.rotary_dim = static_cast<int>(in.rotary_dim);
@@ -56,18 +72,17 @@ torch::Tensor decode_attention(const DecodeAttentionInputs& in) {
   a.k_cache = in.k_cache.data_ptr(), a.v_cache = in.v_cache.data_ptr();
   a.splits = kernels::decode_attention_splits(a.b, a.kv_heads, a.capacity,
                                               at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  torch::Tensor q_rotated = fresh({b, in.heads, d}, in.q.options());
+  a.rope_done = in.rope_done;
+  torch::Tensor q_rotated = in.rope_done ? torch::Tensor() : fresh({b, in.heads, d}, in.q.options());
   torch::Tensor partial = fresh({static_cast<int64_t>(kernels::decode_attention_partial_floats(a))},
                                 in.q.options().dtype(torch::kFloat));
   torch::Tensor out = fresh({b, in.heads * d}, in.q.options());
-  a.q_rotated = q_rotated.data_ptr(), a.partial = partial.data_ptr<float>(), a.out = out.data_ptr();
+  a.q_rotated = in.rope_done ? nullptr : q_rotated.data_ptr(), a.partial = partial.data_ptr<float>(), a.out = out.data_ptr();
   kernels::decode_attention(a, stream());
   return out;
 }
 
 namespace {
-
-bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 // x as [rows, k] with the unit channel stride and 16-byte rows the kernel reads (contiguous when a norm adds delta:
 // delta and the sum are laid out as x).
@@ -231,6 +246,37 @@ torch::Tensor gemv_swiglu(const torch::Tensor& x_in, const GemvWeight& gate, con
   g.epilogue = kernels::GemvEpilogue::swiglu;
   g.y = y.data_ptr(), g.y_row = n;
   const torch::Tensor delta = set_norm(g, x, x_in, norm);
+  kernels::gemv(g, stream());
+  return y;
+}
+
+torch::Tensor gemv_qkv_rope(const torch::Tensor& x_in, const std::vector<GemvWeight>& qkv,
+                            const DecodeAttentionInputs& in, const GemvNormStep* norm) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  require_gemv(x_in, qkv, norm, "gemv_qkv_rope");
+  const int64_t d = in.head_dim, q_size = in.heads * d, kv_size = in.kv_heads * d;
+  CARVE_CHECK(qkv.size() == 3 && d > 0 && d % 2 == 0 && in.rotary_dim >= 0 && in.rotary_dim <= d &&
+                  in.rotary_dim % 2 == 0,
+              "gemv_qkv_rope: takes q, k and v of an even head dim with an even rotary dim no larger; got ",
+              qkv.size(), " parts, head dim ", d, ", rotary dim ", in.rotary_dim);
+  CARVE_CHECK(qkv[0].weight.size(0) == q_size && qkv[1].weight.size(0) == kv_size &&
+                  qkv[2].weight.size(0) == kv_size,
+              "gemv_qkv_rope: q, k and v must have ", q_size, ", ", kv_size, " and ", kv_size, " rows (", in.heads,
+              " and ", in.kv_heads, " heads of ", d, "); got ", describe_tensor(qkv[0].weight), ", ",
+              describe_tensor(qkv[1].weight), ", ", describe_tensor(qkv[2].weight));
+  const torch::Tensor x = gemv_input(x_in, norm);
+  check_cache_and_positions(in, x.size(0), x, "gemv_qkv_rope");
+  const int64_t columns = q_size + 2 * kv_size;
+  torch::Tensor y = fresh(with_last(x_in, columns), x.options());
+  kernels::Gemv g = gemv_args(x, qkv);
+  g.epilogue = kernels::GemvEpilogue::rope_cache;
+  g.y = y.data_ptr(), g.y_row = columns;
+  const torch::Tensor delta = set_norm(g, x, x_in, norm);
+  g.rope.head_dim = static_cast<int>(d), g.rope.rotary_dim = static_cast<int>(in.rotary_dim);
+  g.rope.theta = static_cast<float>(in.rope_theta);
+  g.rope.positions = in.positions.data_ptr<int64_t>();
+  g.rope.capacity = in.k_cache.size(2);
+  g.rope.k_cache = in.k_cache.data_ptr(), g.rope.v_cache = in.v_cache.data_ptr();
   kernels::gemv(g, stream());
   return y;
 }

@@ -37,6 +37,10 @@ torch::Tensor gemv_parts(const torch::Tensor&, const std::vector<GemvWeight>&, c
 torch::Tensor gemv_swiglu(const torch::Tensor&, const GemvWeight&, const GemvWeight&, const GemvNormStep*) {
   absent();
 }
+torch::Tensor gemv_qkv_rope(const torch::Tensor&, const std::vector<GemvWeight>&, const DecodeAttentionInputs&,
+                            const GemvNormStep*) {
+  absent();
+}
 torch::Tensor gemv_residual(const torch::Tensor&, const GemvWeight&, const torch::Tensor&) { absent(); }
 torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { absent(); }
 torch::Tensor silu_mul(const torch::Tensor&, const torch::Tensor&) { absent(); }
