@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cp_async.cuh"
 #include "kernels/element.cuh"
 #include "kernels/launch.cuh"
 #include "kernels/rope.cuh"
@@ -12,7 +13,8 @@ namespace {
 
 constexpr int kThreads = 128;          // per attention block: 4 warps
 constexpr long kMinKeysPerSplit = 64;  // a split never reads fewer positions than this (except the last one)
-constexpr int kUnroll = 4;             // keys each thread loads before it computes: bytes in flight per thread
+constexpr int kUnroll = 4;             // keys a thread takes per batch
+constexpr int kStages = 3;             // batches in shared memory: kStages - 1 in flight while one is computed
 
 // The splits that hold positions for a row of `length` cached positions, and split s's range. Both kernels compute
 // it from the length in device memory, so a captured graph adapts to every step.
@@ -118,20 +120,56 @@ __global__ void __launch_bounds__(kThreads)
   const long base = (static_cast<long>(row) * a.kv_heads + kh) * a.capacity * d + lane * 8;
   const T* keys = static_cast<const T*>(a.k_cache) + base;
   const T* values = static_cast<const T*>(a.v_cache) + base;
-  for (long k0 = range.begin; k0 < range.end; k0 += kUnroll * KG) {
+  // Keys and values stream through shared memory by cp.async, kStages - 1 batches ahead of the one computed: with
+  // loads into registers a thread had nothing in flight while it computed, and registers bound how many batches it
+  // could hold. Each thread copies and reads back only its own pieces, so its own waits order them (no barrier).
+  extern __shared__ uint4 staged_keys[];  // [kStages][kUnroll][key, value][kWords][kThreads]
+  constexpr int kWords = sizeof(T) * 8 / 16;  // 16-byte pieces of a lane's 8 channels
+  constexpr int kStep = kUnroll * KG;         // keys a block takes per batch
+  auto piece = [&](int st, int u, int kind, int w) {
+    return staged_keys + (((st * kUnroll + u) * 2 + kind) * kWords + w) * kThreads + threadIdx.x;
+  };
+  auto copy_batch = [&](long k0, int st) {  // keys past the split, and lanes past head_dim, get zeros
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const long key = k0 + u * KG + kg;
+      const bool real = key < range.end && has_dims;
+      const T* k_src = real ? keys + key * d : keys;
+      const T* v_src = real ? values + key * d : values;
+#pragma unroll
+      for (int w = 0; w < kWords; ++w) {
+        copy_async<16>(piece(st, u, 0, w), k_src + w * (16 / sizeof(T)), real);
+        copy_async<16>(piece(st, u, 1, w), v_src + w * (16 / sizeof(T)), real);
+      }
+    }
+    commit_copies();
+  };
+  auto unpack_piece = [&](int st, int u, int kind, float (&v)[8]) {
+    if constexpr (kWords == 1) {
+      unpack8<T>(*piece(st, u, kind, 0), v);
+    } else {
+#pragma unroll
+      for (int w = 0; w < kWords; ++w) {
+        const uint4 p = *piece(st, u, kind, w);
+        v[4 * w] = __uint_as_float(p.x), v[4 * w + 1] = __uint_as_float(p.y);
+        v[4 * w + 2] = __uint_as_float(p.z), v[4 * w + 3] = __uint_as_float(p.w);
+      }
+    }
+  };
+#pragma unroll
+  for (int st = 0; st + 1 < kStages; ++st) copy_batch(range.begin + st * kStep, st);
+  int stage = 0;  // of the batch at k0
+  for (long k0 = range.begin; k0 < range.end; k0 += kStep) {
+    // Into the stage computed last time (this thread has read its pieces there), then wait for this batch.
+    copy_batch(k0 + (kStages - 1) * kStep, (stage + kStages - 1) % kStages);
+    staged_but<kStages - 1>();
     float kv[kUnroll][8], vv[kUnroll][8];
     bool valid[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const long key = k0 + u * KG + kg;
-      valid[u] = key < range.end;
-      if (valid[u] && has_dims) {
-        load_floats(keys + key * d, kv[u]);
-        load_floats(values + key * d, vv[u]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) kv[u][i] = vv[u][i] = 0.f;
-      }
+      valid[u] = k0 + u * KG + kg < range.end;
+      unpack_piece(stage, u, 0, kv[u]);
+      unpack_piece(stage, u, 1, vv[u]);
     }
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) {
@@ -160,11 +198,17 @@ __global__ void __launch_bounds__(kThreads)
       }
       m[g] = mx;
     }
+    stage = stage + 1 == kStages ? 0 : stage + 1;
   }
 
-  // Merge the key groups' softmax states, then write this split's (unnormalised sum, max, denominator).
-  __shared__ float s_m[GMAX][KG], s_l[GMAX][KG];
-  __shared__ float s_acc[GMAX][KG][LANES * 8];
+  // Merge the key groups' softmax states, then write this split's (unnormalised sum, max, denominator). The states
+  // go where the batches were, once every thread is done with its pieces (and its last, empty copies).
+  staged();
+  __syncthreads();
+  float* merge = reinterpret_cast<float*>(staged_keys);
+  auto& s_acc = *reinterpret_cast<float(*)[GMAX][KG][LANES * 8]>(merge);
+  auto& s_m = *reinterpret_cast<float(*)[GMAX][KG]>(merge + GMAX * KG * LANES * 8);
+  auto& s_l = *reinterpret_cast<float(*)[GMAX][KG]>(merge + GMAX * KG * (LANES * 8 + 1));
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) {
     if (lane == 0) s_m[g][kg] = m[g], s_l[g][kg] = l[g];
@@ -186,6 +230,15 @@ __global__ void __launch_bounds__(kThreads)
     out[i] = sum;
     if (i == 0) out[d] = mx, out[d + 1] = den;
   }
+}
+
+// Dynamic shared memory of attention_split_kernel<T, LANES, GMAX>: the staged batches, or the merge of its key
+// groups' states after them, whichever is larger.
+template <typename T, int LANES, int GMAX>
+constexpr size_t split_shared_bytes() {
+  constexpr size_t batches = static_cast<size_t>(kStages) * kUnroll * 2 * kThreads * sizeof(T) * 8;
+  constexpr size_t merge = static_cast<size_t>(GMAX) * (kThreads / LANES) * (LANES * 8 + 2) * sizeof(float);
+  return batches > merge ? batches : merge;
 }
 
 // grid (heads, b): merges the active splits of one query head. The splits' maxima and weights are read in parallel
@@ -234,20 +287,20 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttentio
 }
 
 // The split kernel reads the rotated q from the workspace step 1 wrote, or from the qkv product's output.
-template <typename T, int LANES>
-void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStream_t stream) {
-  const LaunchShape shape(dim3(a.splits, a.kv_heads, a.b), dim3(kThreads));
+template <typename T, int LANES, int GMAX>
+void launch_split(const DecodeAttention& a, float q_scale, cudaStream_t stream) {
+  const LaunchShape shape(dim3(a.splits, a.kv_heads, a.b), dim3(kThreads), split_shared_bytes<T, LANES, GMAX>());
   const void* q = a.rope_done ? a.q : a.q_rotated;
   const long q_row = a.rope_done ? a.q_row : static_cast<long>(a.heads) * a.head_dim;
-  if (groups <= 1) {
-    launch_kernel(attention_split_kernel<T, LANES, 1>, shape, stream, a, q, q_row, q_scale);
-  } else if (groups <= 2) {
-    launch_kernel(attention_split_kernel<T, LANES, 2>, shape, stream, a, q, q_row, q_scale);
-  } else if (groups <= 4) {
-    launch_kernel(attention_split_kernel<T, LANES, 4>, shape, stream, a, q, q_row, q_scale);
-  } else {
-    launch_kernel(attention_split_kernel<T, LANES, 8>, shape, stream, a, q, q_row, q_scale);
-  }
+  launch_kernel(attention_split_kernel<T, LANES, GMAX>, shape, stream, a, q, q_row, q_scale);
+}
+
+template <typename T, int LANES>
+void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStream_t stream) {
+  if (groups <= 1) launch_split<T, LANES, 1>(a, q_scale, stream);
+  else if (groups <= 2) launch_split<T, LANES, 2>(a, q_scale, stream);
+  else if (groups <= 4) launch_split<T, LANES, 4>(a, q_scale, stream);
+  else launch_split<T, LANES, 8>(a, q_scale, stream);
 }
 
 }  // namespace

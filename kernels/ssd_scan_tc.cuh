@@ -15,6 +15,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "kernels/cp_async.cuh"
 #include "kernels/element.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/ssd_chunk.cuh"
@@ -82,20 +83,6 @@ struct RowWalk {
   }
 };
 
-// One asynchronous copy of kBytes (4, 8 or 16, both addresses aligned to it) from global to shared memory, or, when
-// not `real`, kBytes of zeros written without reading `from` (which must still be a valid address).
-template <int kBytes>
-__device__ __forceinline__ void copy_async(void* to, const void* from, bool real) {
-  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(to));
-  if constexpr (kBytes == 16) {  // .cg: around L1, which these streams do not revisit
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(from), "r"(real ? 16 : 0));
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(from), "n"(kBytes),
-                 "r"(real ? kBytes : 0));
-  }
-}
-
 // Copies token rows into a row-major shared tile of `rows` x `width` 16-bit elements (ld per row): row r from
 // src(r) (null: a row of zeros), `cols` real columns, zeros up to `width` (a multiple of 16). When every row start
 // is 16-byte aligned (`vector`) the copies are cp.async: all of a block's copies are in flight at once instead of one
@@ -112,7 +99,7 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
       const void* from = real ? static_cast<const void*>(row + c) : static_cast<const void*>(tile);
       copy_async<16>(tile + r * ld + c, from, real);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    commit_copies();
     return;
   }
   const T zero = from_float<T>(0.f);
@@ -123,15 +110,6 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
   }
 }
 
-// Waits for this thread's cp.async copies (see stage_rows).
-__device__ __forceinline__ void staged() { asm volatile("cp.async.wait_all;\n" ::); }
-
-// Waits for this thread's cp.async copies except the kPending most recently committed groups (a vector stage_rows
-// call commits one): double buffering.
-template <int kPending>
-__device__ __forceinline__ void staged_but() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 
 // Shared memory of chunk_state_tc: per-token weights, then row-major tiles of the source tile: w x split in `parts`
 // 16-bit parts [64, 64 of p] each (xw, part i at xw + i * xw_part), B [64, n].
@@ -411,7 +389,7 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
         copy_async<4>(st + lay.dtp_cols + k * sizeof(float), a.dtp + si, real);
       }
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    commit_copies();
   };
 
   float acc[kTcRows / 8][4];
