@@ -15,6 +15,13 @@ constexpr int kThreads = 128;          // per attention block: 4 warps
 constexpr long kMinKeysPerSplit = 64;  // a split never reads fewer positions than this (except the last one)
 constexpr int kUnroll = 4;             // keys a thread takes per batch
 constexpr int kStages = 3;             // batches in shared memory: kStages - 1 in flight while one is computed
+// Split blocks per SM: the grid is one wave of them. With two batches each in flight, two blocks keep as many bytes
+// in flight per SM as four did loading into registers. Left to itself the driver gives the kernel the largest
+// carveout (196 KB, for four blocks of 48 KB; ncu) while the products around it run at 32 or 100 KB, and an SM
+// changes carveout only when empty. Teacher ms per token at 1K / 32K / 103K on the H100 (docs/gpu-results.md,
+// tenth session): 4 blocks, the driver's carveout 2.40 / - / 7.09; 4 blocks, a 50% carveout 2.30 / 4.04 / 6.99;
+// 2 blocks and their carveout 2.30 / 3.74 / 6.72.
+constexpr int kSplitBlocksPerSm = 2;
 
 // The splits that hold positions for a row of `length` cached positions, and split s's range. Both kernels compute
 // it from the length in device memory, so a captured graph adapts to every step.
@@ -289,7 +296,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DecodeAttentio
 // The split kernel reads the rotated q from the workspace step 1 wrote, or from the qkv product's output.
 template <typename T, int LANES, int GMAX>
 void launch_split(const DecodeAttention& a, float q_scale, cudaStream_t stream) {
-  const LaunchShape shape(dim3(a.splits, a.kv_heads, a.b), dim3(kThreads), split_shared_bytes<T, LANES, GMAX>());
+  constexpr size_t bytes = split_shared_bytes<T, LANES, GMAX>();
+  LaunchShape shape(dim3(a.splits, a.kv_heads, a.b), dim3(kThreads), bytes);
+  shape.carveout = shared_carveout_for(kSplitBlocksPerSm, bytes);
   const void* q = a.rope_done ? a.q : a.q_rotated;
   const long q_row = a.rope_done ? a.q_row : static_cast<long>(a.heads) * a.head_dim;
   launch_kernel(attention_split_kernel<T, LANES, GMAX>, shape, stream, a, q, q_row, q_scale);
@@ -306,7 +315,9 @@ void launch_split(const DecodeAttention& a, float q_scale, int groups, cudaStrea
 }  // namespace
 
 int decode_attention_splits(int b, int kv_heads, long capacity, int sm_count) {
-  const long by_sms = (4L * sm_count + static_cast<long>(b) * kv_heads - 1) / (static_cast<long>(b) * kv_heads);
+  const long by_sms =
+      (static_cast<long>(kSplitBlocksPerSm) * sm_count + static_cast<long>(b) * kv_heads - 1) /
+      (static_cast<long>(b) * kv_heads);
   const long by_cache = (capacity + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   return static_cast<int>(std::max(1L, std::min({by_sms, by_cache, static_cast<long>(kCombineMaxSplits)})));
 }

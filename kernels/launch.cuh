@@ -39,6 +39,9 @@ struct LaunchShape {
   dim3 grid, block;
   size_t shared;  // dynamic shared memory bytes
   int cluster;    // blocks per cluster along x (> 1: the kernel was compiled for clusters, grid.x a multiple of it)
+  // >= 0: the kernel's preferred shared memory carveout (shared_carveout_for), where the driver's own choice for the
+  // most blocks per SM would differ from the kernels around it (see decode_attention.cu).
+  int carveout = -1;
 };
 
 // Whether Kernel's code as it runs on the current device has clusters: the device is 9.0+ and the binary chosen
@@ -77,6 +80,9 @@ void launch_kernel(void (*kernel)(Params...), const LaunchShape& shape, cudaStre
   if (shape.shared > 32 * 1024) {
     CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(shape.shared)));
+  }
+  if (shape.carveout >= 0) {
+    CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, shape.carveout));
   }
   cudaLaunchConfig_t config = {};
   config.gridDim = shape.grid;

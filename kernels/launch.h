@@ -11,6 +11,8 @@
  */
 #pragma once
 
+#include <cstddef>
+
 namespace carve::kernels {
 
 // Whether the current device overlaps dependent launches: compute capability 9.0 or newer, unless the environment
@@ -19,5 +21,9 @@ bool dependent_launch_enabled();
 
 // Whether the current device runs thread block clusters (compute capability 9.0 or newer).
 bool clusters_supported();
+
+// The shared memory carveout (percent of the unified L1 / shared memory) that fits `blocks` blocks of
+// `bytes_per_block` on an SM of the current device, for LaunchShape::carveout.
+int shared_carveout_for(int blocks, size_t bytes_per_block);
 
 }  // namespace carve::kernels
