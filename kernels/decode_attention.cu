@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int st = 0; st + 1 < kStages; ++st) copy_batch(range.begin + st * kStep, st);
   int stage = 0;  // of the batch at k0
   for (long k0 = range.begin; k0 < range.end; k0 += kStep) {
-    // Into the stage computed last time (this thread has read its pieces there), then wait for this batch.
+    // Into the stage computed last time (this thread has read its pieces there; on the first pass, the stage the
+    // prologue left empty), then wait for this batch.
     copy_batch(k0 + (kStages - 1) * kStep, (stage + kStages - 1) % kStages);
     staged_but<kStages - 1>();
     float kv[kUnroll][8], vv[kUnroll][8];

@@ -25,7 +25,8 @@ struct DecodeAttention {
   long capacity = 0;  // positions each cache row holds
   float rope_theta = 10000.f;
   ElementType dtype = ElementType::bf16;
-  // The new token's projections before RoPE: row r of q starts at q + r * q_row (elements), and so on.
+  // The new token's projections, before RoPE (after it for q and k with rope_done): row r of q starts at q + r *
+  // q_row (elements), and so on.
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;

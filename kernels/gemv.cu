@@ -111,8 +111,9 @@ __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x
   __syncthreads();
 }
 
-// A warp reduces two weight rows (w0, w1) against B rows of x; SwiGLU pairs row j of gate with row j of up, the
-// other epilogues take two consecutive rows of one part. With grid.split > 1, that many warps share the rows.
+// A warp reduces two weight rows (w0, w1) against B rows of x; SwiGLU pairs row j of gate with row j of up,
+// rope_cache's q and k the two rows RoPE mixes (rope_rows), the other epilogues two consecutive rows of one part.
+// With grid.split > 1, that many warps share the rows.
 // (rope_cache's epilogue would take one row's kernel from 64 to 70 registers, 7 blocks per SM instead of 8, like the
 // other epilogues at one row of x: its bounds keep 8, without spills.)
 template <typename T, int B, GemvEpilogue E>

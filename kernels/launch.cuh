@@ -75,8 +75,9 @@ void launch_kernel(void (*kernel)(Params...), const LaunchShape& shape, cudaStre
     attributes[count].val.clusterDim.z = 1;
     ++count;
   }
-  // Past 48 KB of shared memory a block needs the kernel's opt-in (static and dynamic together: from 32 KB on, the
-  // attribute is set, which costs nothing where it was not needed).
+  // A block with more than 48 KB of shared memory, static and dynamic together, needs the kernel's opt-in. It is set
+  // from 32 KB of dynamic memory on (no decode kernel has 16 KB of static memory), which costs nothing where it was
+  // not needed.
   if (shape.shared > 32 * 1024) {
     CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(shape.shared)));

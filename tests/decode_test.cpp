@@ -362,8 +362,12 @@ TEST(DecodeAttentionKernel, RopeInTheQkvProductMatchesItsOwnRope) {
     EXPECT_TRUE(torch::equal(fused_in.k_cache, own.k_cache)) << what << ": keys";
     EXPECT_TRUE(torch::equal(fused_in.v_cache, own.v_cache)) << what << ": values";
     EXPECT_TRUE(torch::equal(fused_in.v, own.v)) << what << ": v columns";
-    // The q columns are rotated (no position here is 0, where RoPE is the identity).
+    // The q columns are rotated (no position here is 0, where RoPE is the identity); the k columns are the keys
+    // written at each row's position.
     EXPECT_FALSE(torch::equal(fused_in.q, own.q)) << what << ": q columns";
+    for (int64_t r = 0; r < rows; ++r)
+      EXPECT_TRUE(torch::equal(fused_in.k[r], fused_in.k_cache[r].select(1, positions[r]).reshape({-1})))
+          << what << ": k columns of row " << r;
   }
   // Heads that do not match the weights' rows are refused by name.
   auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
@@ -376,6 +380,14 @@ TEST(DecodeAttentionKernel, RopeInTheQkvProductMatchesItsOwnRope) {
                                          {torch::randn({32, 64}, opts), Tensor()}};
   const auto message = test::error_of([&] { fused::gemv_qkv_rope(torch::randn({1, 64}, opts), wrong, in); });
   EXPECT_NE(message.find("gemv_qkv_rope: q, k and v must have 64, 32 and 32 rows"), std::string::npos) << message;
+  // So are caches of different capacities.
+  const std::vector<GemvWeight> right = {{torch::randn({64, 64}, opts), Tensor()},
+                                         {torch::randn({32, 64}, opts), Tensor()},
+                                         {torch::randn({32, 64}, opts), Tensor()}};
+  in.v_cache = torch::zeros({1, 2, 4, 16}, opts);
+  const auto capacities = test::error_of([&] { fused::gemv_qkv_rope(torch::randn({1, 64}, opts), right, in); });
+  EXPECT_NE(capacities.find("gemv_qkv_rope: the key and value caches must hold as many positions"), std::string::npos)
+      << capacities;
 }
 
 TEST(InferenceKernels, RmsNormAndSiluMulMatchTheReference) {

@@ -37,6 +37,9 @@ void check_cache_and_positions(const DecodeAttentionInputs& in, int64_t b, const
                     t->is_contiguous() && t->scalar_type() == like.scalar_type() && t->device() == like.device(),
                 what, ": the caches must be contiguous [", b, ", ", in.kv_heads, ", capacity, ", d, "] like ",
                 describe_tensor(like), "; got ", describe_tensor(*t));
+  CARVE_CHECK(in.k_cache.size(2) == in.v_cache.size(2), what,
+              ": the key and value caches must hold as many positions; got ", describe_tensor(in.k_cache), " and ",
+              describe_tensor(in.v_cache));
   CARVE_CHECK(in.positions.dim() == 1 && in.positions.size(0) == b && in.positions.scalar_type() == torch::kInt64 &&
                   in.positions.is_contiguous() && in.positions.device() == like.device(),
               what, ": positions must be [", b, "] int64 on ", like.device().str(), "; got ",
