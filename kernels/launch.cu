@@ -4,6 +4,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace carve::kernels {
 namespace {
@@ -40,6 +43,39 @@ bool dependent_launch_allowed_by_environment() {
 bool dependent_launch_enabled() { return dependent_launch_allowed_by_environment() && capability_major() >= 9; }
 
 bool clusters_supported() { return capability_major() >= 9; }
+
+namespace {
+
+// The attribute values set so far, per (device, kernel, attribute).
+std::mutex attributes_mutex;
+std::map<std::tuple<int, const void*, int>, int>& attributes_set() {
+  static std::map<std::tuple<int, const void*, int>, int> set;
+  return set;
+}
+
+// Sets `attribute` to `value` unless it already holds it (or, with `raise_only`, a larger value).
+void set_attribute(const void* kernel, cudaFuncAttribute attribute, int value, bool raise_only) {
+  int device = 0;
+  CARVE_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(attributes_mutex);
+  const auto key = std::make_tuple(device, kernel, static_cast<int>(attribute));
+  auto& set = attributes_set();
+  const auto it = set.find(key);
+  if (it != set.end() && (it->second == value || (raise_only && it->second > value))) return;
+  CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, attribute, value));
+  set[key] = value;
+}
+
+}  // namespace
+
+void allow_dynamic_shared(const void* kernel, size_t bytes) {
+  if (bytes > 0)
+    set_attribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes), /*raise_only=*/true);
+}
+
+void prefer_carveout(const void* kernel, int percent) {
+  set_attribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent, /*raise_only=*/false);
+}
 
 int shared_carveout_for(int blocks, size_t bytes_per_block) {
   const long per_sm = device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>();

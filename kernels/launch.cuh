@@ -75,16 +75,9 @@ void launch_kernel(void (*kernel)(Params...), const LaunchShape& shape, cudaStre
     attributes[count].val.clusterDim.z = 1;
     ++count;
   }
-  // A block with more than 48 KB of shared memory, static and dynamic together, needs the kernel's opt-in. It is set
-  // from 32 KB of dynamic memory on (no decode kernel has 16 KB of static memory), which costs nothing where it was
-  // not needed.
-  if (shape.shared > 32 * 1024) {
-    CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(shape.shared)));
-  }
-  if (shape.carveout >= 0) {
-    CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, shape.carveout));
-  }
+  const void* function = reinterpret_cast<const void*>(kernel);
+  allow_dynamic_shared(function, shape.shared);
+  if (shape.carveout >= 0) prefer_carveout(function, shape.carveout);
   cudaLaunchConfig_t config = {};
   config.gridDim = shape.grid;
   config.blockDim = shape.block;

@@ -26,4 +26,11 @@ bool clusters_supported();
 // `bytes_per_block` on an SM of the current device, for LaunchShape::carveout.
 int shared_carveout_for(int blocks, size_t bytes_per_block);
 
+// Function attributes of a kernel on the current device, set through the driver only when they change (a decode
+// step launches the same kernels hundreds of times, and these calls are host work on every launch otherwise):
+// allow_dynamic_shared raises the kernel's dynamic shared memory limit to at least `bytes` (needed past 48 KB with
+// the static part); prefer_carveout sets its preferred carveout in percent.
+void allow_dynamic_shared(const void* kernel, size_t bytes);
+void prefer_carveout(const void* kernel, int percent);
+
 }  // namespace carve::kernels

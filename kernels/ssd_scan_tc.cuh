@@ -17,6 +17,7 @@
 
 #include "kernels/cp_async.cuh"
 #include "kernels/element.cuh"
+#include "kernels/launch.h"
 #include "kernels/mma.cuh"
 #include "kernels/ssd_chunk.cuh"
 
@@ -453,7 +454,7 @@ __global__ void __launch_bounds__(kTcThreads) chunk_dcb_tc_kernel(ChunkDcbTc<T> 
 // Opts a kernel into `bytes` of dynamic shared memory (above 48 KiB needs it) and launches it.
 template <typename Kernel, typename Args>
 void launch_with_smem(Kernel kernel, dim3 grid, size_t bytes, cudaStream_t stream, const Args& args) {
-  CARVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  allow_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
   kernel<<<grid, kTcThreads, bytes, stream>>>(args);
   CARVE_CUDA_CHECK_LAUNCH();
 }

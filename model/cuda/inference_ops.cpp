@@ -76,11 +76,13 @@ torch::Tensor decode_attention(const DecodeAttentionInputs& in) {
   a.splits = kernels::decode_attention_splits(a.b, a.kv_heads, a.capacity,
                                               at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   a.rope_done = in.rope_done;
+  // q's workspace for the attention's own RoPE step.
   torch::Tensor q_rotated = in.rope_done ? torch::Tensor() : fresh({b, in.heads, d}, in.q.options());
   torch::Tensor partial = fresh({static_cast<int64_t>(kernels::decode_attention_partial_floats(a))},
                                 in.q.options().dtype(torch::kFloat));
   torch::Tensor out = fresh({b, in.heads * d}, in.q.options());
-  a.q_rotated = in.rope_done ? nullptr : q_rotated.data_ptr(), a.partial = partial.data_ptr<float>(), a.out = out.data_ptr();
+  a.q_rotated = q_rotated.defined() ? q_rotated.data_ptr() : nullptr;
+  a.partial = partial.data_ptr<float>(), a.out = out.data_ptr();
   kernels::decode_attention(a, stream());
   return out;
 }
