@@ -51,36 +51,61 @@ __device__ float bias_of(const void* bias, int row) {
   return bias ? to_float(static_cast<const T*>(bias)[row]) : 0.f;
 }
 
+// The norm weight into L1 before the wait for the previous kernel (it is constant while decoding), a 128-byte line
+// per thread, so that norm_rows' second pass finds it there instead of waiting on L2 after the block's sums.
+template <typename T>
+__device__ __forceinline__ void prefetch_norm_weight(const void* weight, int k) {
+  const char* w = static_cast<const char*>(weight);
+  for (int line = threadIdx.x; line * 128 < k * static_cast<int>(sizeof(T)); line += kWarps * 32)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(w + line * 128));
+}
+
 // rms_norm(x [+ delta]) of every row into xs [B][chunks] (16-byte chunks), by all threads of the block, with
 // kernels/inference_ops' rounding. Block 0 also writes x + delta to norm.sum.
+// A thread takes its chunks two at a time, both loads issued before either is used: under the other blocks' weight
+// loads a round trip to L2 is slow, and a loop of one load per iteration waits it out once per chunk. (One warp
+// normalizing all of k for itself waited out 8 in a row and took a token from 2.30 to 3.45-3.71 ms; docs/kernels.md.)
 // (Arguments by value: a reference to the kernel's parameter would copy it to local memory.)
 template <typename T, int B>
 __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x_stride, uint4* xs) {
+  constexpr int kThreads = kWarps * 32;
   const int chunks = k / 8;
   const long x_row = x_stride / 8;
   const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(x_in));
   const uint4* delta = reinterpret_cast<const uint4*>(static_cast<const T*>(nm.delta));
   uint4* sum_out = reinterpret_cast<uint4*>(static_cast<T*>(nm.sum));
+  const uint4 zero = make_uint4(0, 0, 0, 0);
   float ss[B];
 #pragma unroll
   for (int b = 0; b < B; ++b) {
     ss[b] = 0.f;
     if (b >= rows) continue;
-    for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
-      uint4 raw = __ldg(x + b * x_row + c);
-      float v[8];
-      unpack8<T>(raw, v);
-      if (delta) {
-        float dv[8];
-        unpack8<T>(__ldg(delta + b * x_row + c), dv);
+    for (int c0 = threadIdx.x; c0 < chunks; c0 += 2 * kThreads) {
+      const int c[2] = {c0, c0 + kThreads};
+      const bool has[2] = {true, c[1] < chunks};
+      uint4 raw[2], d[2];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i] + dv[i]));
-        raw = pack8<T>(v);
-        if (blockIdx.x == 0) sum_out[b * x_row + c] = raw;
+      for (int j = 0; j < 2; ++j) {
+        raw[j] = has[j] ? __ldg(x + b * x_row + c[j]) : zero;
+        d[j] = delta && has[j] ? __ldg(delta + b * x_row + c[j]) : zero;
       }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) ss[b] = fmaf(v[i], v[i], ss[b]);
-      xs[b * chunks + c] = raw;
+      for (int j = 0; j < 2; ++j) {
+        if (!has[j]) break;
+        float v[8];
+        unpack8<T>(raw[j], v);
+        if (delta) {
+          float dv[8];
+          unpack8<T>(d[j], dv);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i] + dv[i]));
+          raw[j] = pack8<T>(v);
+          if (blockIdx.x == 0) sum_out[b * x_row + c[j]] = raw[j];
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ss[b] = fmaf(v[i], v[i], ss[b]);
+        xs[b * chunks + c[j]] = raw[j];
+      }
     }
   }
   __shared__ float partial[kWarps][B];
@@ -91,21 +116,35 @@ __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x
   }
   __syncthreads();
   const uint4* w = reinterpret_cast<const uint4*>(static_cast<const T*>(nm.weight));
+  float rstd[B];
 #pragma unroll
   for (int b = 0; b < B; ++b) {
-    if (b >= rows) break;
     float total = 0.f;
 #pragma unroll
     for (int i = 0; i < kWarps; ++i) total += partial[i][b];
-    const float rstd = rsqrtf(total / static_cast<float>(k) + nm.eps);
-    // Each thread rewrites the chunks it wrote above: no barrier between the two passes.
-    for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
-      float v[8], wv[8];
-      unpack8<T>(xs[b * chunks + c], v);
-      unpack8<T>(__ldg(w + c), wv);
+    rstd[b] = rsqrtf(total / static_cast<float>(k) + nm.eps);
+  }
+  // Each thread rewrites the chunks it wrote above: no barrier between the two passes.
+  for (int c0 = threadIdx.x; c0 < chunks; c0 += 2 * kThreads) {
+    const int c[2] = {c0, c0 + kThreads};
+    const bool has[2] = {true, c[1] < chunks};
+    uint4 wraw[2];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = wv[i] * to_float(from_float<T>(v[i] * rstd));
-      xs[b * chunks + c] = pack8<T>(v);
+    for (int j = 0; j < 2; ++j) wraw[j] = has[j] ? __ldg(w + c[j]) : zero;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if (!has[j]) break;
+      float wv[8];
+      unpack8<T>(wraw[j], wv);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        if (b >= rows) break;
+        float v[8];
+        unpack8<T>(xs[b * chunks + c[j]], v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = wv[i] * to_float(from_float<T>(v[i] * rstd[b]));
+        xs[b * chunks + c[j]] = pack8<T>(v);
+      }
     }
   }
   __syncthreads();
@@ -114,10 +153,10 @@ __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x
 // A warp reduces two weight rows (w0, w1) against B rows of x; SwiGLU pairs row j of gate with row j of up,
 // rope_cache's q and k the two rows RoPE mixes (rope_rows), the other epilogues two consecutive rows of one part.
 // With grid.split > 1, that many warps share the rows.
-// (rope_cache's epilogue would take one row's kernel from 64 to 70 registers, 7 blocks per SM instead of 8, like the
-// other epilogues at one row of x: its bounds keep 8, without spills.)
+// (At one row of x, rope_cache's epilogue and the norm's paired loads would take the kernel from 64 registers to
+// 70-72, 7 blocks per SM instead of 8: the bounds keep 8.)
 template <typename T, int B, GemvEpilogue E>
-__global__ void __launch_bounds__(kWarps * 32, E == GemvEpilogue::rope_cache && B == 1 ? 8 : 0)
+__global__ void __launch_bounds__(kWarps * 32, B == 1 ? 8 : 0)
     gemv_kernel(Gemv g, GemvGrid grid) {
   let_next_kernel_launch();
   extern __shared__ uint4 normed_x[];  // [B][k / 8] when g.norm.weight is set
@@ -172,16 +211,35 @@ __global__ void __launch_bounds__(kWarps * 32, E == GemvEpilogue::rope_cache && 
   int c0 = slice * 32 + lane;
   // The weights are constant while decoding: their first loads are in flight while the previous kernel finishes.
   // (Measured against prefetching them into L2 only, and against no preload: docs/kernels.md.)
+  // No caller puts a norm before the residual's product (the output projections): its code stays without one.
+  constexpr bool kMayNorm = E != GemvEpilogue::residual;
   if (active) load_weights(c0);
+  if (kMayNorm && g.norm.weight) prefetch_norm_weight<T>(g.norm.weight, g.k);
   wait_for_previous_kernel();
 
   // x as 16-byte chunks: normed in shared memory, or read from global memory as it is.
   const uint4* x = reinterpret_cast<const uint4*>(static_cast<const T*>(g.x));
   long x_row = g.x_row / 8;
-  if (g.norm.weight) {
+  if (kMayNorm && g.norm.weight) {
     norm_rows<T, B>(g.norm, g.rows, g.k, g.x, g.x_row, normed_x);
     x = normed_x;
     x_row = chunks;
+  }
+  // At one or two rows, the residual's values are loaded now, so that their round trip overlaps the dot products
+  // instead of following them (x + delta of the norm before: written by the previous kernel). At more rows they
+  // would cost registers, and blocks per SM.
+  constexpr bool kResidualEarly = E == GemvEpilogue::residual && B <= 2;
+  float res[kRowsPerWarp][B] = {};
+  if constexpr (kResidualEarly) {
+    if (active && lane == 0 && slice == 0) {
+      const T* residual = static_cast<const T*>(g.residual);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        if (b >= g.rows) break;
+        res[0][b] = to_float(residual[b * g.residual_row + row0]);
+        if (second) res[1][b] = to_float(residual[b * g.residual_row + row0 + 1]);
+      }
+    }
   }
   float acc[kRowsPerWarp][B];
 #pragma unroll
@@ -267,8 +325,9 @@ __global__ void __launch_bounds__(kWarps * 32, E == GemvEpilogue::rope_cache && 
         const int row = row0 + r;
         const T product = from_float<T>(acc[r][b] + bias_of<T>(pt.bias, row));
         if constexpr (E == GemvEpilogue::residual) {
-          const float res = to_float(static_cast<const T*>(g.residual)[b * g.residual_row + row]);
-          y[b * g.y_row + row] = from_float<T>(res + to_float(product));
+          const float residual =
+              kResidualEarly ? res[r][b] : to_float(static_cast<const T*>(g.residual)[b * g.residual_row + row]);
+          y[b * g.y_row + row] = from_float<T>(residual + to_float(product));
         } else {
           const int col = first_col + row;
           const bool conv = col >= g.conv.begin && col < g.conv.end;
@@ -341,8 +400,8 @@ void check(const Gemv& g) {
       break;
     case GemvEpilogue::residual:
       CARVE_KERNEL_REQUIRE(g.num_parts == 1 && g.residual && g.y_row >= g.parts[0].n &&
-                               g.residual_row >= g.parts[0].n,
-                           "gemv: residual takes one part and the residual");
+                               g.residual_row >= g.parts[0].n && !g.norm.weight,
+                           "gemv: residual takes one part and the residual, and no norm");
       break;
     case GemvEpilogue::rope_cache: {
       const GemvRope& r = g.rope;

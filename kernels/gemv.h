@@ -94,7 +94,7 @@ struct Gemv {
   GemvPart parts[kGemvMaxParts];
   int num_parts = 1;
   GemvEpilogue epilogue = GemvEpilogue::plain;
-  GemvNorm norm;                   // any epilogue; gemv_norm_supports bounds rows x k (shared memory)
+  GemvNorm norm;                   // any epilogue but residual; gemv_norm_supports bounds rows x k (shared memory)
   GemvConv conv;                   // plain only; ignored when conv.end == conv.begin
   GemvRope rope;                   // rope_cache only
   const void* residual = nullptr;  // residual: [rows, n], row stride residual_row
