@@ -63,8 +63,9 @@ __device__ __forceinline__ void prefetch_norm_weight(const void* weight, int k) 
 // rms_norm(x [+ delta]) of every row into xs [B][chunks] (16-byte chunks), by all threads of the block, with
 // kernels/inference_ops' rounding. Block 0 also writes x + delta to norm.sum.
 // A thread takes its chunks two at a time, both loads issued before either is used: under the other blocks' weight
-// loads a round trip to L2 is slow, and a loop of one load per iteration waits it out once per chunk. (One warp
-// normalizing all of k for itself waited out 8 in a row and took a token from 2.30 to 3.45-3.71 ms; docs/kernels.md.)
+// loads a round trip to L2 is slow, and a loop that stores each chunk's sum to global memory before the next load
+// (which the store might alias) waits it out once per chunk. (Each warp normalizing all of k for itself, without the
+// block's barriers, took a token from 2.30 to 3.45-3.71 ms; docs/kernels.md.)
 // (Arguments by value: a reference to the kernel's parameter would copy it to local memory.)
 template <typename T, int B>
 __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x_stride, uint4* xs) {
