@@ -8,10 +8,28 @@
 
 build=${BUILD_DIR:-/tmp/bg}
 base_build=/tmp/carve-base
-mkdir -p "$out"
+# A device call returns at most 8 files from its output folder: one cut off by its time limit, before its logs were
+# packed, returned 8 bench files and not the summary or the test log (docs/gpu-results.md, eleventh session, call 2).
+# So every log and raw result goes to a work folder, and each step publishes the summary and an archive of that
+# folder (logs.tgz) to the output folder: at most three files there, plus what a script publishes by name.
+results=$out
+out=$(mktemp -d /tmp/carve-check.XXXXXX)
+mkdir -p "$results"
 summary="$out/summary.txt"
 
-step() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$summary"; }
+# publish [FILE...]: the summary, the archive of the work folder, and these files of it, into the output folder.
+publish() {
+  local f
+  for f in "$@"; do [ -f "$out/$f" ] && cp -f "$out/$f" "$results/"; done
+  [ -f "$summary" ] && cp -f "$summary" "$results/summary.txt"
+  tar czf "$results/logs.tgz.part" -C "$out" --exclude=./summary.txt . 2>/dev/null &&
+    mv -f "$results/logs.tgz.part" "$results/logs.tgz"
+}
+
+step() {
+  echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$summary"
+  publish
+}
 
 gpu_check_build() {
   step build

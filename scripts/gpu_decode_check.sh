@@ -15,7 +15,8 @@
 #   NCU=1: per-kernel times of one decode step (ncu, 4 layers, 1K, launched one by one) for teacher and linear
 #   NCU_DETAIL=1: ncu's speed-of-light, memory, occupancy and warp-stall sections for the products of the linear
 #     student's last decode step (2 layers, launched one by one): why a product reads below the copy bandwidth
-# Logs (and the quick benches' raw files) are packed into logs.tgz so that few files come back.
+# Logs and the quick benches' raw files come back in logs.tgz (scripts/gpu_check_common.sh says why); the full run's
+# JSON, text and plot come back as they are.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -87,7 +88,5 @@ if [ "${NCU_DETAIL:-0}" = 1 ]; then
   echo "ncu detail rc=$?" | tee -a "$summary"
 fi
 
-# The quick benches' files are in the summary; the full run's JSON, text and plot stay as they are.
-(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err bench_this* bench_base* 2>/dev/null;
- rm -f -- *.log *.csv *.err bench_this* bench_base*)
+publish bench_decode.json bench_decode.txt decode.png hf_decode.json
 step "done"

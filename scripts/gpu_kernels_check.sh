@@ -86,7 +86,5 @@ if [ -n "${NCU_KERNEL:-}" ]; then
   done
 fi
 
-# Few files come back from a device call: the logs, the ncu tables and the benches' files go into one archive.
-(cd "$out" && tar czf logs.tgz -- *.log *.csv *.err bench_* ncu_detail_*.txt 2>/dev/null;
- rm -f -- *.log *.csv *.err bench_* ncu_detail_*.txt)
+# The logs, the ncu tables and the benches' files come back in logs.tgz (scripts/gpu_check_common.sh).
 step "done"
