@@ -51,13 +51,15 @@ __device__ float bias_of(const void* bias, int row) {
   return bias ? to_float(static_cast<const T*>(bias)[row]) : 0.f;
 }
 
-// The norm weight into L1 before the wait for the previous kernel (it is constant while decoding), a 128-byte line
-// per thread, so that norm_rows' second pass finds it there instead of waiting on L2 after the block's sums.
+// The norm weight into L1 before the wait for the previous kernel (it is constant while decoding), its 128-byte
+// lines spread over the block's threads, so that norm_rows' second pass finds it there instead of waiting on L2
+// after the block's sums.
 template <typename T>
 __device__ __forceinline__ void prefetch_norm_weight(const void* weight, int k) {
-  const char* w = static_cast<const char*>(weight);
-  for (int line = threadIdx.x; line * 128 < k * static_cast<int>(sizeof(T)); line += kWarps * 32)
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(w + line * 128));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(weight);
+  const uintptr_t first = begin & ~uintptr_t{127}, end = begin + static_cast<uintptr_t>(k) * sizeof(T);
+  for (uintptr_t at = first + threadIdx.x * uintptr_t{128}; at < end; at += kWarps * 32 * uintptr_t{128})
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(at));
 }
 
 // rms_norm(x [+ delta]) of every row into xs [B][chunks] (16-byte chunks), by all threads of the block, with
@@ -155,7 +157,8 @@ __device__ void norm_rows(GemvNorm nm, int rows, int k, const void* x_in, long x
 // rope_cache's q and k the two rows RoPE mixes (rope_rows), the other epilogues two consecutive rows of one part.
 // With grid.split > 1, that many warps share the rows.
 // (At one row of x, rope_cache's epilogue and the norm's paired loads would take the kernel from 64 registers to
-// 70-72, 7 blocks per SM instead of 8: the bounds keep 8.)
+// 71-76, 7 blocks per SM instead of 8: the bounds keep 8, with 8 bytes of spills in rope_cache's and none in the
+// others.)
 template <typename T, int B, GemvEpilogue E>
 __global__ void __launch_bounds__(kWarps * 32, B == 1 ? 8 : 0)
     gemv_kernel(Gemv g, GemvGrid grid) {
@@ -212,7 +215,7 @@ __global__ void __launch_bounds__(kWarps * 32, B == 1 ? 8 : 0)
   int c0 = slice * 32 + lane;
   // The weights are constant while decoding: their first loads are in flight while the previous kernel finishes.
   // (Measured against prefetching them into L2 only, and against no preload: docs/kernels.md.)
-  // No caller puts a norm before the residual's product (the output projections): its code stays without one.
+  // No caller puts a norm before the residual's product (the MLP's down projection): its code stays without one.
   constexpr bool kMayNorm = E != GemvEpilogue::residual;
   if (active) load_weights(c0);
   if (kMayNorm && g.norm.weight) prefetch_norm_weight<T>(g.norm.weight, g.k);
@@ -227,8 +230,8 @@ __global__ void __launch_bounds__(kWarps * 32, B == 1 ? 8 : 0)
     x_row = chunks;
   }
   // At one or two rows, the residual's values are loaded now, so that their round trip overlaps the dot products
-  // instead of following them (x + delta of the norm before: written by the previous kernel). At more rows they
-  // would cost registers, and blocks per SM.
+  // instead of following them. Not before the wait: the residual may be the previous kernel's x + delta. At more
+  // rows they would cost registers, and blocks per SM.
   constexpr bool kResidualEarly = E == GemvEpilogue::residual && B <= 2;
   float res[kRowsPerWarp][B] = {};
   if constexpr (kResidualEarly) {

@@ -517,14 +517,16 @@ TEST(InferenceKernels, FusedProductsMatchTheUnfusedOps) {
 
 // A norm in the products' prologue (the layer's input norm before the mixer's products, the residual add and post
 // norm before the MLP's gate and up) against the norm kernel and then the product. The normed x is rounded the
-// same way; only rstd's summation order differs, so a rare element may round the other way.
+// same way; only rstd's summation order differs, so a rare element may round the other way. k: 264 (33 chunks of 8,
+// one per thread or none), 2048 (two per thread), 2504 (313: a second round for some threads, with and without its
+// second chunk).
 TEST(InferenceKernels, NormInTheProductsPrologueMatchesNormThenProduct) {
   REQUIRE_KERNELS();
   PoisonScope scope;
   torch::manual_seed(9);
   torch::NoGradGuard no_grad;
   for (auto dtype : {torch::kBFloat16, torch::kHalf})
-  for (const int64_t k : {264, 2048}) {
+  for (const int64_t k : {264, 2048, 2504}) {
     auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
     const std::vector<GemvWeight> parts = {{torch::randn({96, k}, opts) * 0.05, torch::randn({96}, opts)},
                                            {torch::randn({1000, k}, opts) * 0.05, Tensor()}};
