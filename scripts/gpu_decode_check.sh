@@ -5,6 +5,8 @@
 #
 #   scripts/gpu_decode_check.sh [OUT]        # carry .deps (scripts/gpu_host_build.sh bundle)
 #   QUICK=1: batch-1 latency at 1K and 103K only (no largest-batch search, no plot)
+#   TESTS=0: build without tests and skip them and memcheck (a speed-only call: with BASE_SRC and VARIANTS, a call
+#     that runs the tests can pass the 600 s a device call is given)
 #   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
 #     without tests, in parallel, and run the quick bench this tree, DIR, this tree with CARVE_DEPENDENT_LAUNCH=0,
 #     this tree again: a before/after in one call, and what the overlapped launches alone give
@@ -24,9 +26,12 @@ out=${1:-${OUT:?give an output folder or set OUT}}
 # shellcheck source=scripts/gpu_check_common.sh
 source "$ROOT/scripts/gpu_check_common.sh"
 
-gpu_check_build
+tests_arg=()
+[ "${TESTS:-1}" = 0 ] && tests_arg=(-DCARVE_TESTS=OFF)
+gpu_check_build "${tests_arg[@]}"
 
-gpu_check_tests '*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*' \
+[ "${TESTS:-1}" != 0 ] && gpu_check_tests \
+  '*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*' \
   'InferenceKernels*:MambaStep*:DecodeAttention*:DecodeGraph.Students*:DecodeGraph.Ragged*'
 
 quick_bench() {  # BINARY_DIR NAME [VAR=VALUE...]: the variables are set for the bench
