@@ -24,8 +24,8 @@ RandomBenchInputs write_random_bench_inputs(comm::MpiCommunicator& world, const 
                                             int64_t sample_tokens);
 
 // Shared by the benches (bench_util.cpp):
-// device-to-device copy bandwidth, bytes read + written per second, median of `repeat` copies of 1 GiB: the
-// bandwidth that the benches' bytes floors divide by;
+// device-to-device copy bandwidth, bytes read + written per second, the best of `repeat` timings of 8 copies of
+// 1 GiB: the bandwidth that the benches' bytes floors divide by;
 double copy_bandwidth(torch::Device device, int warmup, int repeat);
 // a number with `precision` decimals, "-" for NaN;
 std::string fmt(double v, int precision = 2);
