@@ -59,7 +59,7 @@ __device__ __forceinline__ void prefetch_norm_weight(const void* weight, int k) 
   const uintptr_t begin = reinterpret_cast<uintptr_t>(weight);
   const uintptr_t first = begin & ~uintptr_t{127}, end = begin + static_cast<uintptr_t>(k) * sizeof(T);
   for (uintptr_t at = first + threadIdx.x * uintptr_t{128}; at < end; at += kWarps * 32 * uintptr_t{128})
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(at));
+    prefetch_l1(reinterpret_cast<const void*>(at));
 }
 
 // rms_norm(x [+ delta]) of every row into xs [B][chunks] (16-byte chunks), by all threads of the block, with

@@ -38,14 +38,6 @@ bool dependent_launch_allowed_by_environment() {
   return allowed;
 }
 
-}  // namespace
-
-bool dependent_launch_enabled() { return dependent_launch_allowed_by_environment() && capability_major() >= 9; }
-
-bool clusters_supported() { return capability_major() >= 9; }
-
-namespace {
-
 // The attribute values set so far, per (device, kernel, attribute).
 std::mutex attributes_mutex;
 std::map<std::tuple<int, const void*, int>, int>& attributes_set() {
@@ -67,6 +59,10 @@ void set_attribute(const void* kernel, cudaFuncAttribute attribute, int value, b
 }
 
 }  // namespace
+
+bool dependent_launch_enabled() { return dependent_launch_allowed_by_environment() && capability_major() >= 9; }
+
+bool clusters_supported() { return capability_major() >= 9; }
 
 void allow_dynamic_shared(const void* kernel, size_t bytes) {
   if (bytes > 0)

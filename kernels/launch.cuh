@@ -33,6 +33,12 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// A prefetch of one line into this SM's L1: only for data no earlier kernel may still write (L1 is not coherent
+// with other SMs' writes), such as a model's weights while decoding.
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 struct LaunchShape {
   LaunchShape(dim3 grid_, dim3 block_, size_t shared_ = 0, int cluster_ = 1)
       : grid(grid_), block(block_), shared(shared_), cluster(cluster_) {}

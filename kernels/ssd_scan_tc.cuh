@@ -111,7 +111,6 @@ __device__ __forceinline__ void stage_rows(T* tile, int ld, int rows, int cols, 
   }
 }
 
-
 // Shared memory of chunk_state_tc: per-token weights, then row-major tiles of the source tile: w x split in `parts`
 // 16-bit parts [64, 64 of p] each (xw, part i at xw + i * xw_part), B [64, n].
 struct TcStateLayout {

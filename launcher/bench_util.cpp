@@ -3,7 +3,6 @@
 #include <cmath>
 #include <iomanip>
 #include <sstream>
-#include <vector>
 
 #include "launcher/benches.h"
 
