@@ -23,6 +23,7 @@
 
 #include "kernels/ssd_chunk.cuh"
 #include "kernels/ssd_pair_tc.cuh"
+#include "kernels/ssd_scan_fused.h"
 #include "kernels/ssd_scan_tc.cuh"
 #include "kernels/tile_gemm.cuh"
 
@@ -650,6 +651,8 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   const T* C = static_cast<const T*>(f.C);
   const bool x_rows = rows_vectorizable(x, d.p), bc_rows = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
   launch_dt_prepare<T>(f, d, stream);
+  // Without a backward to follow, one sweep per head keeps the state on chip (version 8, ssd_scan_fused.h).
+  if (ssd_fused_forward_applies(f)) return ssd_fused_forward(f, stream);
 
   // Without a backward to follow (no y_ssm kept), computed operands are rounded to 16 bits once (kParts says why).
   // (The output kernel decides the same from y_ssm.)
@@ -874,6 +877,10 @@ void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream) {
                            (f.cb || !ssd_scan_uses_cb(f.shape, f.dtype)),
                        "ssd_scan_forward: a required pointer is null");
   dispatch_element(f.dtype, [&](auto t) { forward_typed<decltype(t)>(f, stream); });
+}
+
+bool ssd_scan_forward_sweeps(const SsdScanForward& f) {
+  return f.dtype != ElementType::f32 && use_tensor_cores(f.shape) && ssd_fused_forward_applies(f);
 }
 
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream) {

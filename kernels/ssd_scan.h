@@ -54,13 +54,17 @@ struct SsdScanForward {
   float* final_state = nullptr; // [b, h, p, n]
   // Workspace, all kept for the backward: dt after bias/softplus, its decay cumsum per chunk (float64: decays are
   // exp(L_l - L_s) of nearby tokens, a small difference of two large sums), the state entering each chunk,
-  // C_l . B_s per chunk and group.
+  // C_l . B_s per chunk and group. Without y_ssm (no backward follows) the states and C.B may be left unwritten
+  // (kernels/ssd_scan_fused.h).
   float* dtp = nullptr;
   double* cum = nullptr;
   float* states = nullptr;
   float* cb = nullptr;  // null where ssd_scan_uses_cb is false
 };
 void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream);
+// Whether ssd_scan_forward runs this forward as one sweep per head that keeps the state on chip (without y_ssm;
+// kernels/ssd_scan_fused.h) rather than the chunk-parallel kernels.
+bool ssd_scan_forward_sweeps(const SsdScanForward& f);
 
 struct SsdScanBackward {
   const SsdScanForward* fwd = nullptr;  // the forward's inputs and workspace (y_ssm must have been kept)

@@ -56,6 +56,12 @@ SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
   return fused::ssd_scan(in, want_final_state);
 }
 
+bool ssd_scan_sweeps(const SsdInputs& in) {
+  if (!uses_fused_kernels(in.x)) return false;
+  validate_ssd_inputs(in, "ssd_scan_sweeps");
+  return fused::ssd_scan_sweeps(in);
+}
+
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state) {
   if (!uses_fused_kernels(in.x) || state.scalar_type() != torch::kFloat) return ssd_step(in, state);
   validate_ssd_step_inputs(in, state, "ssd_decode_step");

@@ -111,7 +111,8 @@ std::map<std::string, Tensor> scan_with_grads(SsdInputs in, const Tensor& gy, co
   return r;
 }
 
-void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed) {
+// With `sweep`, the forward alone must take version 8's sweep (kernels/ssd_scan_fused.h).
+void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed, bool sweep = false) {
   torch::manual_seed(seed);
   const auto f64 = torch::TensorOptions().dtype(torch::kDouble).device(torch::kCUDA);
   SsdInputs ref;  // float64, later filled with the quantized values the kernels see
@@ -161,6 +162,9 @@ void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed) {
   const Tensor gy = torch::randn({c.b, c.l, c.h, c.p}, f64).to(type).to(torch::kDouble);
   const Tensor gf = torch::randn({c.b, c.h, c.p, c.n}, f64).to(torch::kFloat).to(torch::kDouble);
   ASSERT_TRUE(model::uses_fused_kernels(fused.x));
+  if (sweep) {
+    ASSERT_TRUE(model::ssd_scan_sweeps(fused)) << describe(c, type);
+  }
   const auto want = scan_with_grads(ref, gy, gf, false);
   const auto got = scan_with_grads(fused, gy, gf, true);
   expect_close(got, want, tolerance(type), describe(c, type));
@@ -217,6 +221,58 @@ TEST(SsdKernel, Float16MatchesFloat64Reference) {
   check_scan(scan_cases()[0], torch::kHalf, 7);
   check_scan(scan_cases()[3], torch::kHalf, 8);
   check_scan(scan_cases()[2], torch::kHalf, 9);  // one head per group: the dC and dB pair kernels
+}
+
+// Sets an environment variable for one scope, restoring what was there.
+class EnvScope {
+ public:
+  EnvScope(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    setenv(name, value, 1);
+  }
+  ~EnvScope() {
+    if (had_) setenv(name_, old_.c_str(), 1);
+    else unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+// Version 8's forward, one sweep per head with the state on chip, on the cases it takes, forced with
+// CARVE_SSD_FUSED=1 (these shapes have too few blocks for it otherwise): check_scan's forward alone is then the sweep.
+TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
+  REQUIRE_KERNELS();
+  KernelScope scope;
+  EnvScope always("CARVE_SSD_FUSED", "1");
+  const std::vector<ScanCase> cases = {
+      // b  l    h  g  p    n    chunk D  z      bias   init   seq
+      {2, 300, 4, 2, 64, 64, 64, 1, true, true, true, false},       // a last step past the end, groups, init
+      {2, 256, 2, 2, 128, 128, 256, 1, true, false, false, false},  // two 64-channel slices of a head
+      {1, 640, 8, 1, 64, 128, 256, 2, false, true, true, false},    // 8 heads sharing a group, D per channel
+      {2, 200, 4, 2, 80, 80, 128, 2, true, true, true, false},      // Phi-2's head dim and state size
+      {1, 70, 2, 1, 128, 80, 64, 0, true, true, true, false},       // 70 tokens: chunk 64, then 6
+  };
+  uint64_t seed = 300;
+  for (const auto& c : cases) {
+    check_scan(c, torch::kBFloat16, seed++, /*sweep=*/true);
+    check_scan(c, torch::kHalf, seed++, /*sweep=*/true);
+  }
+  // Packed samples keep the chunk-parallel forward, and CARVE_SSD_FUSED=0 turns the sweep off.
+  const auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  SsdInputs in;
+  in.x = torch::randn({1, 128, 2, 64}, opts), in.dt = torch::rand({1, 128, 2}, opts);
+  in.A = -torch::rand({2}, opts.dtype(torch::kFloat)) - 0.5;
+  in.B = torch::randn({1, 128, 1, 64}, opts), in.C = torch::randn({1, 128, 1, 64}, opts);
+  in.chunk_size = 64;
+  EXPECT_TRUE(model::ssd_scan_sweeps(in));
+  in.seq_idx = torch::zeros({1, 128}, opts.dtype(torch::kInt));
+  EXPECT_FALSE(model::ssd_scan_sweeps(in));
+  in.seq_idx = Tensor();
+  EnvScope never("CARVE_SSD_FUSED", "0");
+  EXPECT_FALSE(model::ssd_scan_sweeps(in));
 }
 
 // The final state of a prefix continues into the rest: two calls equal one.

@@ -58,6 +58,21 @@ kernels::SsdScanForward forward_args(const ScanTensors& t) {
   return f;
 }
 
+// The scan's inputs in the layouts and types the kernels take.
+ScanTensors scan_tensors(const SsdInputs& in) {
+  const auto type = in.x.scalar_type();
+  const int64_t l = in.x.size(1);
+  ScanTensors t;
+  t.x = in.x.contiguous(), t.dt = as(in.dt, type, t.x), t.B = as(in.B, type, t.x), t.C = as(in.C, type, t.x);
+  t.z = as(in.z, type, t.x), t.A = as(in.A, torch::kFloat, t.x), t.D = as(in.D, torch::kFloat, t.x);
+  t.dt_bias = as(in.dt_bias, torch::kFloat, t.x), t.init = as(in.initial_state, torch::kFloat, t.x);
+  t.seg = in.seq_idx.defined() ? segment_ids(in.seq_idx).to(torch::kInt).contiguous()
+                               : torch::empty({0}, t.x.options().dtype(torch::kInt));
+  t.softplus = in.dt_softplus;
+  t.q = std::min<int64_t>(std::min<int64_t>(in.chunk_size, l), 1024);
+  return t;
+}
+
 struct ScanWorkspace {
   Tensor dtp, cum, states, cb, final_state;
 };
@@ -242,16 +257,21 @@ class GatedNormFunction : public torch::autograd::Function<GatedNormFunction> {
 
 bool built() { return true; }
 
+bool ssd_scan_sweeps(const SsdInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  kernels::SsdScanForward f = forward_args(scan_tensors(in));
+  // The outputs the inference forward would allocate are fresh, so aligned like this.
+  alignas(16) static float fresh_output[4];
+  f.out = fresh_output, f.final_state = fresh_output;
+  return kernels::ssd_scan_forward_sweeps(f);
+}
+
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
   const c10::cuda::CUDAGuard guard(in.x.device());
-  const auto type = in.x.scalar_type();
-  const int64_t l = in.x.size(1);
-  Tensor x = in.x.contiguous(), dt = as(in.dt, type, x), B = as(in.B, type, x), C = as(in.C, type, x);
-  Tensor z = as(in.z, type, x), A = as(in.A, torch::kFloat, x), D = as(in.D, torch::kFloat, x);
-  Tensor dt_bias = as(in.dt_bias, torch::kFloat, x), init = as(in.initial_state, torch::kFloat, x);
-  Tensor seg = in.seq_idx.defined() ? segment_ids(in.seq_idx).to(torch::kInt).contiguous()
-                                    : torch::empty({0}, x.options().dtype(torch::kInt));
-  const int64_t q = std::min<int64_t>(std::min<int64_t>(in.chunk_size, l), 1024);
+  ScanTensors t = scan_tensors(in);
+  const Tensor &x = t.x, &dt = t.dt, &B = t.B, &C = t.C, &z = t.z, &A = t.A, &D = t.D;
+  const Tensor &dt_bias = t.dt_bias, &init = t.init, &seg = t.seg;
+  const int64_t q = t.q;
   SsdOutputs out;
   if (any_requires_grad({x, dt, A, B, C, D, z, dt_bias, init})) {
     auto r = SsdScanFunction::apply(x, dt, A, B, C, D, z, dt_bias, init, seg, in.dt_softplus, q);
@@ -261,7 +281,6 @@ SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
   }
   // Inference: no autograd node, no y_ssm kept.
   torch::NoGradGuard no_grad;
-  ScanTensors t{x, dt, A, B, C, D, z, dt_bias, init, seg, in.dt_softplus, q};
   auto f = forward_args(t);
   ScanWorkspace w = scan_workspace(f, x.options().dtype(torch::kFloat));
   bind(f, w);

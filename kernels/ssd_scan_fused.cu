@@ -1,0 +1,336 @@
+#include "kernels/ssd_scan_fused.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "kernels/cp_async.cuh"
+#include "kernels/element.cuh"
+#include "kernels/launch.h"
+#include "kernels/mma.cuh"
+#include "kernels/ssd_chunk.cuh"
+
+namespace carve::kernels {
+namespace {
+
+constexpr int kSpan = 64;               // tokens per step of a block's sweep
+constexpr int kRowBlocks = kSpan / 16;  // 16-row output blocks of a step, one per warp
+constexpr int kStages = 3;              // steps whose tokens are staged or in flight
+
+// Shared memory of one block: kStages stages of a step's tokens, then the state entering this step and the next one
+// (16-bit, [kPs][kLdBC]), then D per channel. Rows are padded by 8 elements, so that the fragments' 4-byte reads of
+// 8 rows fall in distinct banks, and stay 16-byte aligned for cp.async and ldmatrix.
+template <typename T, int kN, int kPs>
+struct FusedLayout {
+  static constexpr int kLdBC = kN + 8;
+  static constexpr int kLdX = kPs + 8;
+  static constexpr int kWarps = kPs / 16;  // a warp's share of the state: 16 channels, all kN columns
+  // One stage: C and B rows [kSpan][kLdBC], x and z rows [kSpan][kLdX], the cumsum before the step's first token and
+  // at each of its tokens (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
+  static constexpr size_t kC = 0;
+  static constexpr size_t kB = kC + sizeof(T) * kSpan * kLdBC;
+  static constexpr size_t kX = kB + sizeof(T) * kSpan * kLdBC;
+  static constexpr size_t kZ = kX + sizeof(T) * kSpan * kLdX;
+  static constexpr size_t kCum = kZ + sizeof(T) * kSpan * kLdX;
+  static constexpr size_t kDt = kCum + sizeof(double) * (kSpan + 2);
+  static constexpr size_t kStage = kDt + sizeof(float) * kSpan;
+  static constexpr size_t kState = kStages * kStage;
+  static constexpr size_t kD = kState + 2 * sizeof(T) * kPs * kLdBC;
+  static constexpr size_t kBytes = kD + sizeof(float) * kPs;
+  static_assert(kStage % 16 == 0 && kD % 16 == 0, "16-byte aligned regions");
+};
+
+struct FusedArgs {
+  ScanDims d;
+  const void* x;
+  const void* z;
+  const void* B;
+  const void* C;
+  const float* D;
+  bool D_per_channel;
+  const float* dtp;
+  const double* cum;
+  const float* initial_state;
+  void* out;
+  float* final_state;
+};
+
+template <typename T, int kN, int kPs>
+__global__ void __launch_bounds__(kPs / 16 * 32, 1) ssd_fused_forward_kernel(FusedArgs a) {
+  using Lay = FusedLayout<T, kN, kPs>;
+  using TC = TensorCore<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const ScanDims d = a.d;
+  const int slices = d.p / kPs;
+  const int slice = blockIdx.x % slices, head_row = blockIdx.x / slices;
+  const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const int p0 = slice * kPs;  // the block's first channel
+  const int steps = (d.l + kSpan - 1) / kSpan;
+  const T* x = static_cast<const T*>(a.x);
+  const T* z = static_cast<const T*>(a.z);
+  const T* Bg = static_cast<const T*>(a.B);
+  const T* Cg = static_cast<const T*>(a.C);
+
+  // Step j's tokens into stage j % kStages (an empty group past the last step, so that the waits count alike).
+  auto issue = [&](int j) {
+    if (j < steps) {
+      unsigned char* st = smem + (j % kStages) * Lay::kStage;
+      T* Cs = reinterpret_cast<T*>(st + Lay::kC);
+      T* Bs = reinterpret_cast<T*>(st + Lay::kB);
+      T* Xs = reinterpret_cast<T*>(st + Lay::kX);
+      T* Zs = reinterpret_cast<T*>(st + Lay::kZ);
+      double* cum_s = reinterpret_cast<double*>(st + Lay::kCum);
+      float* dt_s = reinterpret_cast<float*>(st + Lay::kDt);
+      const int t0 = j * kSpan;
+      constexpr int kBcPieces = kN / 8, kXPieces = kPs / 8;  // 16-byte pieces of a row
+      for (int i = threadIdx.x; i < kSpan * kBcPieces; i += blockDim.x) {
+        const int r = i / kBcPieces, c = i % kBcPieces, t = t0 + r;
+        const bool real = t < d.l;  // rows past the end are zeros
+        const long row = ((static_cast<long>(bi) * d.l + (real ? t : 0)) * d.g + gi) * kN + 8 * c;
+        copy_async<16>(Cs + r * Lay::kLdBC + 8 * c, Cg + row, real);
+        copy_async<16>(Bs + r * Lay::kLdBC + 8 * c, Bg + row, real);
+      }
+      for (int i = threadIdx.x; i < kSpan * kXPieces; i += blockDim.x) {
+        const int r = i / kXPieces, c = i % kXPieces, t = t0 + r;
+        const bool real = t < d.l;
+        const long row = ((static_cast<long>(bi) * d.l + (real ? t : 0)) * d.h + hi) * d.p + p0 + 8 * c;
+        copy_async<16>(Xs + r * Lay::kLdX + 8 * c, x + row, real);
+        if (z) copy_async<16>(Zs + r * Lay::kLdX + 8 * c, z + row, real);
+      }
+      // dt_prepare's workspace holds every chunk's q tokens (dt' = 0 and the cumsum constant past the end).
+      const int off = t0 % d.q;
+      const long o = ((static_cast<long>(bi) * d.h + hi) * d.c + t0 / d.q) * d.q + off;
+      for (int i = threadIdx.x; i <= kSpan; i += blockDim.x) {
+        const bool real = i > 0 || off > 0;  // before a chunk's first token the cumsum is 0
+        copy_async<8>(cum_s + i, a.cum + o - 1 + (real ? i : 1), real);
+      }
+      for (int i = threadIdx.x; i < kSpan; i += blockDim.x) copy_async<4>(dt_s + i, a.dtp + o + i, true);
+    }
+    commit_copies();
+  };
+  for (int j = 0; j + 1 < kStages; ++j) issue(j);
+
+  // The warp's state rows: channels p0 + 16 warp + gid (elements 0, 1) and + 8 (2, 3), columns 8 nt + 2 tig (+ 1).
+  T* state_s = reinterpret_cast<T*>(smem + Lay::kState);
+  float* D_s = reinterpret_cast<float*>(smem + Lay::kD);
+  const int c_row = 16 * warp + gid;
+  float S[kN / 8][4];
+  const float* init = a.initial_state
+                          ? a.initial_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN
+                          : nullptr;
+#pragma unroll
+  for (int nt = 0; nt < kN / 8; ++nt) {
+    const int col = 8 * nt + 2 * tig;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) S[nt][e] = init ? init[(c_row + 8 * (e / 2)) * kN + col + e % 2] : 0.f;
+    *reinterpret_cast<uint32_t*>(state_s + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
+    *reinterpret_cast<uint32_t*>(state_s + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
+  }
+  for (int i = threadIdx.x; i < kPs; i += blockDim.x)
+    D_s[i] = a.D ? a.D[a.D_per_channel ? hi * d.p + p0 + i : hi] : 0.f;
+
+  for (int j = 0; j < steps; ++j) {
+    staged_but<kStages - 2>();  // this thread's copies of step j
+    __syncthreads();            // everyone's; and every warp is done with step j - 1's stage and state
+    issue(j + kStages - 1);
+    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
+    const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
+    const T* Xs = reinterpret_cast<const T*>(st + Lay::kX);
+    const T* Zs = reinterpret_cast<const T*>(st + Lay::kZ);
+    const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
+    const float* dt_s = reinterpret_cast<const float*>(st + Lay::kDt);
+    const T* state_in = state_s + (j & 1) * kPs * Lay::kLdBC;
+    T* state_out = state_s + ((j + 1) & 1) * kPs * Lay::kLdBC;
+    // L_t from the step's start: a difference of two nearby cumsums, taken in float64.
+    auto L = [&](int t) { return static_cast<float>(cum_s[t + 1] - cum_s[0]); };
+
+    if (warp < kRowBlocks) {
+      // Outputs of rows [16 warp, + 16): the state's term, then the step's sources in 16-token blocks up to the
+      // diagonal, each C.B block weighted in registers and fed to the product with x as the A operand.
+      const int r0 = 16 * warp + gid, r1 = r0 + 8;
+      uint32_t aC[kN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kN / 16; ++kk) load_a_fragment(aC[kk], Cs, Lay::kLdBC, 16 * warp, 16 * kk);
+      float Y[kPs / 8][4];
+#pragma unroll
+      for (int jp = 0; jp < kPs / 8; ++jp) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < kN / 16; ++kk) {
+          uint32_t b0, b1;
+          load_b_fragment(b0, b1, state_in, Lay::kLdBC, 16 * kk, 8 * jp);
+          TC::mma(Y[jp], aC[kk], b0, b1);
+        }
+      }
+      const float L0 = L(r0), L1 = L(r1);
+      const float e0 = __expf(L0), e1 = __expf(L1);
+#pragma unroll
+      for (int jp = 0; jp < kPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
+      for (int sb = 0; sb <= warp; ++sb) {
+        float cb[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kN / 16; ++kk) {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            uint32_t b0, b1;
+            load_b_fragment(b0, b1, Bs, Lay::kLdBC, 16 * kk, 16 * sb + 8 * nt);
+            TC::mma(cb[nt], aC[kk], b0, b1);
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = e < 2 ? r0 : r1, src = 16 * sb + 8 * nt + 2 * tig + e % 2;
+            const float w = src <= row ? __expf((e < 2 ? L0 : L1) - L(src)) * dt_s[src] : 0.f;
+            cb[nt][e] *= w;
+          }
+        }
+        const uint32_t aw[4] = {TC::pack(cb[0][0], cb[0][1]), TC::pack(cb[0][2], cb[0][3]),
+                                TC::pack(cb[1][0], cb[1][1]), TC::pack(cb[1][2], cb[1][3])};
+#pragma unroll
+        for (int jp = 0; jp < kPs / 8; ++jp) {
+          uint32_t b0, b1;
+          load_b_fragment_kmajor(b0, b1, Xs, Lay::kLdX, 16 * sb, 8 * jp);
+          TC::mma(Y[jp], aw, b0, b1);
+        }
+      }
+      // + D x, * silu(z), rounded once: as the chunk-parallel output kernel's epilogue.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = half ? r1 : r0, t = j * kSpan + r;
+        if (t >= d.l) continue;
+        T* out = static_cast<T*>(a.out) + ((static_cast<long>(bi) * d.l + t) * d.h + hi) * d.p + p0;
+#pragma unroll
+        for (int jp = 0; jp < kPs / 8; ++jp) {
+          const int pc = 8 * jp + 2 * tig;
+          const float2 xv = TC::unpack(pair_at(Xs + r * Lay::kLdX, pc));
+          float y0 = Y[jp][2 * half] + D_s[pc] * xv.x, y1 = Y[jp][2 * half + 1] + D_s[pc + 1] * xv.y;
+          if (z) {
+            const float2 zv = TC::unpack(pair_at(Zs + r * Lay::kLdX, pc));
+            y0 *= silu_fast(zv.x), y1 *= silu_fast(zv.y);
+          }
+          *reinterpret_cast<uint32_t*>(out + pc) = TC::pack(y0, y1);
+        }
+      }
+    }
+
+    // The state: every warp its 16 channels. x's rows of the step are the A operand (channels x tokens, read
+    // transposed), each token's column scaled by exp(L_last - L_s) dt'_s before it is rounded back to 16 bits.
+    const float L_last = L(kSpan - 1), decay = __expf(L_last);
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
+#pragma unroll
+    for (int ks = 0; ks < kSpan / 16; ++ks) {
+      uint32_t ax[4];
+      load_a_fragment_kmajor(ax, Xs, Lay::kLdX, 16 * warp, 16 * ks);
+      const int s = 16 * ks + 2 * tig;
+      const float f0 = __expf(L_last - L(s)) * dt_s[s], f1 = __expf(L_last - L(s + 1)) * dt_s[s + 1];
+      const float f8 = __expf(L_last - L(s + 8)) * dt_s[s + 8], f9 = __expf(L_last - L(s + 9)) * dt_s[s + 9];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 v = TC::unpack(ax[i]);
+        ax[i] = i < 2 ? TC::pack(v.x * f0, v.y * f1) : TC::pack(v.x * f8, v.y * f9);
+      }
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) {
+        uint32_t b0, b1;
+        load_b_fragment_kmajor(b0, b1, Bs, Lay::kLdBC, 16 * ks, 8 * nt);
+        TC::mma(S[nt], ax, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt) {
+      const int col = 8 * nt + 2 * tig;
+      *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
+      *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
+    }
+  }
+  staged();  // the empty groups
+
+  float* fin = a.final_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;
+#pragma unroll
+  for (int nt = 0; nt < kN / 8; ++nt) {
+    const int col = 8 * nt + 2 * tig;
+    *reinterpret_cast<float2*>(fin + c_row * kN + col) = make_float2(S[nt][0], S[nt][1]);
+    *reinterpret_cast<float2*>(fin + (c_row + 8) * kN + col) = make_float2(S[nt][2], S[nt][3]);
+  }
+}
+
+// Channels per block: 64 where the head dim divides into them (two blocks per head at 128), else 80.
+int slice_of(int p) { return p % 64 == 0 ? 64 : p == 80 ? 80 : 0; }
+
+// CARVE_SSD_FUSED: 0 never, 1 wherever the rest allows (tests take it at shapes too small for the block count),
+// unset: also only with blocks enough.
+enum class Setting { never, always, enough_blocks };
+Setting setting() {
+  const char* v = std::getenv("CARVE_SSD_FUSED");
+  if (v == nullptr) return Setting::enough_blocks;
+  return std::string(v) == "0" ? Setting::never : Setting::always;
+}
+
+int sm_count() {
+  int device = 0, count = 0;
+  CARVE_CUDA_CHECK(cudaGetDevice(&device));
+  CARVE_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T, int kN, int kPs>
+void launch(const SsdScanForward& f, cudaStream_t stream) {
+  using Lay = FusedLayout<T, kN, kPs>;
+  FusedArgs a{};
+  a.d = dims_of(f.shape);
+  a.x = f.x, a.z = f.z, a.B = f.B, a.C = f.C, a.D = f.D, a.D_per_channel = f.D_per_channel;
+  a.dtp = f.dtp, a.cum = f.cum, a.initial_state = f.initial_state, a.out = f.out, a.final_state = f.final_state;
+  constexpr auto kernel = ssd_fused_forward_kernel<T, kN, kPs>;
+  allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
+  const unsigned blocks = static_cast<unsigned>(static_cast<long>(a.d.b) * a.d.h * (a.d.p / kPs));
+  kernel<<<blocks, Lay::kWarps * 32, Lay::kBytes, stream>>>(a);
+  CARVE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int kPs>
+void launch_n(const SsdScanForward& f, cudaStream_t stream) {
+  switch (f.shape.n) {
+    case 64: return launch<T, 64, kPs>(f, stream);
+    case 80: return launch<T, 80, kPs>(f, stream);
+    default: return launch<T, 128, kPs>(f, stream);
+  }
+}
+
+template <typename T>
+void launch_typed(const SsdScanForward& f, cudaStream_t stream) {
+  if (slice_of(f.shape.p) == 64) launch_n<T, 64>(f, stream);
+  else launch_n<T, 80>(f, stream);
+}
+
+}  // namespace
+
+bool ssd_fused_forward_applies(const SsdScanForward& f) {
+  const SsdScanShape& s = f.shape;
+  const int ps = slice_of(s.p);
+  const Setting when = setting();
+  if (f.dtype == ElementType::f32 || f.y_ssm || f.seg || when == Setting::never) return false;
+  if (ps == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return false;
+  if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
+      !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)))
+    return false;
+  const long blocks = static_cast<long>(s.b) * s.h * (s.p / ps);
+  return when == Setting::always || blocks * 2 >= sm_count();
+}
+
+void ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream) {
+  CARVE_KERNEL_REQUIRE(ssd_fused_forward_applies(f), "ssd_fused_forward: this forward does not take the sweep");
+  if (f.dtype == ElementType::bf16) launch_typed<__nv_bfloat16>(f, stream);
+  else launch_typed<__half>(f, stream);
+}
+
+}  // namespace carve::kernels

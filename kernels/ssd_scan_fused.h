@@ -1,0 +1,30 @@
+/*
+ * The SSD forward without a backward to follow (no y_ssm kept), as one sweep per head after dt_prepare (version 8,
+ * docs/kernels.md). The chunk-parallel forward writes every chunk's local state, passes the states through a
+ * float32 buffer and reads them back (about 940 MB at HoVLE's sizes against 270 MB of inputs and outputs); here a
+ * block per (batch row, head, slice of channels) holds its slice of the state in registers and walks the sequence
+ * in steps of 64 tokens. Per step, on tensor cores:
+ *   y_t = exp(L_t) C_t . S  +  sum_{s <= t in the step} (C_t . B_s) exp(L_t - L_s) dt'_s x_s  (+ D x_t, * silu(z_t))
+ *   S  <- exp(L_last) S  +  sum_s exp(L_last - L_s) dt'_s x_s B_s^T
+ * with L the cumsum of dt' A from the step's start (the chunk's cumsums from dt_prepare, differenced). The result does
+ * not depend on the chunk length; a step never spans two chunks, since the chunk length is a multiple of 64. The
+ * state enters the products rounded to 16 bits, as the chunk-parallel forward's inference path rounds it.
+ * The next steps' tokens (C, B, x, z rows and the cumsums) are copied by cp.async while a step computes.
+ */
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/ssd_scan.h"
+
+namespace carve::kernels {
+
+// Whether the sweep takes this forward: 16-bit, no y_ssm, no packed samples, chunk length a multiple of 64, state
+// size 64, 80 or 128, head dim a multiple of 64 or 80, 16-byte aligned rows, and enough (row, head, slice) blocks to
+// fill the GPU (with few, a sweep over a long sequence is slower than the chunk-parallel kernels).
+// CARVE_SSD_FUSED=0 turns it off (side-by-side benchmarks); =1 takes it at any block count (tests).
+bool ssd_fused_forward_applies(const SsdScanForward& f);
+// Launches the sweep; f.dtp and f.cum must hold dt_prepare's results. f.states is not written.
+void ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
+
+}  // namespace carve::kernels
