@@ -14,7 +14,8 @@ namespace carve::kernels {
 namespace {
 
 constexpr int kSpan = 64;               // tokens per step of a block's sweep
-constexpr int kRowBlocks = kSpan / 16;  // 16-row output blocks of a step, one per warp
+constexpr int kRowBlocks = kSpan / 16;  // 16-row output blocks of a step
+constexpr int kOutWarps = 2 * kRowBlocks;  // a row block's outputs in two halves of the channels, one warp each
 constexpr int kStages = 3;              // steps whose tokens are staged or in flight
 
 // Shared memory of one block: kStages stages of a step's tokens, then the state entering this step and the next one
@@ -24,7 +25,12 @@ template <typename T, int kN, int kPs>
 struct FusedLayout {
   static constexpr int kLdBC = kN + 8;
   static constexpr int kLdX = kPs + 8;
-  static constexpr int kWarps = kPs / 16;  // a warp's share of the state: 16 channels, all kN columns
+  // A warp's share of the state: 16 channels and half of the kN columns. (With 4 warps, each holding 16 channels and
+  // all columns and computing one row block's outputs alone, one warp per scheduler waited out its products'
+  // latencies: 6 us a step at HoVLE's sizes.)
+  static constexpr int kStateWarps = kPs / 8;
+  static constexpr int kWarps = kStateWarps > kOutWarps ? kStateWarps : kOutWarps;
+  static constexpr int kHalfN = kN / 2, kHalfPs = kPs / 2;
   // One stage: C and B rows [kSpan][kLdBC], x and z rows [kSpan][kLdX], the cumsum before the step's first token and
   // at each of its tokens (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
   static constexpr size_t kC = 0;
@@ -56,7 +62,7 @@ struct FusedArgs {
 };
 
 template <typename T, int kN, int kPs>
-__global__ void __launch_bounds__(kPs / 16 * 32, 1) ssd_fused_forward_kernel(FusedArgs a) {
+__global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_fused_forward_kernel(FusedArgs a) {
   using Lay = FusedLayout<T, kN, kPs>;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -111,19 +117,22 @@ __global__ void __launch_bounds__(kPs / 16 * 32, 1) ssd_fused_forward_kernel(Fus
   };
   for (int j = 0; j + 1 < kStages; ++j) issue(j);
 
-  // The warp's state rows: channels p0 + 16 warp + gid (elements 0, 1) and + 8 (2, 3), columns 8 nt + 2 tig (+ 1).
+  // The warp's state (state warps only): channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of
+  // the slice, columns n0 + 8 nt + 2 tig (+ 1).
   T* state_s = reinterpret_cast<T*>(smem + Lay::kState);
   float* D_s = reinterpret_cast<float*>(smem + Lay::kD);
-  const int c_row = 16 * warp + gid;
-  float S[kN / 8][4];
+  const bool state_warp = warp < Lay::kStateWarps;
+  const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
+  float S[Lay::kHalfN / 8][4];
   const float* init = a.initial_state
                           ? a.initial_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN
                           : nullptr;
 #pragma unroll
-  for (int nt = 0; nt < kN / 8; ++nt) {
-    const int col = 8 * nt + 2 * tig;
+  for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+    const int col = n0 + 8 * nt + 2 * tig;
 #pragma unroll
     for (int e = 0; e < 4; ++e) S[nt][e] = init ? init[(c_row + 8 * (e / 2)) * kN + col + e % 2] : 0.f;
+    if (!state_warp) continue;
     *reinterpret_cast<uint32_t*>(state_s + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
     *reinterpret_cast<uint32_t*>(state_s + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
   }
@@ -146,55 +155,64 @@ __global__ void __launch_bounds__(kPs / 16 * 32, 1) ssd_fused_forward_kernel(Fus
     // L_t from the step's start: a difference of two nearby cumsums, taken in float64.
     auto L = [&](int t) { return static_cast<float>(cum_s[t + 1] - cum_s[0]); };
 
-    if (warp < kRowBlocks) {
-      // Outputs of rows [16 warp, + 16): the state's term, then the step's sources in 16-token blocks up to the
-      // diagonal, each C.B block weighted in registers and fed to the product with x as the A operand.
-      const int r0 = 16 * warp + gid, r1 = r0 + 8;
+    if (warp < kOutWarps) {
+      // Outputs of rows [16 rb, + 16) and channels [ch0, + kPs / 2): the state's term, then the step's sources in
+      // 16-token blocks up to the diagonal, each C.B block weighted in registers and fed to the product with x as
+      // the A operand. The two warps of a row block both make its C.B blocks.
+      const int rb = warp % kRowBlocks, ch0 = Lay::kHalfPs * (warp / kRowBlocks);
+      const int r0 = 16 * rb + gid, r1 = r0 + 8;
       uint32_t aC[kN / 16][4];
 #pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) load_a_fragment(aC[kk], Cs, Lay::kLdBC, 16 * warp, 16 * kk);
-      float Y[kPs / 8][4];
+      for (int kk = 0; kk < kN / 16; ++kk) load_a_fragment(aC[kk], Cs, Lay::kLdBC, 16 * rb, 16 * kk);
+      // C.B of every source block at once: independent chains of products, whose latencies overlap.
+      float cb[kRowBlocks][2][4] = {};
 #pragma unroll
-      for (int jp = 0; jp < kPs / 8; ++jp) {
+      for (int kk = 0; kk < kN / 16; ++kk) {
+#pragma unroll
+        for (int sb = 0; sb < kRowBlocks; ++sb) {
+          if (sb > rb) break;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            uint32_t b0, b1;
+            load_b_fragment(b0, b1, Bs, Lay::kLdBC, 16 * kk, 16 * sb + 8 * nt);
+            TC::mma(cb[sb][nt], aC[kk], b0, b1);
+          }
+        }
+      }
+      float Y[Lay::kHalfPs / 8][4];
+#pragma unroll
+      for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < kN / 16; ++kk) {
           uint32_t b0, b1;
-          load_b_fragment(b0, b1, state_in, Lay::kLdBC, 16 * kk, 8 * jp);
+          load_b_fragment(b0, b1, state_in, Lay::kLdBC, 16 * kk, ch0 + 8 * jp);
           TC::mma(Y[jp], aC[kk], b0, b1);
         }
       }
       const float L0 = L(r0), L1 = L(r1);
       const float e0 = __expf(L0), e1 = __expf(L1);
 #pragma unroll
-      for (int jp = 0; jp < kPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
-      for (int sb = 0; sb <= warp; ++sb) {
-        float cb[2][4] = {};
+      for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
 #pragma unroll
-        for (int kk = 0; kk < kN / 16; ++kk) {
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            uint32_t b0, b1;
-            load_b_fragment(b0, b1, Bs, Lay::kLdBC, 16 * kk, 16 * sb + 8 * nt);
-            TC::mma(cb[nt], aC[kk], b0, b1);
-          }
-        }
+      for (int sb = 0; sb < kRowBlocks; ++sb) {
+        if (sb > rb) break;
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int row = e < 2 ? r0 : r1, src = 16 * sb + 8 * nt + 2 * tig + e % 2;
             const float w = src <= row ? __expf((e < 2 ? L0 : L1) - L(src)) * dt_s[src] : 0.f;
-            cb[nt][e] *= w;
+            cb[sb][nt][e] *= w;
           }
         }
-        const uint32_t aw[4] = {TC::pack(cb[0][0], cb[0][1]), TC::pack(cb[0][2], cb[0][3]),
-                                TC::pack(cb[1][0], cb[1][1]), TC::pack(cb[1][2], cb[1][3])};
+        const uint32_t aw[4] = {TC::pack(cb[sb][0][0], cb[sb][0][1]), TC::pack(cb[sb][0][2], cb[sb][0][3]),
+                                TC::pack(cb[sb][1][0], cb[sb][1][1]), TC::pack(cb[sb][1][2], cb[sb][1][3])};
 #pragma unroll
-        for (int jp = 0; jp < kPs / 8; ++jp) {
+        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
           uint32_t b0, b1;
-          load_b_fragment_kmajor(b0, b1, Xs, Lay::kLdX, 16 * sb, 8 * jp);
+          load_b_fragment_kmajor(b0, b1, Xs, Lay::kLdX, 16 * sb, ch0 + 8 * jp);
           TC::mma(Y[jp], aw, b0, b1);
         }
       }
@@ -205,8 +223,8 @@ __global__ void __launch_bounds__(kPs / 16 * 32, 1) ssd_fused_forward_kernel(Fus
         if (t >= d.l) continue;
         T* out = static_cast<T*>(a.out) + ((static_cast<long>(bi) * d.l + t) * d.h + hi) * d.p + p0;
 #pragma unroll
-        for (int jp = 0; jp < kPs / 8; ++jp) {
-          const int pc = 8 * jp + 2 * tig;
+        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
+          const int pc = ch0 + 8 * jp + 2 * tig;
           const float2 xv = TC::unpack(pair_at(Xs + r * Lay::kLdX, pc));
           float y0 = Y[jp][2 * half] + D_s[pc] * xv.x, y1 = Y[jp][2 * half + 1] + D_s[pc + 1] * xv.y;
           if (z) {
@@ -218,45 +236,48 @@ __global__ void __launch_bounds__(kPs / 16 * 32, 1) ssd_fused_forward_kernel(Fus
       }
     }
 
-    // The state: every warp its 16 channels. x's rows of the step are the A operand (channels x tokens, read
-    // transposed), each token's column scaled by exp(L_last - L_s) dt'_s before it is rounded back to 16 bits.
-    const float L_last = L(kSpan - 1), decay = __expf(L_last);
+    // The state (its warps): x's rows of the step are the A operand (channels x tokens, read transposed), each
+    // token's column scaled by exp(L_last - L_s) dt'_s before it is rounded back to 16 bits.
+    if (state_warp) {
+      const float L_last = L(kSpan - 1), decay = __expf(L_last);
 #pragma unroll
-    for (int nt = 0; nt < kN / 8; ++nt)
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
+        for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
 #pragma unroll
-    for (int ks = 0; ks < kSpan / 16; ++ks) {
-      uint32_t ax[4];
-      load_a_fragment_kmajor(ax, Xs, Lay::kLdX, 16 * warp, 16 * ks);
-      const int s = 16 * ks + 2 * tig;
-      const float f0 = __expf(L_last - L(s)) * dt_s[s], f1 = __expf(L_last - L(s + 1)) * dt_s[s + 1];
-      const float f8 = __expf(L_last - L(s + 8)) * dt_s[s + 8], f9 = __expf(L_last - L(s + 9)) * dt_s[s + 9];
+      for (int ks = 0; ks < kSpan / 16; ++ks) {
+        uint32_t ax[4];
+        load_a_fragment_kmajor(ax, Xs, Lay::kLdX, c_row - gid, 16 * ks);
+        const int s = 16 * ks + 2 * tig;
+        const float f0 = __expf(L_last - L(s)) * dt_s[s], f1 = __expf(L_last - L(s + 1)) * dt_s[s + 1];
+        const float f8 = __expf(L_last - L(s + 8)) * dt_s[s + 8], f9 = __expf(L_last - L(s + 9)) * dt_s[s + 9];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 v = TC::unpack(ax[i]);
-        ax[i] = i < 2 ? TC::pack(v.x * f0, v.y * f1) : TC::pack(v.x * f8, v.y * f9);
+        for (int i = 0; i < 4; ++i) {
+          const float2 v = TC::unpack(ax[i]);
+          ax[i] = i < 2 ? TC::pack(v.x * f0, v.y * f1) : TC::pack(v.x * f8, v.y * f9);
+        }
+#pragma unroll
+        for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+          uint32_t b0, b1;
+          load_b_fragment_kmajor(b0, b1, Bs, Lay::kLdBC, 16 * ks, n0 + 8 * nt);
+          TC::mma(S[nt], ax, b0, b1);
+        }
       }
 #pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-        uint32_t b0, b1;
-        load_b_fragment_kmajor(b0, b1, Bs, Lay::kLdBC, 16 * ks, 8 * nt);
-        TC::mma(S[nt], ax, b0, b1);
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+        const int col = n0 + 8 * nt + 2 * tig;
+        *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
+        *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
       }
-    }
-#pragma unroll
-    for (int nt = 0; nt < kN / 8; ++nt) {
-      const int col = 8 * nt + 2 * tig;
-      *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
-      *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
     }
   }
   staged();  // the empty groups
+  if (!state_warp) return;
 
   float* fin = a.final_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;
 #pragma unroll
-  for (int nt = 0; nt < kN / 8; ++nt) {
-    const int col = 8 * nt + 2 * tig;
+  for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+    const int col = n0 + 8 * nt + 2 * tig;
     *reinterpret_cast<float2*>(fin + c_row * kN + col) = make_float2(S[nt][0], S[nt][1]);
     *reinterpret_cast<float2*>(fin + (c_row + 8) * kN + col) = make_float2(S[nt][2], S[nt][3]);
   }
