@@ -42,8 +42,22 @@ struct FusedLayout {
   static constexpr size_t kStage = kDt + sizeof(float) * kSpan;
   static constexpr size_t kState = kStages * kStage;
   static constexpr size_t kD = kState + 2 * sizeof(T) * kPs * kLdBC;
-  static constexpr size_t kBytes = kD + sizeof(float) * kPs;
-  static_assert(kStage % 16 == 0 && kD % 16 == 0, "16-byte aligned regions");
+  // Per-token values of a step (TokenValues), twice: this step's, and the next one's being made.
+  static constexpr size_t kTokens = kD + sizeof(float) * kPs;
+  static constexpr size_t kBytes = kTokens + 2 * sizeof(float) * 4 * kSpan;
+  static_assert(kStage % 16 == 0 && kD % 16 == 0 && kTokens % 16 == 0, "16-byte aligned regions");
+};
+
+// A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
+// difference of two nearby cumsums taken in float64): L_t; G_t = log dt'_t - L_t, so that a source's weight for row r
+// is exp(L_r + G_s) = exp(L_r - L_s) dt'_s; F_t = exp(L_last - L_t) dt'_t, a token's weight in the state update;
+// E_t = exp(L_t), the state's decay to row t.
+struct TokenValues {
+  float* L;
+  float* G;
+  float* F;
+  float* E;
+  __device__ TokenValues(float* base) : L(base), G(base + kSpan), F(base + 2 * kSpan), E(base + 3 * kSpan) {}
 };
 
 struct FusedArgs {
@@ -116,6 +130,23 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
     commit_copies();
   };
   for (int j = 0; j + 1 < kStages; ++j) issue(j);
+  float* tokens_s = reinterpret_cast<float*>(smem + Lay::kTokens);
+  // Step j's per-token values into buffer j % 2, by the first kSpan threads.
+  auto make_tokens = [&](int j) {
+    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
+    const float* dt_s = reinterpret_cast<const float*>(st + Lay::kDt);
+    const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
+    for (int t = threadIdx.x; t < kSpan; t += blockDim.x) {
+      const float Lt = static_cast<float>(cum_s[t + 1] - cum_s[0]);
+      const float L_last = static_cast<float>(cum_s[kSpan] - cum_s[0]);
+      const float dt = dt_s[t];
+      tv.L[t] = Lt;
+      tv.G[t] = dt > 0.f ? logf(dt) - Lt : -INFINITY;
+      tv.F[t] = expf(L_last - Lt) * dt;
+      tv.E[t] = expf(Lt);
+    }
+  };
 
   // The warp's state (state warps only): channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of
   // the slice, columns n0 + 8 nt + 2 tig (+ 1).
@@ -139,21 +170,23 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
   for (int i = threadIdx.x; i < kPs; i += blockDim.x)
     D_s[i] = a.D ? a.D[a.D_per_channel ? hi * d.p + p0 + i : hi] : 0.f;
 
+  staged_but<kStages - 2>();  // step 0's tokens
+  __syncthreads();
+  make_tokens(0);
+
   for (int j = 0; j < steps; ++j) {
-    staged_but<kStages - 2>();  // this thread's copies of step j
-    __syncthreads();            // everyone's; and every warp is done with step j - 1's stage and state
+    staged_but<0>();  // this thread's copies of steps j and j + 1 (issued a step ago: its latency is long hidden)
+    __syncthreads();  // everyone's, and step j's per-token values; every warp is done with step j - 1
     issue(j + kStages - 1);
+    if (j + 1 < steps) make_tokens(j + 1);
     const unsigned char* st = smem + (j % kStages) * Lay::kStage;
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
     const T* Xs = reinterpret_cast<const T*>(st + Lay::kX);
     const T* Zs = reinterpret_cast<const T*>(st + Lay::kZ);
-    const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
-    const float* dt_s = reinterpret_cast<const float*>(st + Lay::kDt);
+    const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
     const T* state_in = state_s + (j & 1) * kPs * Lay::kLdBC;
     T* state_out = state_s + ((j + 1) & 1) * kPs * Lay::kLdBC;
-    // L_t from the step's start: a difference of two nearby cumsums, taken in float64.
-    auto L = [&](int t) { return static_cast<float>(cum_s[t + 1] - cum_s[0]); };
 
     if (warp < kOutWarps) {
       // Outputs of rows [16 rb, + 16) and channels [ch0, + kPs / 2): the state's term, then the step's sources in
@@ -163,7 +196,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
       const int r0 = 16 * rb + gid, r1 = r0 + 8;
       uint32_t aC[kN / 16][4];
 #pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) load_a_fragment(aC[kk], Cs, Lay::kLdBC, 16 * rb, 16 * kk);
+      for (int kk = 0; kk < kN / 16; ++kk) load_a_fragment_ldsm(aC[kk], Cs, Lay::kLdBC, 16 * rb, 16 * kk);
       // C.B of every source block at once: independent chains of products, whose latencies overlap.
       float cb[kRowBlocks][2][4] = {};
 #pragma unroll
@@ -171,28 +204,34 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
           if (sb > rb) break;
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            uint32_t b0, b1;
-            load_b_fragment(b0, b1, Bs, Lay::kLdBC, 16 * kk, 16 * sb + 8 * nt);
-            TC::mma(cb[sb][nt], aC[kk], b0, b1);
-          }
+          uint32_t bb[2][2];
+          load_b_fragments_ldsm(bb, Bs, Lay::kLdBC, 16 * kk, 16 * sb);
+          TC::mma(cb[sb][0], aC[kk], bb[0][0], bb[0][1]);
+          TC::mma(cb[sb][1], aC[kk], bb[1][0], bb[1][1]);
         }
       }
       float Y[Lay::kHalfPs / 8][4];
 #pragma unroll
-      for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
+      for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
 #pragma unroll
         for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < kN / 16; ++kk) {
-          uint32_t b0, b1;
-          load_b_fragment(b0, b1, state_in, Lay::kLdBC, 16 * kk, ch0 + 8 * jp);
-          TC::mma(Y[jp], aC[kk], b0, b1);
+      for (int kk = 0; kk < kN / 16; ++kk) {
+#pragma unroll
+        for (int jp = 0; jp < Lay::kHalfPs / 8; jp += 2) {
+          if (jp + 1 < Lay::kHalfPs / 8) {
+            uint32_t bb[2][2];
+            load_b_fragments_ldsm(bb, state_in, Lay::kLdBC, 16 * kk, ch0 + 8 * jp);
+            TC::mma(Y[jp], aC[kk], bb[0][0], bb[0][1]);
+            TC::mma(Y[jp + 1], aC[kk], bb[1][0], bb[1][1]);
+          } else {
+            uint32_t b0, b1;
+            load_b_fragment(b0, b1, state_in, Lay::kLdBC, 16 * kk, ch0 + 8 * jp);
+            TC::mma(Y[jp], aC[kk], b0, b1);
+          }
         }
       }
-      const float L0 = L(r0), L1 = L(r1);
-      const float e0 = __expf(L0), e1 = __expf(L1);
+      const float L0 = tv.L[r0], L1 = tv.L[r1], e0 = tv.E[r0], e1 = tv.E[r1];
 #pragma unroll
       for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
 #pragma unroll
@@ -200,12 +239,12 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
         if (sb > rb) break;
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int row = e < 2 ? r0 : r1, src = 16 * sb + 8 * nt + 2 * tig + e % 2;
-            const float w = src <= row ? __expf((e < 2 ? L0 : L1) - L(src)) * dt_s[src] : 0.f;
-            cb[sb][nt][e] *= w;
-          }
+          const int src = 16 * sb + 8 * nt + 2 * tig;
+          const float2 g = *reinterpret_cast<const float2*>(tv.G + src);
+          cb[sb][nt][0] *= src <= r0 ? __expf(L0 + g.x) : 0.f;
+          cb[sb][nt][1] *= src + 1 <= r0 ? __expf(L0 + g.y) : 0.f;
+          cb[sb][nt][2] *= src <= r1 ? __expf(L1 + g.x) : 0.f;
+          cb[sb][nt][3] *= src + 1 <= r1 ? __expf(L1 + g.y) : 0.f;
         }
         const uint32_t aw[4] = {TC::pack(cb[sb][0][0], cb[sb][0][1]), TC::pack(cb[sb][0][2], cb[sb][0][3]),
                                 TC::pack(cb[sb][1][0], cb[sb][1][1]), TC::pack(cb[sb][1][2], cb[sb][1][3])};
@@ -237,9 +276,9 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
     }
 
     // The state (its warps): x's rows of the step are the A operand (channels x tokens, read transposed), each
-    // token's column scaled by exp(L_last - L_s) dt'_s before it is rounded back to 16 bits.
+    // token's column scaled by F_s before it is rounded back to 16 bits.
     if (state_warp) {
-      const float L_last = L(kSpan - 1), decay = __expf(L_last);
+      const float decay = tv.E[kSpan - 1];
 #pragma unroll
       for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
 #pragma unroll
@@ -249,12 +288,12 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
         uint32_t ax[4];
         load_a_fragment_kmajor(ax, Xs, Lay::kLdX, c_row - gid, 16 * ks);
         const int s = 16 * ks + 2 * tig;
-        const float f0 = __expf(L_last - L(s)) * dt_s[s], f1 = __expf(L_last - L(s + 1)) * dt_s[s + 1];
-        const float f8 = __expf(L_last - L(s + 8)) * dt_s[s + 8], f9 = __expf(L_last - L(s + 9)) * dt_s[s + 9];
+        const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
+        const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const float2 v = TC::unpack(ax[i]);
-          ax[i] = i < 2 ? TC::pack(v.x * f0, v.y * f1) : TC::pack(v.x * f8, v.y * f9);
+          ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
         }
 #pragma unroll
         for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
