@@ -144,4 +144,15 @@ __device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
 }
 
+// Two of those at once: the B fragments of columns n0 + gid (b[0]) and n0 + 8 + gid (b[1]).
+template <typename T>
+__device__ __forceinline__ void load_b_fragments_kmajor(uint32_t (&b)[2][2], const T* tile, int ld, int k0, int n0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: k +0/+8, then columns +8
+  const T* row = tile + (k0 + i + 8 * (which % 2)) * ld + n0 + 8 * (which / 2);
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(b[0][0]), "=r"(b[0][1]), "=r"(b[1][0]), "=r"(b[1][1])
+               : "r"(addr));
+}
+
 }  // namespace carve::kernels
