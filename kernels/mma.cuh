@@ -155,4 +155,26 @@ __device__ __forceinline__ void load_b_fragments_kmajor(uint32_t (&b)[2][2], con
                : "r"(addr));
 }
 
+// acc[i] += A B_i for the kCount 8-column blocks B_i of a 16-row (k) operand starting at (k0, n0), two blocks per
+// ldmatrix: from a k-major tile (element (k, n) at k * ld + n) or an n-major one (at n * ld + k).
+template <bool kKMajor, typename T, int kCount>
+__device__ __forceinline__ void mma_across(float (&acc)[kCount][4], const uint32_t a[4], const T* tile, int ld, int k0,
+                                           int n0) {
+#pragma unroll
+  for (int i = 0; i < kCount; i += 2) {
+    if (i + 1 < kCount) {
+      uint32_t b[2][2];
+      if constexpr (kKMajor) load_b_fragments_kmajor(b, tile, ld, k0, n0 + 8 * i);
+      else load_b_fragments_ldsm(b, tile, ld, k0, n0 + 8 * i);
+      TensorCore<T>::mma(acc[i], a, b[0][0], b[0][1]);
+      TensorCore<T>::mma(acc[i + 1], a, b[1][0], b[1][1]);
+    } else {
+      uint32_t b0, b1;
+      if constexpr (kKMajor) load_b_fragment_kmajor(b0, b1, tile, ld, k0, n0 + 8 * i);
+      else load_b_fragment(b0, b1, tile, ld, k0, n0 + 8 * i);
+      TensorCore<T>::mma(acc[i], a, b0, b1);
+    }
+  }
+}
+
 }  // namespace carve::kernels

@@ -216,21 +216,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
 #pragma unroll
         for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) {
-#pragma unroll
-        for (int jp = 0; jp < Lay::kHalfPs / 8; jp += 2) {
-          if (jp + 1 < Lay::kHalfPs / 8) {
-            uint32_t bb[2][2];
-            load_b_fragments_ldsm(bb, state_in, Lay::kLdBC, 16 * kk, ch0 + 8 * jp);
-            TC::mma(Y[jp], aC[kk], bb[0][0], bb[0][1]);
-            TC::mma(Y[jp + 1], aC[kk], bb[1][0], bb[1][1]);
-          } else {
-            uint32_t b0, b1;
-            load_b_fragment(b0, b1, state_in, Lay::kLdBC, 16 * kk, ch0 + 8 * jp);
-            TC::mma(Y[jp], aC[kk], b0, b1);
-          }
-        }
-      }
+      for (int kk = 0; kk < kN / 16; ++kk) mma_across<false>(Y, aC[kk], state_in, Lay::kLdBC, 16 * kk, ch0);
       const float L0 = tv.L[r0], L1 = tv.L[r1], e0 = tv.E[r0], e1 = tv.E[r1];
 #pragma unroll
       for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
@@ -248,19 +234,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
         }
         const uint32_t aw[4] = {TC::pack(cb[sb][0][0], cb[sb][0][1]), TC::pack(cb[sb][0][2], cb[sb][0][3]),
                                 TC::pack(cb[sb][1][0], cb[sb][1][1]), TC::pack(cb[sb][1][2], cb[sb][1][3])};
-#pragma unroll
-        for (int jp = 0; jp < Lay::kHalfPs / 8; jp += 2) {
-          if (jp + 1 < Lay::kHalfPs / 8) {
-            uint32_t bb[2][2];
-            load_b_fragments_kmajor(bb, Xs, Lay::kLdX, 16 * sb, ch0 + 8 * jp);
-            TC::mma(Y[jp], aw, bb[0][0], bb[0][1]);
-            TC::mma(Y[jp + 1], aw, bb[1][0], bb[1][1]);
-          } else {
-            uint32_t b0, b1;
-            load_b_fragment_kmajor(b0, b1, Xs, Lay::kLdX, 16 * sb, ch0 + 8 * jp);
-            TC::mma(Y[jp], aw, b0, b1);
-          }
-        }
+        mma_across<true>(Y, aw, Xs, Lay::kLdX, 16 * sb, ch0);
       }
       // + D x, * silu(z), rounded once: as the chunk-parallel output kernel's epilogue.
 #pragma unroll
@@ -302,19 +276,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
           const float2 v = TC::unpack(ax[i]);
           ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
         }
-#pragma unroll
-        for (int nt = 0; nt < Lay::kHalfN / 8; nt += 2) {
-          if (nt + 1 < Lay::kHalfN / 8) {
-            uint32_t bb[2][2];
-            load_b_fragments_kmajor(bb, Bs, Lay::kLdBC, 16 * ks, n0 + 8 * nt);
-            TC::mma(S[nt], ax, bb[0][0], bb[0][1]);
-            TC::mma(S[nt + 1], ax, bb[1][0], bb[1][1]);
-          } else {
-            uint32_t b0, b1;
-            load_b_fragment_kmajor(b0, b1, Bs, Lay::kLdBC, 16 * ks, n0 + 8 * nt);
-            TC::mma(S[nt], ax, b0, b1);
-          }
-        }
+        mma_across<true>(S, ax, Bs, Lay::kLdBC, 16 * ks, n0);
       }
 #pragma unroll
       for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {

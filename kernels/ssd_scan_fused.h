@@ -20,7 +20,7 @@
 namespace carve::kernels {
 
 // Whether the sweep takes this forward: 16-bit, no y_ssm, no packed samples, chunk length a multiple of 64, state
-// size 64, 80 or 128, head dim a multiple of 64 or 80, 16-byte aligned rows, and enough (row, head, slice) blocks to
+// size 64, 80 or 128, head dim 80 or a multiple of 64, 16-byte aligned rows, and enough (row, head, slice) blocks to
 // fill the GPU (with few, a sweep over a long sequence is slower than the chunk-parallel kernels).
 // CARVE_SSD_FUSED=0 turns it off (side-by-side benchmarks); =1 takes it at any block count (tests).
 bool ssd_fused_forward_applies(const SsdScanForward& f);
