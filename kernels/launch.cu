@@ -64,6 +64,8 @@ bool dependent_launch_enabled() { return dependent_launch_allowed_by_environment
 
 bool clusters_supported() { return capability_major() >= 9; }
 
+int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
+
 void allow_dynamic_shared(const void* kernel, size_t bytes) {
   if (bytes > 0)
     set_attribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes), /*raise_only=*/true);

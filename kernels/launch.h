@@ -22,6 +22,9 @@ bool dependent_launch_enabled();
 // Whether the current device runs thread block clusters (compute capability 9.0 or newer).
 bool clusters_supported();
 
+// The current device's SMs (looked up once per device).
+int sm_count();
+
 // The shared memory carveout (percent of the unified L1 / shared memory) that fits `blocks` blocks of
 // `bytes_per_block` on an SM of the current device, for LaunchShape::carveout.
 int shared_carveout_for(int blocks, size_t bytes_per_block);

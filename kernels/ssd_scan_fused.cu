@@ -28,8 +28,8 @@ struct FusedLayout {
   // A warp's share of the state: 16 channels and half of the kN columns. (With 4 warps, each holding 16 channels and
   // all columns and computing one row block's outputs alone, one warp per scheduler waited out its products'
   // latencies: 6 us a step at HoVLE's sizes.)
-  static constexpr int kStateWarps = kPs / 8;
-  static constexpr int kWarps = kStateWarps > kOutWarps ? kStateWarps : kOutWarps;
+  static constexpr int kWarps = kPs / 8;
+  static_assert(kWarps >= kOutWarps, "every warp holds state; the first kOutWarps also make outputs");
   static constexpr int kHalfN = kN / 2, kHalfPs = kPs / 2;
   // One stage: C and B rows [kSpan][kLdBC], x and z rows [kSpan][kLdX], the cumsum before the step's first token and
   // at each of its tokens (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
@@ -60,27 +60,12 @@ struct TokenValues {
   __device__ TokenValues(float* base) : L(base), G(base + kSpan), F(base + 2 * kSpan), E(base + 3 * kSpan) {}
 };
 
-struct FusedArgs {
-  ScanDims d;
-  const void* x;
-  const void* z;
-  const void* B;
-  const void* C;
-  const float* D;
-  bool D_per_channel;
-  const float* dtp;
-  const double* cum;
-  const float* initial_state;
-  void* out;
-  float* final_state;
-};
-
 template <typename T, int kN, int kPs>
-__global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_fused_forward_kernel(FusedArgs a) {
+__global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
+    ssd_fused_forward_kernel(SsdScanForward a, ScanDims d) {
   using Lay = FusedLayout<T, kN, kPs>;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-  const ScanDims d = a.d;
   const int slices = d.p / kPs;
   const int slice = blockIdx.x % slices, head_row = blockIdx.x / slices;
   const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
@@ -148,11 +133,10 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
     }
   };
 
-  // The warp's state (state warps only): channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of
-  // the slice, columns n0 + 8 nt + 2 tig (+ 1).
+  // The warp's state: channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of the slice, columns
+  // n0 + 8 nt + 2 tig (+ 1).
   T* state_s = reinterpret_cast<T*>(smem + Lay::kState);
   float* D_s = reinterpret_cast<float*>(smem + Lay::kD);
-  const bool state_warp = warp < Lay::kStateWarps;
   const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
   float S[Lay::kHalfN / 8][4];
   const float* init = a.initial_state
@@ -163,7 +147,6 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
     const int col = n0 + 8 * nt + 2 * tig;
 #pragma unroll
     for (int e = 0; e < 4; ++e) S[nt][e] = init ? init[(c_row + 8 * (e / 2)) * kN + col + e % 2] : 0.f;
-    if (!state_warp) continue;
     *reinterpret_cast<uint32_t*>(state_s + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
     *reinterpret_cast<uint32_t*>(state_s + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
   }
@@ -256,38 +239,35 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1) ssd_f
       }
     }
 
-    // The state (its warps): x's rows of the step are the A operand (channels x tokens, read transposed), each
-    // token's column scaled by F_s before it is rounded back to 16 bits.
-    if (state_warp) {
-      const float decay = tv.E[kSpan - 1];
+    // The state, every warp its share: x's rows of the step are the A operand (channels x tokens, read
+    // transposed), each token's column scaled by F_s before it is rounded back to 16 bits.
+    const float decay = tv.E[kSpan - 1];
 #pragma unroll
-      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
+      for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
 #pragma unroll
-      for (int ks = 0; ks < kSpan / 16; ++ks) {
-        uint32_t ax[4];
-        load_a_fragment_kmajor(ax, Xs, Lay::kLdX, c_row - gid, 16 * ks);
-        const int s = 16 * ks + 2 * tig;
-        const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
-        const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
+    for (int ks = 0; ks < kSpan / 16; ++ks) {
+      uint32_t ax[4];
+      load_a_fragment_kmajor(ax, Xs, Lay::kLdX, c_row - gid, 16 * ks);
+      const int s = 16 * ks + 2 * tig;
+      const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
+      const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 v = TC::unpack(ax[i]);
-          ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
-        }
-        mma_across<true>(S, ax, Bs, Lay::kLdBC, 16 * ks, n0);
+      for (int i = 0; i < 4; ++i) {
+        const float2 v = TC::unpack(ax[i]);
+        ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
       }
+      mma_across<true>(S, ax, Bs, Lay::kLdBC, 16 * ks, n0);
+    }
 #pragma unroll
-      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-        const int col = n0 + 8 * nt + 2 * tig;
-        *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
-        *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
-      }
+    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+      const int col = n0 + 8 * nt + 2 * tig;
+      *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
+      *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
     }
   }
   staged();  // the empty groups
-  if (!state_warp) return;
 
   float* fin = a.final_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;
 #pragma unroll
@@ -310,26 +290,16 @@ Setting setting() {
   return std::string(v) == "0" ? Setting::never : Setting::always;
 }
 
-int sm_count() {
-  int device = 0, count = 0;
-  CARVE_CUDA_CHECK(cudaGetDevice(&device));
-  CARVE_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename T, int kN, int kPs>
 void launch(const SsdScanForward& f, cudaStream_t stream) {
   using Lay = FusedLayout<T, kN, kPs>;
-  FusedArgs a{};
-  a.d = dims_of(f.shape);
-  a.x = f.x, a.z = f.z, a.B = f.B, a.C = f.C, a.D = f.D, a.D_per_channel = f.D_per_channel;
-  a.dtp = f.dtp, a.cum = f.cum, a.initial_state = f.initial_state, a.out = f.out, a.final_state = f.final_state;
+  const ScanDims d = dims_of(f.shape);
   constexpr auto kernel = ssd_fused_forward_kernel<T, kN, kPs>;
   allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
-  const unsigned blocks = static_cast<unsigned>(static_cast<long>(a.d.b) * a.d.h * (a.d.p / kPs));
-  kernel<<<blocks, Lay::kWarps * 32, Lay::kBytes, stream>>>(a);
+  const unsigned blocks = static_cast<unsigned>(static_cast<long>(d.b) * d.h * (d.p / kPs));
+  kernel<<<blocks, Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d);
   CARVE_CUDA_CHECK_LAUNCH();
 }
 
