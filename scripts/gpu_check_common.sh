@@ -1,10 +1,10 @@
 # Sourced by the gpu_*_check.sh scripts (one device call's worth of checks each): the output folder, the summary,
 # and the build of this tree, with the tree in BASE_SRC (when set) built beside it without tests for a
 # before/after in the same call. Expects ROOT (the checkout) and out (the output folder) to be set.
-#   gpu_check_build [CMAKE ARGS...]: builds this tree into $build (extra CMake arguments for it), waits for the base
-#     build, sets up the run-time library path and prints the GPU.
+#   gpu_check_build [CMAKE ARGS...]: builds this tree into $build (extra CMake arguments for it; without tests when
+#     TESTS=0), waits for the base build, sets up the run-time library path and prints the GPU.
 #   gpu_check_tests FILTER MEMCHECK_FILTER: the tests matching FILTER (failures into the summary), then
-#     compute-sanitizer memcheck on those matching MEMCHECK_FILTER.
+#     compute-sanitizer memcheck on those matching MEMCHECK_FILTER; nothing when TESTS=0 (a speed-only call).
 
 build=${BUILD_DIR:-/tmp/bg}
 base_build=/tmp/carve-base
@@ -38,7 +38,9 @@ gpu_check_build() {
     (CARVE_DEPS="$ROOT/.deps" CARVE_CMAKE_ARGS=-DCARVE_TESTS=OFF "$BASE_SRC/scripts/gpu_host_build.sh" build \
        "$base_build" > "$out/build_base.log" 2>&1; echo "base build rc=$?" >> "$out/build_base.log") &
   fi
-  CARVE_CMAKE_ARGS="${CARVE_CMAKE_ARGS:-} $*" "$ROOT/scripts/gpu_host_build.sh" build "$build" > "$out/build.log" 2>&1 \
+  local tests=
+  [ "${TESTS:-1}" = 0 ] && tests=-DCARVE_TESTS=OFF
+  CARVE_CMAKE_ARGS="${CARVE_CMAKE_ARGS:-} $tests $*" "$ROOT/scripts/gpu_host_build.sh" build "$build" > "$out/build.log" 2>&1 \
     || { tail -40 "$out/build.log"; exit 1; }
   wait
   [ -n "${BASE_SRC:-}" ] && tail -1 "$out/build_base.log" | tee -a "$summary"
@@ -48,6 +50,7 @@ gpu_check_build() {
 }
 
 gpu_check_tests() {
+  [ "${TESTS:-1}" = 0 ] && return 0
   step "tests $1"
   "$build/tests/carve_tests" --gtest_filter="$1" > "$out/tests.log" 2>&1
   echo "tests rc=$?" | tee -a "$summary"

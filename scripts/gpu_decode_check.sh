@@ -26,11 +26,9 @@ out=${1:-${OUT:?give an output folder or set OUT}}
 # shellcheck source=scripts/gpu_check_common.sh
 source "$ROOT/scripts/gpu_check_common.sh"
 
-tests_arg=()
-[ "${TESTS:-1}" = 0 ] && tests_arg=(-DCARVE_TESTS=OFF)
-gpu_check_build "${tests_arg[@]}"
+gpu_check_build
 
-[ "${TESTS:-1}" != 0 ] && gpu_check_tests \
+gpu_check_tests \
   '*Decode*:*KvCache*:InferenceKernels*:MambaStep*:Ragged*:*Teacher*:*Student*:*E2e*' \
   'InferenceKernels*:MambaStep*:DecodeAttention*:DecodeGraph.Students*:DecodeGraph.Ragged*'
 

@@ -21,11 +21,9 @@ shapes=${SHAPES:-hovle,phi2,mamba2-2.7b,long}
 # shellcheck source=scripts/gpu_check_common.sh
 source "$ROOT/scripts/gpu_check_common.sh"
 
-tests_arg=()
-[ "${TESTS:-1}" = 0 ] && tests_arg=(-DCARVE_TESTS=OFF)
-gpu_check_build "${tests_arg[@]}"
+gpu_check_build
 
-[ "${TESTS:-1}" != 0 ] && gpu_check_tests 'SsdKernel.*:ConvKernel.*:GatedNormKernel.*:*Mixer*:*Student*' \
+gpu_check_tests 'SsdKernel.*:ConvKernel.*:GatedNormKernel.*:*Mixer*:*Student*' \
   'SsdKernel.*:ConvKernel.*:GatedNormKernel.*'
 
 triton=()
