@@ -66,6 +66,10 @@ bool clusters_supported() { return capability_major() >= 9; }
 
 int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
+size_t max_shared_per_block() {
+  return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>());
+}
+
 void allow_dynamic_shared(const void* kernel, size_t bytes) {
   if (bytes > 0)
     set_attribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes), /*raise_only=*/true);

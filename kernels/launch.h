@@ -25,6 +25,10 @@ bool clusters_supported();
 // The current device's SMs (looked up once per device).
 int sm_count();
 
+// The most dynamic shared memory one block of the current device can opt in to (227 KB on compute capability 9.0,
+// 163 KB on 8.0, 99 KB on 8.6 and 8.9): a kernel whose layout needs more must not be launched there.
+size_t max_shared_per_block();
+
 // The shared memory carveout (percent of the unified L1 / shared memory) that fits `blocks` blocks of
 // `bytes_per_block` on an SM of the current device, for LaunchShape::carveout.
 int shared_carveout_for(int blocks, size_t bytes_per_block);

@@ -1,5 +1,6 @@
 #include "kernels/ssd_scan_fused.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -17,10 +18,13 @@ constexpr int kSpan = 64;               // tokens per step of a block's sweep
 constexpr int kRowBlocks = kSpan / 16;  // 16-row output blocks of a step
 constexpr int kOutWarps = 2 * kRowBlocks;  // a row block's outputs in two halves of the channels, one warp each
 constexpr int kStages = 3;              // steps whose tokens are staged or in flight
+constexpr int kTiles = kRowBlocks * (kRowBlocks + 1) / 2;  // a step's 16 x 16 C.B tiles on or below the diagonal
+constexpr int kTileFloats = 16 * 16;
 
 // Shared memory of one block: kStages stages of a step's tokens, then the state entering this step and the next one
-// (16-bit, [kPs][kLdBC]), then D per channel. Rows are padded by 8 elements, so that the fragments' 4-byte reads of
-// 8 rows fall in distinct banks, and stay 16-byte aligned for cp.async and ldmatrix.
+// (16-bit, [kPs][kLdBC]), then D per channel, the per-token values and the C.B tiles. Rows are padded by 8 elements,
+// so that the fragments' 4-byte reads of 8 rows fall in distinct banks, and stay 16-byte aligned for cp.async and
+// ldmatrix.
 template <typename T, int kN, int kPs>
 struct FusedLayout {
   static constexpr int kLdBC = kN + 8;
@@ -44,8 +48,12 @@ struct FusedLayout {
   static constexpr size_t kD = kState + 2 * sizeof(T) * kPs * kLdBC;
   // Per-token values of a step (TokenValues), twice: this step's, and the next one's being made.
   static constexpr size_t kTokens = kD + sizeof(float) * kPs;
-  static constexpr size_t kBytes = kTokens + 2 * sizeof(float) * 4 * kSpan;
-  static_assert(kStage % 16 == 0 && kD % 16 == 0 && kTokens % 16 == 0, "16-byte aligned regions");
+  // A step's C.B tiles in float32, twice: this step's, read by the output warps, and the next step's, being made.
+  // Tile i (row block r, source block s <= r, i = r (r + 1) / 2 + s) is stored in the accumulators' own order,
+  // [8-column half][lane][4], so that writer and reader move a lane's four floats as one 16-byte access.
+  static constexpr size_t kCB = kTokens + 2 * sizeof(float) * 4 * kSpan;
+  static constexpr size_t kBytes = kCB + 2 * sizeof(float) * kTiles * kTileFloats;
+  static_assert(kStage % 16 == 0 && kD % 16 == 0 && kTokens % 16 == 0 && kCB % 16 == 0, "16-byte aligned regions");
 };
 
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
@@ -60,18 +68,37 @@ struct TokenValues {
   __device__ TokenValues(float* base) : L(base), G(base + kSpan), F(base + 2 * kSpan), E(base + 3 * kSpan) {}
 };
 
-template <typename T, int kN, int kPs>
+// The sequence split into spans of whole 64-token steps, each swept by its own blocks, where the (row, head, slice)
+// blocks alone are too few for the GPU (docs/kernels.md, version 9). A first launch sweeps every span but the last
+// from a zero state without outputs (kOutputs false) and leaves its local final state in the forward's chunk-state
+// workspace, at chunk index `span` ([b, c, h, p, n]), and its log-decay in float at chunk index count - 1, element
+// `span` of the (row, head)'s p x n block. The second launch (kOutputs true) starts each span from the state
+// entering it, which its blocks stitch from those: S <- exp(log-decay_i) S + local_i over the spans before it.
+struct SweepSpans {
+  int count = 1;
+  int steps = 0;  // 64-token steps per span (the last may have fewer)
+};
+
+template <typename T, int kN, int kPs, bool kOutputs>
 __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
-    ssd_fused_forward_kernel(SsdScanForward a, ScanDims d) {
+    ssd_fused_forward_kernel(SsdScanForward a, ScanDims d, SweepSpans sp) {
   using Lay = FusedLayout<T, kN, kPs>;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int slices = d.p / kPs;
-  const int slice = blockIdx.x % slices, head_row = blockIdx.x / slices;
+  // The state-only launch has no block for the last span.
+  const int span_blocks = kOutputs ? sp.count : sp.count - 1;
+  const int slice = blockIdx.x % slices, span = blockIdx.x / slices % span_blocks,
+            head_row = blockIdx.x / slices / span_blocks;
   const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int p0 = slice * kPs;  // the block's first channel
-  const int steps = (d.l + kSpan - 1) / kSpan;
+  const int first = span * sp.steps, steps = min((d.l + kSpan - 1) / kSpan, first + sp.steps);  // [first, steps)
+  // Where a span's local state and log-decay go (the first launch) and come from (the second).
+  const auto span_state = [&](int i) {
+    return a.states + ((static_cast<long>(bi) * d.c + i) * d.h + hi) * d.p * kN;
+  };
+  float* const span_log_decay = span_state(sp.count - 1);
   const T* x = static_cast<const T*>(a.x);
   const T* z = static_cast<const T*>(a.z);
   const T* Bg = static_cast<const T*>(a.B);
@@ -93,7 +120,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
         const int r = i / kBcPieces, c = i % kBcPieces, t = t0 + r;
         const bool real = t < d.l;  // rows past the end are zeros
         const long row = ((static_cast<long>(bi) * d.l + (real ? t : 0)) * d.g + gi) * kN + 8 * c;
-        copy_async<16>(Cs + r * Lay::kLdBC + 8 * c, Cg + row, real);
+        if (kOutputs) copy_async<16>(Cs + r * Lay::kLdBC + 8 * c, Cg + row, real);
         copy_async<16>(Bs + r * Lay::kLdBC + 8 * c, Bg + row, real);
       }
       for (int i = threadIdx.x; i < kSpan * kXPieces; i += blockDim.x) {
@@ -101,7 +128,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
         const bool real = t < d.l;
         const long row = ((static_cast<long>(bi) * d.l + (real ? t : 0)) * d.h + hi) * d.p + p0 + 8 * c;
         copy_async<16>(Xs + r * Lay::kLdX + 8 * c, x + row, real);
-        if (z) copy_async<16>(Zs + r * Lay::kLdX + 8 * c, z + row, real);
+        if (kOutputs && z) copy_async<16>(Zs + r * Lay::kLdX + 8 * c, z + row, real);
       }
       // dt_prepare's workspace holds every chunk's q tokens (dt' = 0 and the cumsum constant past the end).
       const int off = t0 % d.q;
@@ -114,7 +141,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
     }
     commit_copies();
   };
-  for (int j = 0; j + 1 < kStages; ++j) issue(j);
+  for (int j = first; j + 1 < first + kStages; ++j) issue(j);
   float* tokens_s = reinterpret_cast<float*>(smem + Lay::kTokens);
   // Step j's per-token values into buffer j % 2, by the first kSpan threads.
   auto make_tokens = [&](int j) {
@@ -132,36 +159,87 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
       tv.E[t] = expf(Lt);
     }
   };
+  // Step j's C.B tiles into buffer j % 2, spread over the warps: each tile is made once, instead of by both warps of
+  // its row block as their own operand, and the warps with the most outputs to make (the last row blocks) make the
+  // fewest tiles (docs/kernels.md, version 9). Tiles go to warps in the order of their slot: the warps without
+  // outputs first, then the row blocks' warps from the first row block to the last.
+  const int cb_slot = warp >= kOutWarps ? warp - kOutWarps
+                                        : Lay::kWarps - kOutWarps + 2 * (warp % kRowBlocks) + warp / kRowBlocks;
+  auto make_cb = [&](int j) {
+    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
+    const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
+    float4* cb_s = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kTiles * (kTileFloats / 4);
+    for (int i = cb_slot; i < kTiles; i += Lay::kWarps) {
+      const int r = (i >= 1) + (i >= 3) + (i >= 6), s = i - r * (r + 1) / 2;
+      // Even and odd k steps in separate accumulators: four chains of products in flight instead of two.
+      float acc[2][2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kN / 16; ++kk) {
+        uint32_t aa[4], bb[2][2];
+        load_a_fragment_ldsm(aa, Cs, Lay::kLdBC, 16 * r, 16 * kk);
+        load_b_fragments_ldsm(bb, Bs, Lay::kLdBC, 16 * kk, 16 * s);
+        TC::mma(acc[kk & 1][0], aa, bb[0][0], bb[0][1]);
+        TC::mma(acc[kk & 1][1], aa, bb[1][0], bb[1][1]);
+      }
+      float4* tile = cb_s + i * (kTileFloats / 4);
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+        tile[32 * nt + lane] = make_float4(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1],
+                                           acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
+    }
+  };
 
   // The warp's state: channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of the slice, columns
-  // n0 + 8 nt + 2 tig (+ 1).
+  // n0 + 8 nt + 2 tig (+ 1); element e of column block nt at offset state_at(nt, e) of a [kPs][kN] block.
   T* state_s = reinterpret_cast<T*>(smem + Lay::kState);
   float* D_s = reinterpret_cast<float*>(smem + Lay::kD);
   const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
+  const auto state_at = [&](int nt, int e) { return (c_row + 8 * (e / 2)) * kN + n0 + 8 * nt + 2 * tig + e % 2; };
   float S[Lay::kHalfN / 8][4];
-  const float* init = a.initial_state
+  // The state entering the block's first step: the initial state (or zeros), and, after the first span, carried
+  // through the spans before this one. The state-only launch starts each span from zeros.
+  const float* init = kOutputs && a.initial_state
                           ? a.initial_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN
                           : nullptr;
 #pragma unroll
+  for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) S[nt][e] = init ? init[state_at(nt, e)] : 0.f;
+  if (kOutputs) {
+    for (int i = 0; i < span; ++i) {
+      const float decay = expf(span_log_decay[i]);
+      const float* local = span_state(i) + p0 * kN;
+#pragma unroll
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) S[nt][e] = decay * S[nt][e] + local[state_at(nt, e)];
+    }
+  }
+  T* const state_first = state_s + (first & 1) * kPs * Lay::kLdBC;  // the buffer step `first` reads
+#pragma unroll
   for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
     const int col = n0 + 8 * nt + 2 * tig;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) S[nt][e] = init ? init[(c_row + 8 * (e / 2)) * kN + col + e % 2] : 0.f;
-    *reinterpret_cast<uint32_t*>(state_s + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
-    *reinterpret_cast<uint32_t*>(state_s + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
+    *reinterpret_cast<uint32_t*>(state_first + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
+    *reinterpret_cast<uint32_t*>(state_first + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
   }
+  double log_decay = 0.;  // of the span, summed by thread 0 in the state-only launch
   for (int i = threadIdx.x; i < kPs; i += blockDim.x)
     D_s[i] = a.D ? a.D[a.D_per_channel ? hi * d.p + p0 + i : hi] : 0.f;
 
-  staged_but<kStages - 2>();  // step 0's tokens
+  staged_but<kStages - 2>();  // the first step's tokens
   __syncthreads();
-  make_tokens(0);
+  make_tokens(first);
+  if (kOutputs) make_cb(first);
 
-  for (int j = 0; j < steps; ++j) {
+  for (int j = first; j < steps; ++j) {
     staged_but<0>();  // this thread's copies of steps j and j + 1 (issued a step ago: its latency is long hidden)
     __syncthreads();  // everyone's, and step j's per-token values; every warp is done with step j - 1
     issue(j + kStages - 1);
-    if (j + 1 < steps) make_tokens(j + 1);
+    if (j + 1 < steps) {
+      make_tokens(j + 1);
+      if (kOutputs) make_cb(j + 1);
+    }
     const unsigned char* st = smem + (j % kStages) * Lay::kStage;
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
@@ -171,35 +249,39 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
     const T* state_in = state_s + (j & 1) * kPs * Lay::kLdBC;
     T* state_out = state_s + ((j + 1) & 1) * kPs * Lay::kLdBC;
 
-    if (warp < kOutWarps) {
+    if (!kOutputs && threadIdx.x == 0) {
+      const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
+      log_decay += cum_s[kSpan] - cum_s[0];
+    }
+    if (kOutputs && warp < kOutWarps) {
       // Outputs of rows [16 rb, + 16) and channels [ch0, + kPs / 2): the state's term, then the step's sources in
-      // 16-token blocks up to the diagonal, each C.B block weighted in registers and fed to the product with x as
-      // the A operand. The two warps of a row block both make its C.B blocks.
+      // 16-token blocks up to the diagonal, each C.B tile (made a step ago, make_cb) weighted in registers and fed to
+      // the product with x as the A operand.
       const int rb = warp % kRowBlocks, ch0 = Lay::kHalfPs * (warp / kRowBlocks);
       const int r0 = 16 * rb + gid, r1 = r0 + 8;
-      uint32_t aC[kN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) load_a_fragment_ldsm(aC[kk], Cs, Lay::kLdBC, 16 * rb, 16 * kk);
-      // C.B of every source block at once: independent chains of products, whose latencies overlap.
-      float cb[kRowBlocks][2][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) {
-#pragma unroll
-        for (int sb = 0; sb < kRowBlocks; ++sb) {
-          if (sb > rb) break;
-          uint32_t bb[2][2];
-          load_b_fragments_ldsm(bb, Bs, Lay::kLdBC, 16 * kk, 16 * sb);
-          TC::mma(cb[sb][0], aC[kk], bb[0][0], bb[0][1]);
-          TC::mma(cb[sb][1], aC[kk], bb[1][0], bb[1][1]);
-        }
-      }
       float Y[Lay::kHalfPs / 8][4];
 #pragma unroll
       for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
 #pragma unroll
         for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) mma_across<false>(Y, aC[kk], state_in, Lay::kLdBC, 16 * kk, ch0);
+      for (int kk = 0; kk < kN / 16; ++kk) {
+        uint32_t aC[4];
+        load_a_fragment_ldsm(aC, Cs, Lay::kLdBC, 16 * rb, 16 * kk);
+        mma_across<false>(Y, aC, state_in, Lay::kLdBC, 16 * kk, ch0);
+      }
+      const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) + (j & 1) * kTiles * (kTileFloats / 4) +
+                           rb * (rb + 1) / 2 * (kTileFloats / 4);
+      float cb[kRowBlocks][2][4];
+#pragma unroll
+      for (int sb = 0; sb < kRowBlocks; ++sb) {
+        if (sb > rb) break;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const float4 v = cb_s[sb * (kTileFloats / 4) + 32 * nt + lane];
+          cb[sb][nt][0] = v.x, cb[sb][nt][1] = v.y, cb[sb][nt][2] = v.z, cb[sb][nt][3] = v.w;
+        }
+      }
       const float L0 = tv.L[r0], L1 = tv.L[r1], e0 = tv.E[r0], e1 = tv.E[r1];
 #pragma unroll
       for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
@@ -262,6 +344,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
     }
 #pragma unroll
     for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+      if (!kOutputs) break;  // only the outputs read the state from shared memory
       const int col = n0 + 8 * nt + 2 * tig;
       *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
       *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
@@ -269,13 +352,16 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
   }
   staged();  // the empty groups
 
-  float* fin = a.final_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;
+  // The last span's state is the final state; the others' local states go to the workspace for the second launch.
+  if (kOutputs && span + 1 < sp.count) return;
+  float* fin = kOutputs ? a.final_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN
+                        : span_state(span) + p0 * kN;
 #pragma unroll
   for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-    const int col = n0 + 8 * nt + 2 * tig;
-    *reinterpret_cast<float2*>(fin + c_row * kN + col) = make_float2(S[nt][0], S[nt][1]);
-    *reinterpret_cast<float2*>(fin + (c_row + 8) * kN + col) = make_float2(S[nt][2], S[nt][3]);
+    *reinterpret_cast<float2*>(fin + state_at(nt, 0)) = make_float2(S[nt][0], S[nt][1]);
+    *reinterpret_cast<float2*>(fin + state_at(nt, 2)) = make_float2(S[nt][2], S[nt][3]);
   }
+  if (!kOutputs && slice == 0 && threadIdx.x == 0) span_log_decay[span] = static_cast<float>(log_decay);
 }
 
 // Channels per block: 64 where the head dim divides into them (two blocks per head at 128), else 80.
@@ -292,14 +378,47 @@ Setting setting() {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The block's shared memory at state size n and slice ps (the same for both 16-bit types).
+template <int kPs>
+size_t layout_bytes(int n) {
+  switch (n) {
+    case 64: return FusedLayout<__half, 64, kPs>::kBytes;
+    case 80: return FusedLayout<__half, 80, kPs>::kBytes;
+    default: return FusedLayout<__half, 128, kPs>::kBytes;
+  }
+}
+
+// The (row, head, slice) blocks of a sweep without spans.
+long head_blocks(const SsdScanShape& s) { return static_cast<long>(s.b) * s.h * (s.p / slice_of(s.p)); }
+
+// Spans per (row, head): as many as fill one wave of one block per SM, at most one per chunk (the workspace holds
+// a state per chunk) and per step. CARVE_SSD_SPANS=N asks for N (tests, comparisons).
+SweepSpans spans_of(const SsdScanShape& s) {
+  const int steps = (s.l + kSpan - 1) / kSpan;
+  long count = std::max(1L, sm_count() / head_blocks(s));
+  if (const char* v = std::getenv("CARVE_SSD_SPANS")) count = std::max(1L, std::atol(v));
+  count = std::min<long>(count, std::min(s.chunks(), steps));
+  SweepSpans sp;
+  sp.steps = static_cast<int>((steps + count - 1) / count);
+  sp.count = (steps + sp.steps - 1) / sp.steps;  // rounding the span up may leave fewer spans
+  return sp;
+}
+
 template <typename T, int kN, int kPs>
 void launch(const SsdScanForward& f, cudaStream_t stream) {
   using Lay = FusedLayout<T, kN, kPs>;
   const ScanDims d = dims_of(f.shape);
-  constexpr auto kernel = ssd_fused_forward_kernel<T, kN, kPs>;
-  allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
-  const unsigned blocks = static_cast<unsigned>(static_cast<long>(d.b) * d.h * (d.p / kPs));
-  kernel<<<blocks, Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d);
+  const SweepSpans sp = spans_of(f.shape);
+  const long blocks = head_blocks(f.shape);
+  if (sp.count > 1) {
+    constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false>;
+    allow_dynamic_shared(reinterpret_cast<const void*>(states), Lay::kBytes);
+    states<<<static_cast<unsigned>(blocks * (sp.count - 1)), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp);
+    CARVE_CUDA_CHECK_LAUNCH();
+  }
+  constexpr auto outputs = ssd_fused_forward_kernel<T, kN, kPs, true>;
+  allow_dynamic_shared(reinterpret_cast<const void*>(outputs), Lay::kBytes);
+  outputs<<<static_cast<unsigned>(blocks * sp.count), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp);
   CARVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -329,8 +448,9 @@ bool ssd_fused_forward_applies(const SsdScanForward& f) {
   if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
       !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)))
     return false;
-  const long blocks = static_cast<long>(s.b) * s.h * (s.p / ps);
-  return when == Setting::always || blocks * 2 >= sm_count();
+  // State size 128 with 80-channel slices needs 236 KB, past compute capability 9.0's 227 KB; before 9.0 less fits.
+  if ((ps == 64 ? layout_bytes<64>(s.n) : layout_bytes<80>(s.n)) > max_shared_per_block()) return false;
+  return when == Setting::always || head_blocks(s) * spans_of(s).count * 2 >= sm_count();
 }
 
 void ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream) {

@@ -260,6 +260,18 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
     check_scan(c, torch::kBFloat16, seed++, /*sweep=*/true);
     check_scan(c, torch::kHalf, seed++, /*sweep=*/true);
   }
+  // The sequence in spans, each swept by its own blocks from the state stitched from the spans before it
+  // (version 9): spans that end mid-chunk, a shorter last span, Phi-2's sizes.
+  const std::vector<std::pair<ScanCase, const char*>> span_cases = {
+      {{1, 1000, 2, 1, 128, 128, 128, 1, true, true, true, false}, "6"},  // 6 spans of 3 steps (1.5 chunks), then 1
+      {{2, 300, 4, 2, 64, 64, 64, 2, true, true, true, false}, "3"},      // 2, 2 and 1 steps
+      {{2, 200, 4, 2, 80, 80, 128, 1, true, true, false, false}, "2"},    // without an initial state
+  };
+  for (const auto& [c, spans] : span_cases) {
+    EnvScope span_count("CARVE_SSD_SPANS", spans);
+    check_scan(c, torch::kBFloat16, seed++, /*sweep=*/true);
+    check_scan(c, torch::kHalf, seed++, /*sweep=*/true);
+  }
   // Packed samples keep the chunk-parallel forward, and CARVE_SSD_FUSED=0 turns the sweep off.
   const auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
   SsdInputs in;
@@ -271,6 +283,11 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
   in.seq_idx = torch::zeros({1, 128}, opts.dtype(torch::kInt));
   EXPECT_FALSE(model::ssd_scan_sweeps(in));
   in.seq_idx = Tensor();
+  // State size 128 with Phi-2's head dim needs more shared memory than a block has (236 KB on compute capability 9.0).
+  SsdInputs wide = in;
+  wide.x = torch::randn({1, 128, 2, 80}, opts);
+  wide.B = torch::randn({1, 128, 1, 128}, opts), wide.C = torch::randn({1, 128, 1, 128}, opts);
+  EXPECT_FALSE(model::ssd_scan_sweeps(wide));
   EnvScope never("CARVE_SSD_FUSED", "0");
   EXPECT_FALSE(model::ssd_scan_sweeps(in));
 }
