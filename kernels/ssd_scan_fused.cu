@@ -99,12 +99,20 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
     return a.states + ((static_cast<long>(bi) * d.c + i) * d.h + hi) * d.p * kN;
   };
   float* const span_log_decay = span_state(sp.count - 1);
-  const T* x = static_cast<const T*>(a.x);
-  const T* z = static_cast<const T*>(a.z);
-  const T* Bg = static_cast<const T*>(a.B);
-  const T* Cg = static_cast<const T*>(a.C);
+  // The copies' sources: the block's rows at token 0 (a step adds its first token's rows), and its (row, head)'s
+  // per-token workspace. The offsets within a step are ints: 64 rows of g n or h p elements.
+  const int bc_row = d.g * kN, x_row = d.h * d.p;
+  const T* const C_rows = static_cast<const T*>(a.C) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
+  const T* const B_rows = static_cast<const T*>(a.B) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
+  const T* const x_rows = static_cast<const T*>(a.x) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;
+  const T* const z_rows = a.z ? static_cast<const T*>(a.z) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0
+                              : nullptr;
+  const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;  // of dt_prepare's [b, h, c, q]
+  // issue() is called for consecutive steps: the next one's chunk and offset in it, carried instead of divided.
+  int next_chunk = first * kSpan / d.q, next_off = first * kSpan % d.q;
 
   // Step j's tokens into stage j % kStages (an empty group past the last step, so that the waits count alike).
+  // (ncu at version 9: the copies' index arithmetic, in 64-bit and per piece, was 15% of the instructions.)
   auto issue = [&](int j) {
     if (j < steps) {
       unsigned char* st = smem + (j % kStages) * Lay::kStage;
@@ -115,29 +123,40 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
       double* cum_s = reinterpret_cast<double*>(st + Lay::kCum);
       float* dt_s = reinterpret_cast<float*>(st + Lay::kDt);
       const int t0 = j * kSpan;
-      constexpr int kBcPieces = kN / 8, kXPieces = kPs / 8;  // 16-byte pieces of a row
-      for (int i = threadIdx.x; i < kSpan * kBcPieces; i += blockDim.x) {
-        const int r = i / kBcPieces, c = i % kBcPieces, t = t0 + r;
-        const bool real = t < d.l;  // rows past the end are zeros
-        const long row = ((static_cast<long>(bi) * d.l + (real ? t : 0)) * d.g + gi) * kN + 8 * c;
-        if (kOutputs) copy_async<16>(Cs + r * Lay::kLdBC + 8 * c, Cg + row, real);
-        copy_async<16>(Bs + r * Lay::kLdBC + 8 * c, Bg + row, real);
+      const T* C_step = C_rows + static_cast<long>(t0) * bc_row;
+      const T* B_step = B_rows + static_cast<long>(t0) * bc_row;
+      const T* x_step = x_rows + static_cast<long>(t0) * x_row;
+      const T* z_step = z_rows + static_cast<long>(t0) * x_row;
+      constexpr unsigned kThreads = Lay::kWarps * 32;
+      constexpr unsigned kBcPieces = kN / 8, kXPieces = kPs / 8;  // 16-byte pieces of a row
+#pragma unroll
+      for (unsigned k = 0; k < (kSpan * kBcPieces + kThreads - 1) / kThreads; ++k) {
+        const unsigned i = threadIdx.x + k * kThreads, r = i / kBcPieces, c = i % kBcPieces;
+        if (i >= kSpan * kBcPieces) break;
+        const bool real = t0 + static_cast<int>(r) < d.l;  // rows past the end are zeros
+        const int at = real ? static_cast<int>(r) * bc_row + 8 * static_cast<int>(c) : 0;
+        if (kOutputs) copy_async<16>(Cs + r * Lay::kLdBC + 8 * c, C_step + at, real);
+        copy_async<16>(Bs + r * Lay::kLdBC + 8 * c, B_step + at, real);
       }
-      for (int i = threadIdx.x; i < kSpan * kXPieces; i += blockDim.x) {
-        const int r = i / kXPieces, c = i % kXPieces, t = t0 + r;
-        const bool real = t < d.l;
-        const long row = ((static_cast<long>(bi) * d.l + (real ? t : 0)) * d.h + hi) * d.p + p0 + 8 * c;
-        copy_async<16>(Xs + r * Lay::kLdX + 8 * c, x + row, real);
-        if (kOutputs && z) copy_async<16>(Zs + r * Lay::kLdX + 8 * c, z + row, real);
+#pragma unroll
+      for (unsigned k = 0; k < (kSpan * kXPieces + kThreads - 1) / kThreads; ++k) {
+        const unsigned i = threadIdx.x + k * kThreads, r = i / kXPieces, c = i % kXPieces;
+        if (i >= kSpan * kXPieces) break;
+        const bool real = t0 + static_cast<int>(r) < d.l;
+        const int at = real ? static_cast<int>(r) * x_row + 8 * static_cast<int>(c) : 0;
+        copy_async<16>(Xs + r * Lay::kLdX + 8 * c, x_step + at, real);
+        if (kOutputs && z_rows) copy_async<16>(Zs + r * Lay::kLdX + 8 * c, z_step + at, real);
       }
       // dt_prepare's workspace holds every chunk's q tokens (dt' = 0 and the cumsum constant past the end).
-      const int off = t0 % d.q;
-      const long o = ((static_cast<long>(bi) * d.h + hi) * d.c + t0 / d.q) * d.q + off;
-      for (int i = threadIdx.x; i <= kSpan; i += blockDim.x) {
-        const bool real = i > 0 || off > 0;  // before a chunk's first token the cumsum is 0
+      const long o = token_base + static_cast<long>(next_chunk) * d.q + next_off;
+      const int i = threadIdx.x;
+      if (i <= kSpan) {
+        const bool real = i > 0 || next_off > 0;  // before a chunk's first token the cumsum is 0
         copy_async<8>(cum_s + i, a.cum + o - 1 + (real ? i : 1), real);
       }
-      for (int i = threadIdx.x; i < kSpan; i += blockDim.x) copy_async<4>(dt_s + i, a.dtp + o + i, true);
+      if (i < kSpan) copy_async<4>(dt_s + i, a.dtp + o + i, true);
+      next_off += kSpan;
+      if (next_off == d.q) next_off = 0, ++next_chunk;
     }
     commit_copies();
   };
@@ -312,7 +331,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
           const int pc = ch0 + 8 * jp + 2 * tig;
           const float2 xv = TC::unpack(pair_at(Xs + r * Lay::kLdX, pc));
           float y0 = Y[jp][2 * half] + D_s[pc] * xv.x, y1 = Y[jp][2 * half + 1] + D_s[pc + 1] * xv.y;
-          if (z) {
+          if (z_rows) {
             const float2 zv = TC::unpack(pair_at(Zs + r * Lay::kLdX, pc));
             y0 *= silu_fast(zv.x), y1 *= silu_fast(zv.y);
           }
