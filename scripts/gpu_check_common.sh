@@ -60,4 +60,13 @@ gpu_check_tests() {
   compute-sanitizer --tool memcheck "$build/tests/carve_tests" --gtest_filter="$2" > "$out/memcheck.log" 2>&1
   echo "memcheck rc=$?" | tee -a "$summary"
   grep -E "ERROR SUMMARY" "$out/memcheck.log" | tee -a "$summary"
+  # RACECHECK=FILTER: shared memory hazards (compute-sanitizer racecheck) on the tests FILTER matches (slow: a few
+  # small cases, not the whole suite).
+  if [ -n "${RACECHECK:-}" ]; then
+    step "racecheck $RACECHECK"
+    compute-sanitizer --tool racecheck --racecheck-report hazard "$build/tests/carve_tests" \
+      --gtest_filter="$RACECHECK" > "$out/racecheck.log" 2>&1
+    echo "racecheck rc=$?" | tee -a "$summary"
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard" "$out/racecheck.log" | head -20 | tee -a "$summary"
+  fi
 }

@@ -8,6 +8,7 @@
 #   BASE_SRC=DIR: also build the source tree in DIR (e.g. `git archive main | tar -x -C .scratch/base`, carried)
 #     without tests, in parallel, and bench this tree, DIR, this tree again: a before/after in one call
 #   TRITON=1: also run mamba_ssm's Triton kernel first (.third_party/mamba and .third_party/einops, carried)
+#   RACECHECK=FILTER: also compute-sanitizer's racecheck (shared memory hazards) on the tests FILTER matches
 #   NCU=1: per-kernel times of one forward and backward at NCU_SHAPE (default hovle; ncu, one launch at a time)
 #   NCU_KERNEL='REGEX[@SKIP][;REGEX[@SKIP]...]': ncu's speed-of-light, memory, occupancy, warp-stall and source
 #     sections for the first launch matching each REGEX at NCU_SHAPE after SKIP matching ones (ncu matches the function
