@@ -415,7 +415,13 @@ long head_blocks(const SsdScanShape& s) { return static_cast<long>(s.b) * s.h * 
 SweepSpans spans_of(const SsdScanShape& s) {
   const int steps = (s.l + kSpan - 1) / kSpan;
   long count = std::max(1L, sm_count() / head_blocks(s));
-  if (const char* v = std::getenv("CARVE_SSD_SPANS")) count = std::max(1L, std::atol(v));
+  if (const char* v = std::getenv("CARVE_SSD_SPANS")) {
+    char* end = nullptr;
+    count = std::strtol(v, &end, 10);
+    CARVE_KERNEL_REQUIRE(end != v && *end == '\0' && count >= 1,
+                         std::string("CARVE_SSD_SPANS must be a positive integer (spans per row and head); got '") +
+                             v + "'");
+  }
   count = std::min<long>(count, std::min(s.chunks(), steps));
   SweepSpans sp;
   sp.steps = static_cast<int>((steps + count - 1) / count);
