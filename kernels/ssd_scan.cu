@@ -652,7 +652,7 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   const bool x_rows = rows_vectorizable(x, d.p), bc_rows = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
   launch_dt_prepare<T>(f, d, stream);
   // Without a backward to follow, one sweep per head keeps the state on chip (version 8, ssd_scan_fused.h).
-  if (ssd_fused_forward_applies(f)) return ssd_fused_forward(f, stream);
+  if (ssd_fused_forward(f, stream)) return;
 
   // Without a backward to follow (no y_ssm kept), computed operands are rounded to 16 bits once (kParts says why).
   // (The output kernel decides the same from y_ssm.)

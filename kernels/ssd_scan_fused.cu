@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cp_async.cuh"
 #include "kernels/element.cuh"
@@ -397,14 +399,18 @@ Setting setting() {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// The block's shared memory at state size n and slice ps (the same for both 16-bit types).
-template <int kPs>
-size_t layout_bytes(int n) {
-  switch (n) {
-    case 64: return FusedLayout<__half, 64, kPs>::kBytes;
-    case 80: return FusedLayout<__half, 80, kPs>::kBytes;
-    default: return FusedLayout<__half, 128, kPs>::kBytes;
-  }
+// Calls fn(integral_constant kN, integral_constant kPs) for state size n and slice ps (both already checked to be
+// ones the sweep has instances for): the one place the runtime sizes become template arguments.
+template <typename Fn>
+decltype(auto) with_sizes(int n, int ps, Fn&& fn) {
+  const auto with_n = [&](auto kPs) -> decltype(auto) {
+    switch (n) {
+      case 64: return fn(std::integral_constant<int, 64>{}, kPs);
+      case 80: return fn(std::integral_constant<int, 80>{}, kPs);
+      default: return fn(std::integral_constant<int, 128>{}, kPs);
+    }
+  };
+  return ps == 64 ? with_n(std::integral_constant<int, 64>{}) : with_n(std::integral_constant<int, 80>{});
 }
 
 // The (row, head, slice) blocks of a sweep without spans.
@@ -429,11 +435,30 @@ SweepSpans spans_of(const SsdScanShape& s) {
   return sp;
 }
 
+// The sweep's spans for this forward, or nothing where the sweep does not take it (ssd_fused_forward_applies says
+// which conditions). Decided once per forward: the check and the launch read the same plan.
+std::optional<SweepSpans> plan(const SsdScanForward& f) {
+  const SsdScanShape& s = f.shape;
+  const int ps = slice_of(s.p);
+  const Setting when = setting();
+  if (f.dtype == ElementType::f32 || f.y_ssm || f.seg || when == Setting::never) return std::nullopt;
+  if (ps == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return std::nullopt;
+  if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
+      !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)))
+    return std::nullopt;
+  // State size 128 with 80-channel slices needs 236 KB, past compute capability 9.0's 227 KB; before 9.0 less fits.
+  // (The layout is the same for both 16-bit types.)
+  const size_t bytes = with_sizes(s.n, ps, [](auto kN, auto kPs) { return FusedLayout<__half, kN, kPs>::kBytes; });
+  if (bytes > max_shared_per_block()) return std::nullopt;
+  const SweepSpans sp = spans_of(s);
+  if (when != Setting::always && head_blocks(s) * sp.count * 2 < sm_count()) return std::nullopt;
+  return sp;
+}
+
 template <typename T, int kN, int kPs>
-void launch(const SsdScanForward& f, cudaStream_t stream) {
+void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) {
   using Lay = FusedLayout<T, kN, kPs>;
   const ScanDims d = dims_of(f.shape);
-  const SweepSpans sp = spans_of(f.shape);
   const long blocks = head_blocks(f.shape);
   if (sp.count > 1) {
     constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false>;
@@ -447,41 +472,18 @@ void launch(const SsdScanForward& f, cudaStream_t stream) {
   CARVE_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T, int kPs>
-void launch_n(const SsdScanForward& f, cudaStream_t stream) {
-  switch (f.shape.n) {
-    case 64: return launch<T, 64, kPs>(f, stream);
-    case 80: return launch<T, 80, kPs>(f, stream);
-    default: return launch<T, 128, kPs>(f, stream);
-  }
-}
-
-template <typename T>
-void launch_typed(const SsdScanForward& f, cudaStream_t stream) {
-  if (slice_of(f.shape.p) == 64) launch_n<T, 64>(f, stream);
-  else launch_n<T, 80>(f, stream);
-}
-
 }  // namespace
 
-bool ssd_fused_forward_applies(const SsdScanForward& f) {
-  const SsdScanShape& s = f.shape;
-  const int ps = slice_of(s.p);
-  const Setting when = setting();
-  if (f.dtype == ElementType::f32 || f.y_ssm || f.seg || when == Setting::never) return false;
-  if (ps == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return false;
-  if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
-      !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)))
-    return false;
-  // State size 128 with 80-channel slices needs 236 KB, past compute capability 9.0's 227 KB; before 9.0 less fits.
-  if ((ps == 64 ? layout_bytes<64>(s.n) : layout_bytes<80>(s.n)) > max_shared_per_block()) return false;
-  return when == Setting::always || head_blocks(s) * spans_of(s).count * 2 >= sm_count();
-}
+bool ssd_fused_forward_applies(const SsdScanForward& f) { return plan(f).has_value(); }
 
-void ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream) {
-  CARVE_KERNEL_REQUIRE(ssd_fused_forward_applies(f), "ssd_fused_forward: this forward does not take the sweep");
-  if (f.dtype == ElementType::bf16) launch_typed<__nv_bfloat16>(f, stream);
-  else launch_typed<__half>(f, stream);
+bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream) {
+  const std::optional<SweepSpans> sp = plan(f);
+  if (!sp) return false;
+  with_sizes(f.shape.n, slice_of(f.shape.p), [&](auto kN, auto kPs) {
+    if (f.dtype == ElementType::bf16) launch<__nv_bfloat16, kN, kPs>(f, *sp, stream);
+    else launch<__half, kN, kPs>(f, *sp, stream);
+  });
+  return true;
 }
 
 }  // namespace carve::kernels

@@ -30,8 +30,9 @@ namespace carve::kernels {
 // CARVE_SSD_FUSED=0 turns it off (side-by-side benchmarks); =1 takes it at any block count (tests).
 // CARVE_SSD_SPANS=N asks for N spans per (row, head) (at most one per chunk and 64-token step).
 bool ssd_fused_forward_applies(const SsdScanForward& f);
-// Launches the sweep; f.dtp and f.cum must hold dt_prepare's results. f.states holds the spans' local states and
-// log-decays where there are spans, and is otherwise not written.
-void ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
+// Launches the sweep where it takes this forward (as ssd_fused_forward_applies decides) and says whether it did;
+// f.dtp and f.cum must hold dt_prepare's results. f.states holds the spans' local states and log-decays where there
+// are spans, and is otherwise not written.
+bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 
 }  // namespace carve::kernels
