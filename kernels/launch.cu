@@ -64,6 +64,21 @@ bool dependent_launch_enabled() { return dependent_launch_allowed_by_environment
 
 bool clusters_supported() { return capability_major() >= 9; }
 
+bool warpgroup_mma_runs(const void* kernel) {
+  if (capability_major() != 9 || device_attribute<cudaDevAttrComputeCapabilityMinor>() != 0) return false;
+  int device = 0;
+  CARVE_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, bool> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(device, kernel);
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  cudaFuncAttributes attributes{};
+  CARVE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  return known[key] = attributes.binaryVersion == 90;
+}
+
 int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 size_t max_shared_per_block() {

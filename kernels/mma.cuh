@@ -97,84 +97,128 @@ __device__ __forceinline__ void load_b_fragment(uint32_t& b0, uint32_t& b1, cons
   b1 = pair_at(c, 8);
 }
 
-// The same fragments through ldmatrix (one instruction instead of four or eight 4-byte loads; 16-byte aligned rows,
-// ld a multiple of 8): the A fragment of rows [row0, row0 + 16) and columns [col0, col0 + 16) of a row-major tile,
-// and the B fragments of k rows [k0, k0 + 16) and columns n0 + gid and n0 + 8 + gid of an n-major tile (b[0] for the
-// first 8 columns, b[1] for the next).
-template <typename T>
-__device__ __forceinline__ void load_a_fragment_ldsm(uint32_t a[4], const T* tile, int ld, int row0, int col0) {
-  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: rows +0/+8, columns +0/+8
-  const T* row = tile + (row0 + i + 8 * (which % 2)) * ld + col0 + 8 * (which / 2);
+// Where element (r, c) of a tile lies, in elements from its start. Strided: row-major with leading dimension ld (a
+// multiple of 8 for the ldmatrix loads below). The ldmatrix loads take any layout whose rows of 8 elements starting
+// at a multiple of 8 are 16 contiguous bytes (ssd_scan_fused.cu's core-matrix tiles for wgmma are one).
+struct Strided {
+  int ld;
+  __device__ __forceinline__ int at(int r, int c) const { return r * ld + c; }
+};
+
+namespace mma_detail {
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* row) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
-
-template <typename T>
-__device__ __forceinline__ void load_b_fragments_ldsm(uint32_t (&b)[2][2], const T* tile_t, int ld, int k0, int n0) {
-  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: k +0/+8, then columns +8
-  const T* row = tile_t + (n0 + i + 8 * (which / 2)) * ld + k0 + 8 * (which % 2);
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(b[0][0]), "=r"(b[0][1]), "=r"(b[1][0]), "=r"(b[1][1])
-               : "r"(addr));
-}
-
-// Fragments of a tile stored the other way round, through ldmatrix.trans (16-byte aligned rows, ld a multiple of 8):
-// the A fragment of rows [m0, m0 + 16) and k columns [k0, k0 + 16) from a k-major tile (element (m, k) at
-// k * ld + m), and the B fragment of k rows [k0, k0 + 16) and column n0 + gid from a row-major k x n tile (element
-// (k, n) at k * ld + n). This is how token-major data (x, B) feeds products over tokens without a transposing copy.
-template <typename T>
-__device__ __forceinline__ void load_a_fragment_kmajor(uint32_t a[4], const T* tile, int ld, int m0, int k0) {
-  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: (k0, m0) (k0, m0+8) (k0+8, m0) ..
-  const T* row = tile + (k0 + i + 8 * (which / 2)) * ld + m0 + 8 * (which % 2);
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* row) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
+}  // namespace mma_detail
 
-template <typename T>
-__device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b1, const T* tile, int ld, int k0,
-                                                       int n0) {
+// The same fragments through ldmatrix (one instruction instead of four or eight 4-byte loads; 16-byte aligned rows):
+// the A fragment of rows [row0, row0 + 16) and columns [col0, col0 + 16) of a row-major tile, and the B fragments of
+// k rows [k0, k0 + 16) and columns n0 + gid and n0 + 8 + gid of an n-major tile (b[0] for the first 8 columns, b[1]
+// for the next). `lay` places the tile's elements (Strided{ld} for a row-major one).
+template <typename T, typename Lay>
+__device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const T* tile, const Lay& lay, int row0, int col0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: rows +0/+8, columns +0/+8
+  mma_detail::ldsm_x4(a, tile + lay.at(row0 + i + 8 * (which % 2), col0 + 8 * (which / 2)));
+}
+
+template <typename T, typename Lay>
+__device__ __forceinline__ void ldsm_b_pair(uint32_t (&b)[2][2], const T* tile_t, const Lay& lay, int k0, int n0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: k +0/+8, then columns +8
+  uint32_t r[4];
+  mma_detail::ldsm_x4(r, tile_t + lay.at(n0 + i + 8 * (which / 2), k0 + 8 * (which % 2)));
+  b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
+}
+
+// Fragments of a tile stored the other way round, through ldmatrix.trans: the A fragment of rows [m0, m0 + 16) and k
+// columns [k0, k0 + 16) from a k-major tile (element (m, k) at lay.at(k, m)), and the B fragments of k rows
+// [k0, k0 + 16) and columns n0 + gid (and n0 + 8 + gid) from a row-major k x n tile (element (k, n) at lay.at(k, n)).
+// This is how token-major data (x, B) feeds products over tokens without a transposing copy.
+template <typename T, typename Lay>
+__device__ __forceinline__ void ldsm_a_kmajor(uint32_t (&a)[4], const T* tile, const Lay& lay, int m0, int k0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: (k0, m0) (k0, m0+8) (k0+8, m0) ..
+  mma_detail::ldsm_x4_trans(a, tile + lay.at(k0 + i + 8 * (which / 2), m0 + 8 * (which % 2)));
+}
+
+template <typename T, typename Lay>
+__device__ __forceinline__ void ldsm_b_kmajor(uint32_t& b0, uint32_t& b1, const T* tile, const Lay& lay, int k0,
+                                              int n0) {
   const int lane = threadIdx.x % 32, i = lane % 8, which = (lane / 8) % 2;  // lanes 16-31 repeat 0-15's addresses
-  const T* row = tile + (k0 + i + 8 * which) * ld + n0;
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(tile + lay.at(k0 + i + 8 * which, n0)));
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
 }
 
-// Two of those at once: the B fragments of columns n0 + gid (b[0]) and n0 + 8 + gid (b[1]).
+template <typename T, typename Lay>
+__device__ __forceinline__ void ldsm_b_pair_kmajor(uint32_t (&b)[2][2], const T* tile, const Lay& lay, int k0,
+                                                   int n0) {
+  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: k +0/+8, then columns +8
+  uint32_t r[4];
+  mma_detail::ldsm_x4_trans(r, tile + lay.at(k0 + i + 8 * (which % 2), n0 + 8 * (which / 2)));
+  b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
+}
+
+// The row-major (leading dimension ld, a multiple of 8) forms of the above.
+template <typename T>
+__device__ __forceinline__ void load_a_fragment_ldsm(uint32_t a[4], const T* tile, int ld, int row0, int col0) {
+  ldsm_a(*reinterpret_cast<uint32_t(*)[4]>(a), tile, Strided{ld}, row0, col0);
+}
+template <typename T>
+__device__ __forceinline__ void load_b_fragments_ldsm(uint32_t (&b)[2][2], const T* tile_t, int ld, int k0, int n0) {
+  ldsm_b_pair(b, tile_t, Strided{ld}, k0, n0);
+}
+template <typename T>
+__device__ __forceinline__ void load_a_fragment_kmajor(uint32_t a[4], const T* tile, int ld, int m0, int k0) {
+  ldsm_a_kmajor(*reinterpret_cast<uint32_t(*)[4]>(a), tile, Strided{ld}, m0, k0);
+}
+template <typename T>
+__device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b1, const T* tile, int ld, int k0,
+                                                       int n0) {
+  ldsm_b_kmajor(b0, b1, tile, Strided{ld}, k0, n0);
+}
 template <typename T>
 __device__ __forceinline__ void load_b_fragments_kmajor(uint32_t (&b)[2][2], const T* tile, int ld, int k0, int n0) {
-  const int lane = threadIdx.x % 32, i = lane % 8, which = lane / 8;  // matrices: k +0/+8, then columns +8
-  const T* row = tile + (k0 + i + 8 * (which % 2)) * ld + n0 + 8 * (which / 2);
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(b[0][0]), "=r"(b[0][1]), "=r"(b[1][0]), "=r"(b[1][1])
-               : "r"(addr));
+  ldsm_b_pair_kmajor(b, tile, Strided{ld}, k0, n0);
 }
 
 // acc[i] += A B_i for the kCount 8-column blocks B_i of a 16-row (k) operand starting at (k0, n0), two blocks per
-// ldmatrix: from a k-major tile (element (k, n) at k * ld + n) or an n-major one (at n * ld + k).
-template <bool kKMajor, typename T, int kCount>
-__device__ __forceinline__ void mma_across(float (&acc)[kCount][4], const uint32_t a[4], const T* tile, int ld, int k0,
-                                           int n0) {
+// ldmatrix: from a k-major tile (element (k, n) at lay.at(k, n)) or an n-major one (at lay.at(n, k)).
+template <bool kKMajor, typename T, int kCount, typename Lay>
+__device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uint32_t a[4], const T* tile,
+                                              const Lay& lay, int k0, int n0) {
 #pragma unroll
   for (int i = 0; i < kCount; i += 2) {
     if (i + 1 < kCount) {
       uint32_t b[2][2];
-      if constexpr (kKMajor) load_b_fragments_kmajor(b, tile, ld, k0, n0 + 8 * i);
-      else load_b_fragments_ldsm(b, tile, ld, k0, n0 + 8 * i);
+      if constexpr (kKMajor) ldsm_b_pair_kmajor(b, tile, lay, k0, n0 + 8 * i);
+      else ldsm_b_pair(b, tile, lay, k0, n0 + 8 * i);
       TensorCore<T>::mma(acc[i], a, b[0][0], b[0][1]);
       TensorCore<T>::mma(acc[i + 1], a, b[1][0], b[1][1]);
     } else {
       uint32_t b0, b1;
-      if constexpr (kKMajor) load_b_fragment_kmajor(b0, b1, tile, ld, k0, n0 + 8 * i);
-      else load_b_fragment(b0, b1, tile, ld, k0, n0 + 8 * i);
+      if constexpr (kKMajor) {
+        ldsm_b_kmajor(b0, b1, tile, lay, k0, n0 + 8 * i);
+      } else {  // one 8-column block of an n-major tile: 4-byte loads
+        const int lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+        b0 = pair_at(tile + lay.at(n0 + 8 * i + gid, k0 + 2 * tig), 0);
+        b1 = pair_at(tile + lay.at(n0 + 8 * i + gid, k0 + 2 * tig + 8), 0);
+      }
       TensorCore<T>::mma(acc[i], a, b0, b1);
     }
   }
+}
+
+template <bool kKMajor, typename T, int kCount>
+__device__ __forceinline__ void mma_across(float (&acc)[kCount][4], const uint32_t a[4], const T* tile, int ld, int k0,
+                                           int n0) {
+  mma_across_at<kKMajor>(acc, a, tile, Strided{ld}, k0, n0);
 }
 
 }  // namespace carve::kernels

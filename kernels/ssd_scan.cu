@@ -879,8 +879,9 @@ void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream) {
   dispatch_element(f.dtype, [&](auto t) { forward_typed<decltype(t)>(f, stream); });
 }
 
-bool ssd_scan_forward_sweeps(const SsdScanForward& f) {
-  return f.dtype != ElementType::f32 && use_tensor_cores(f.shape) && ssd_fused_forward_applies(f);
+SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f) {
+  if (f.dtype == ElementType::f32 || !use_tensor_cores(f.shape)) return SsdForwardKernels::chunk_parallel;
+  return ssd_fused_forward_kernels(f);
 }
 
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream) {

@@ -62,9 +62,10 @@ struct SsdScanForward {
   float* cb = nullptr;  // null where ssd_scan_uses_cb is false
 };
 void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream);
-// Whether ssd_scan_forward runs this forward as one sweep per head that keeps the state on chip (without y_ssm;
-// kernels/ssd_scan_fused.h) rather than the chunk-parallel kernels.
-bool ssd_scan_forward_sweeps(const SsdScanForward& f);
+// Which kernels ssd_scan_forward runs this forward on: the chunk-parallel ones, or one sweep per head that keeps the
+// state on chip (without y_ssm; kernels/ssd_scan_fused.h), on mma.sync or on Hopper's wgmma.
+enum class SsdForwardKernels { chunk_parallel, sweep, sweep_wgmma };
+SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f);
 
 struct SsdScanBackward {
   const SsdScanForward* fwd = nullptr;  // the forward's inputs and workspace (y_ssm must have been kept)

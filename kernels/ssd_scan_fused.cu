@@ -12,6 +12,7 @@
 #include "kernels/launch.h"
 #include "kernels/mma.cuh"
 #include "kernels/ssd_chunk.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace carve::kernels {
 namespace {
@@ -23,38 +24,63 @@ constexpr int kStages = 3;              // steps whose tokens are staged or in f
 constexpr int kTiles = kRowBlocks * (kRowBlocks + 1) / 2;  // a step's 16 x 16 C.B tiles on or below the diagonal
 constexpr int kTileFloats = 16 * 16;
 
+// Where element (r, c) of a [rows][kCols] 16-bit tile of shared memory lies, in elements from its start.
+// Padded (the mma.sync sweep): row-major, rows padded by 8 elements, so that the fragments' 4-byte reads of 8 rows
+// fall in distinct banks, and 16-byte aligned for cp.async and ldmatrix.
+// Tiled (the wgmma sweep): 8 x 8 core matrices of 128 contiguous bytes (8 rows of 16 bytes), the kCols / 8 of a
+// band of 8 rows side by side, each kCore = 144 bytes after the one before: wgmma's no-swizzle operand layout
+// (wgmma.cuh), read K-major along the columns (LBO kCore, SBO a band) or MN-major down the rows (LBO a band, SBO
+// kCore). The 16 bytes between core matrices put a row's consecutive 16-byte pieces in distinct bank groups, so
+// that the copies' 8-thread phases, which write 128 contiguous bytes of a row as they read them, meet no conflict;
+// a core matrix is one ldmatrix row group, and a fragment's 4-byte accesses of 8 rows land in 8 distinct groups.
+// (Core matrices 128 bytes apart, copied 8 rows at a time to avoid the conflicts, touched twice the 128-byte lines
+// of global memory per copy instruction and made the sweep 20% slower: docs/kernels.md, version 10.)
+template <int kCols, bool kTiled>
+struct TileLayout {
+  static_assert(kCols % 8 == 0, "tiles of whole 16-byte row pieces");
+  static constexpr int kCore = 72;                    // elements from one core matrix to the next along a band
+  static constexpr int kBand = kCols / 8 * kCore;     // elements per band of 8 rows
+  __host__ __device__ static constexpr int elements(int rows) {
+    return kTiled ? rows / 8 * kBand : rows * (kCols + 8);
+  }
+  __host__ __device__ static constexpr int at(int r, int c) {
+    if constexpr (kTiled) return (r >> 3) * kBand + (c >> 3) * kCore + (r & 7) * 8 + (c & 7);
+    else return r * (kCols + 8) + c;
+  }
+};
+
 // Shared memory of one block: kStages stages of a step's tokens, then the state entering this step and the next one
-// (16-bit, [kPs][kLdBC]), then D per channel, the per-token values and the C.B tiles. Rows are padded by 8 elements,
-// so that the fragments' 4-byte reads of 8 rows fall in distinct banks, and stay 16-byte aligned for cp.async and
-// ldmatrix.
-template <typename T, int kN, int kPs>
+// (16-bit, [kPs][kN]), then D per channel, the per-token values and (the mma.sync sweep) the C.B tiles.
+template <typename T, int kN, int kPs, bool kAsync>
 struct FusedLayout {
-  static constexpr int kLdBC = kN + 8;
-  static constexpr int kLdX = kPs + 8;
+  using BC = TileLayout<kN, kAsync>;   // C and B rows [kSpan][kN], the state [kPs][kN]
+  using XZ = TileLayout<kPs, kAsync>;  // x and z rows [kSpan][kPs]
+  static_assert(!kAsync || kPs == 64, "the wgmma sweep takes 64-channel slices (two warpgroups of 32 channels)");
   // A warp's share of the state: 16 channels and half of the kN columns. (With 4 warps, each holding 16 channels and
   // all columns and computing one row block's outputs alone, one warp per scheduler waited out its products'
-  // latencies: 6 us a step at HoVLE's sizes.)
+  // latencies: 6 us a step at HoVLE's sizes.) With wgmma the same shares are two warpgroups' accumulators.
   static constexpr int kWarps = kPs / 8;
   static_assert(kWarps >= kOutWarps, "every warp holds state; the first kOutWarps also make outputs");
   static constexpr int kHalfN = kN / 2, kHalfPs = kPs / 2;
-  // One stage: C and B rows [kSpan][kLdBC], x and z rows [kSpan][kLdX], the cumsum before the step's first token and
-  // at each of its tokens (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
+  // One stage: C and B rows, x and z rows, the cumsum before the step's first token and at each of its tokens
+  // (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
   static constexpr size_t kC = 0;
-  static constexpr size_t kB = kC + sizeof(T) * kSpan * kLdBC;
-  static constexpr size_t kX = kB + sizeof(T) * kSpan * kLdBC;
-  static constexpr size_t kZ = kX + sizeof(T) * kSpan * kLdX;
-  static constexpr size_t kCum = kZ + sizeof(T) * kSpan * kLdX;
+  static constexpr size_t kB = kC + sizeof(T) * BC::elements(kSpan);
+  static constexpr size_t kX = kB + sizeof(T) * BC::elements(kSpan);
+  static constexpr size_t kZ = kX + sizeof(T) * XZ::elements(kSpan);
+  static constexpr size_t kCum = kZ + sizeof(T) * XZ::elements(kSpan);
   static constexpr size_t kDt = kCum + sizeof(double) * (kSpan + 2);
   static constexpr size_t kStage = kDt + sizeof(float) * kSpan;
   static constexpr size_t kState = kStages * kStage;
-  static constexpr size_t kD = kState + 2 * sizeof(T) * kPs * kLdBC;
+  static constexpr size_t kD = kState + 2 * sizeof(T) * BC::elements(kPs);
   // Per-token values of a step (TokenValues), twice: this step's, and the next one's being made.
   static constexpr size_t kTokens = kD + sizeof(float) * kPs;
   // A step's C.B tiles in float32, twice: this step's, read by the output warps, and the next step's, being made.
   // Tile i (row block r, source block s <= r, i = r (r + 1) / 2 + s) is stored in the accumulators' own order,
-  // [8-column half][lane][4], so that writer and reader move a lane's four floats as one 16-byte access.
+  // [8-column half][lane][4], so that writer and reader move a lane's four floats as one 16-byte access. (The wgmma
+  // sweep makes C.B in each warpgroup's registers instead.)
   static constexpr size_t kCB = kTokens + 2 * sizeof(float) * 4 * kSpan;
-  static constexpr size_t kBytes = kCB + 2 * sizeof(float) * kTiles * kTileFloats;
+  static constexpr size_t kBytes = kCB + (kAsync ? 0 : 2 * sizeof(float) * kTiles * kTileFloats);
   static_assert(kStage % 16 == 0 && kD % 16 == 0 && kTokens % 16 == 0 && kCB % 16 == 0, "16-byte aligned regions");
 };
 
@@ -81,10 +107,12 @@ struct SweepSpans {
   int steps = 0;  // 64-token steps per span (the last may have fewer)
 };
 
-template <typename T, int kN, int kPs, bool kOutputs>
-__global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
+template <typename T, int kN, int kPs, bool kOutputs, bool kAsync>
+__global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 1)
     ssd_fused_forward_kernel(SsdScanForward a, ScanDims d, SweepSpans sp) {
-  using Lay = FusedLayout<T, kN, kPs>;
+  using Lay = FusedLayout<T, kN, kPs, kAsync>;
+  using BC = typename Lay::BC;
+  using XZ = typename Lay::XZ;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int slices = d.p / kPs;
@@ -133,21 +161,23 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
       constexpr unsigned kBcPieces = kN / 8, kXPieces = kPs / 8;  // 16-byte pieces of a row
 #pragma unroll
       for (unsigned k = 0; k < (kSpan * kBcPieces + kThreads - 1) / kThreads; ++k) {
-        const unsigned i = threadIdx.x + k * kThreads, r = i / kBcPieces, c = i % kBcPieces;
+        const unsigned i = threadIdx.x + k * kThreads;
         if (i >= kSpan * kBcPieces) break;
+        const unsigned r = i / kBcPieces, c = i % kBcPieces;
         const bool real = t0 + static_cast<int>(r) < d.l;  // rows past the end are zeros
         const int at = real ? static_cast<int>(r) * bc_row + 8 * static_cast<int>(c) : 0;
-        if (kOutputs) copy_async<16>(Cs + r * Lay::kLdBC + 8 * c, C_step + at, real);
-        copy_async<16>(Bs + r * Lay::kLdBC + 8 * c, B_step + at, real);
+        if (kOutputs) copy_async<16>(Cs + BC::at(r, 8 * c), C_step + at, real);
+        copy_async<16>(Bs + BC::at(r, 8 * c), B_step + at, real);
       }
 #pragma unroll
       for (unsigned k = 0; k < (kSpan * kXPieces + kThreads - 1) / kThreads; ++k) {
-        const unsigned i = threadIdx.x + k * kThreads, r = i / kXPieces, c = i % kXPieces;
+        const unsigned i = threadIdx.x + k * kThreads;
         if (i >= kSpan * kXPieces) break;
+        const unsigned r = i / kXPieces, c = i % kXPieces;
         const bool real = t0 + static_cast<int>(r) < d.l;
         const int at = real ? static_cast<int>(r) * x_row + 8 * static_cast<int>(c) : 0;
-        copy_async<16>(Xs + r * Lay::kLdX + 8 * c, x_step + at, real);
-        if (kOutputs && z_rows) copy_async<16>(Zs + r * Lay::kLdX + 8 * c, z_step + at, real);
+        copy_async<16>(Xs + XZ::at(r, 8 * c), x_step + at, real);
+        if (kOutputs && z_rows) copy_async<16>(Zs + XZ::at(r, 8 * c), z_step + at, real);
       }
       // dt_prepare's workspace holds every chunk's q tokens (dt' = 0 and the cumsum constant past the end).
       const long o = token_base + static_cast<long>(next_chunk) * d.q + next_off;
@@ -180,10 +210,10 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
       tv.E[t] = expf(Lt);
     }
   };
-  // Step j's C.B tiles into buffer j % 2, spread over the warps: each tile is made once, instead of by both warps of
-  // its row block as their own operand, and the warps with the most outputs to make (the last row blocks) make the
-  // fewest tiles (docs/kernels.md, version 9). Tiles go to warps in the order of their slot: the warps without
-  // outputs first, then the row blocks' warps from the first row block to the last.
+  // Step j's C.B tiles into buffer j % 2 (the mma.sync sweep), spread over the warps: each tile is made once,
+  // instead of by both warps of its row block as their own operand, and the warps with the most outputs to make (the
+  // last row blocks) make the fewest tiles (docs/kernels.md, version 9). Tiles go to warps in the order of their
+  // slot: the warps without outputs first, then the row blocks' warps from the first row block to the last.
   const int cb_slot = warp >= kOutWarps ? warp - kOutWarps
                                         : Lay::kWarps - kOutWarps + 2 * (warp % kRowBlocks) + warp / kRowBlocks;
   auto make_cb = [&](int j) {
@@ -198,8 +228,8 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
 #pragma unroll
       for (int kk = 0; kk < kN / 16; ++kk) {
         uint32_t aa[4], bb[2][2];
-        load_a_fragment_ldsm(aa, Cs, Lay::kLdBC, 16 * r, 16 * kk);
-        load_b_fragments_ldsm(bb, Bs, Lay::kLdBC, 16 * kk, 16 * s);
+        ldsm_a(aa, Cs, BC{}, 16 * r, 16 * kk);
+        ldsm_b_pair(bb, Bs, BC{}, 16 * kk, 16 * s);
         TC::mma(acc[kk & 1][0], aa, bb[0][0], bb[0][1]);
         TC::mma(acc[kk & 1][1], aa, bb[1][0], bb[1][1]);
       }
@@ -212,7 +242,8 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
   };
 
   // The warp's state: channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of the slice, columns
-  // n0 + 8 nt + 2 tig (+ 1); element e of column block nt at offset state_at(nt, e) of a [kPs][kN] block.
+  // n0 + 8 nt + 2 tig (+ 1); element e of column block nt at offset state_at(nt, e) of a [kPs][kN] block. In the wgmma
+  // sweep these are warpgroup warp / 4's accumulators of a 64 x kN / 2 product, in the same places.
   T* state_s = reinterpret_cast<T*>(smem + Lay::kState);
   float* D_s = reinterpret_cast<float*>(smem + Lay::kD);
   const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
@@ -237,29 +268,54 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
         for (int e = 0; e < 4; ++e) S[nt][e] = decay * S[nt][e] + local[state_at(nt, e)];
     }
   }
-  T* const state_first = state_s + (first & 1) * kPs * Lay::kLdBC;  // the buffer step `first` reads
+  // The state rounded to 16 bits into a [kPs][kN] buffer, where the next step's outputs read it.
+  const auto store_state = [&](T* to) {
 #pragma unroll
-  for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-    const int col = n0 + 8 * nt + 2 * tig;
-    *reinterpret_cast<uint32_t*>(state_first + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
-    *reinterpret_cast<uint32_t*>(state_first + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
-  }
+    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+      const int col = n0 + 8 * nt + 2 * tig;
+      *reinterpret_cast<uint32_t*>(to + BC::at(c_row, col)) = TC::pack(S[nt][0], S[nt][1]);
+      *reinterpret_cast<uint32_t*>(to + BC::at(c_row + 8, col)) = TC::pack(S[nt][2], S[nt][3]);
+    }
+  };
+  store_state(state_s + (first & 1) * BC::elements(kPs));  // the buffer step `first` reads
   double log_decay = 0.;  // of the span, summed by thread 0 in the state-only launch
   for (int i = threadIdx.x; i < kPs; i += blockDim.x)
     D_s[i] = a.D ? a.D[a.D_per_channel ? hi * d.p + p0 + i : hi] : 0.f;
 
+  // The wgmma sweep's C.B of step j (64 x 64, every source of the step; each warpgroup makes its own, in its
+  // registers), issued a step ahead as the mma.sync sweep's make_cb is, so that the products of a step start from it.
+  float CB[kRowBlocks * 2][4];
+  // Bytes per 8-row band and between core matrices along a band, of the tiled layouts (a k step of 16 is two).
+  constexpr uint32_t kBcBand = sizeof(T) * BC::kBand, kXBand = sizeof(T) * XZ::kBand, kCore = sizeof(T) * BC::kCore;
+  const auto issue_cb = [&](int j) {
+    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const uint64_t dC = wgmma_descriptor(st + Lay::kC, kCore, kBcBand);
+    const uint64_t dB = wgmma_descriptor(st + Lay::kB, kCore, kBcBand);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kN / 16; ++kk)
+      wgmma_ss<T, 64>(reinterpret_cast<float(&)[32]>(CB), wgmma_advance(dC, 2 * kCore * kk),
+                      wgmma_advance(dB, 2 * kCore * kk), kk == 0);
+  };
+
   staged_but<kStages - 2>();  // the first step's tokens
+  if (kAsync) async_proxy_fence();
   __syncthreads();
   make_tokens(first);
-  if (kOutputs) make_cb(first);
+  if (kOutputs && !kAsync) make_cb(first);
+  if (kOutputs && kAsync) {
+    issue_cb(first);
+    wgmma_commit();
+  }
 
   for (int j = first; j < steps; ++j) {
     staged_but<0>();  // this thread's copies of steps j and j + 1 (issued a step ago: its latency is long hidden)
+    if (kAsync) async_proxy_fence();  // those copies and the state stored last step, before the products read them
     __syncthreads();  // everyone's, and step j's per-token values; every warp is done with step j - 1
-    issue(j + kStages - 1);
+    if (!kAsync) issue(j + kStages - 1);
     if (j + 1 < steps) {
       make_tokens(j + 1);
-      if (kOutputs) make_cb(j + 1);
+      if (kOutputs && !kAsync) make_cb(j + 1);
     }
     const unsigned char* st = smem + (j % kStages) * Lay::kStage;
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
@@ -267,61 +323,160 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
     const T* Xs = reinterpret_cast<const T*>(st + Lay::kX);
     const T* Zs = reinterpret_cast<const T*>(st + Lay::kZ);
     const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
-    const T* state_in = state_s + (j & 1) * kPs * Lay::kLdBC;
-    T* state_out = state_s + ((j + 1) & 1) * kPs * Lay::kLdBC;
+    const T* state_in = state_s + (j & 1) * BC::elements(kPs);
+    T* state_out = state_s + ((j + 1) & 1) * BC::elements(kPs);
 
     if (!kOutputs && threadIdx.x == 0) {
       const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
       log_decay += cum_s[kSpan] - cum_s[0];
     }
+    // Outputs of rows [16 rb, + 16) and channels [ch0, + kPs / 2) (the wgmma sweep: warpgroup warp / 4's 64 rows,
+    // warp rb's 16 of them).
+    const int rb = warp % kRowBlocks, ch0 = Lay::kHalfPs * (warp / kRowBlocks);
+    const int r0 = 16 * rb + gid, r1 = r0 + 8;
+    float Y[Lay::kHalfPs / 8][4];
+    [[maybe_unused]] float Y1[Lay::kHalfPs / 8][4];  // the wgmma sweep's state term, C.S, added in the epilogue
+    // Weights the warp's C.B accumulators of source block sb (exp(L_r - L_s) dt'_s on and below the diagonal) into
+    // the A operand of the product with x.
+    // (Read, not rewritten: in the wgmma sweep these are accumulators, and ptxas serializes the products where other
+    // instructions write an accumulator between a product's start and its wait.)
+    const auto weigh = [&](const float (&cb)[2][4], int sb, uint32_t (&aw)[4]) {
+      const float L0 = tv.L[r0], L1 = tv.L[r1];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int src = 16 * sb + 8 * nt + 2 * tig;
+        const float2 g = *reinterpret_cast<const float2*>(tv.G + src);
+        aw[2 * nt] = TC::pack(cb[nt][0] * (src <= r0 ? __expf(L0 + g.x) : 0.f),
+                              cb[nt][1] * (src + 1 <= r0 ? __expf(L0 + g.y) : 0.f));
+        aw[2 * nt + 1] = TC::pack(cb[nt][2] * (src <= r1 ? __expf(L1 + g.x) : 0.f),
+                                  cb[nt][3] * (src + 1 <= r1 ? __expf(L1 + g.y) : 0.f));
+      }
+    };
+    // The state update's A operand for 16 tokens: x's rows of the step (channels x tokens, read transposed), each
+    // token's column scaled by F_s before it is rounded back to 16 bits.
+    const auto state_operand = [&](int ks, uint32_t (&ax)[4]) {
+      ldsm_a_kmajor(ax, Xs, XZ{}, c_row - gid, 16 * ks);
+      const int s = 16 * ks + 2 * tig;
+      const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
+      const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 v = TC::unpack(ax[i]);
+        ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
+      }
+    };
+    const float decay = tv.E[kSpan - 1];
+
+    if constexpr (kAsync) {
+      // Per warpgroup, with this step's C.B in flight since the last step: C.S (its 32 channels) from shared memory,
+      // the state update, and, once C.B is in, the weighted sources' product and the next step's C.B, all in flight
+      // while the warps make the next operands (docs/kernels.md, version 10).
+      float dS[Lay::kHalfN / 8][4];
+      if (kOutputs) {
+        const uint64_t dC = wgmma_descriptor(Cs, kCore, kBcBand);
+        const uint64_t dSt = wgmma_descriptor(state_in + BC::at(ch0, 0), kCore, kBcBand);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kN / 16; ++kk)
+          wgmma_ss<T, Lay::kHalfPs>(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y1),
+                                    wgmma_advance(dC, 2 * kCore * kk), wgmma_advance(dSt, 2 * kCore * kk), kk == 0);
+        wgmma_commit();
+      }
+      // The step's contribution to the state in its own accumulators, added to the decayed state once in: the state
+      // itself is written every step, so it is no product's accumulator (see weigh).
+      uint32_t ax[kSpan / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < kSpan / 16; ++ks) state_operand(ks, ax[ks]);
+      const uint64_t dBn = wgmma_descriptor(Bs + BC::at(0, n0), kBcBand, kCore);  // tokens x the warpgroup's columns
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kSpan / 16; ++ks)
+        wgmma_rs<T, Lay::kHalfN>(reinterpret_cast<float(&)[Lay::kHalfN / 2]>(dS), ax[ks],
+                                 wgmma_advance(dBn, 2 * kBcBand * ks), ks == 0);
+      wgmma_commit();
+      // The copies of step j + 2 once the products are in flight (issued right after the barrier, they waited on
+      // the memory pipeline: ncu's long scoreboard stalls, docs/kernels.md, version 10).
+      issue(j + kStages - 1);
+      if (kOutputs) {
+        wgmma_wait<2>();  // this step's C.B (the state's term and the state update may still run)
+        wgmma_fence_operands(reinterpret_cast<float(&)[32]>(CB));
+        uint32_t aw[kRowBlocks][4];
+#pragma unroll
+        for (int sb = 0; sb < kRowBlocks; ++sb) {
+          if (sb <= rb) weigh(*reinterpret_cast<const float(*)[2][4]>(CB[2 * sb]), sb, aw[sb]);
+          else aw[sb][0] = aw[sb][1] = aw[sb][2] = aw[sb][3] = 0u;  // sources after the warp's rows
+        }
+        const uint64_t dX = wgmma_descriptor(Xs + XZ::at(0, ch0), kXBand, kCore);  // sources x the channels
+        wgmma_fence();
+#pragma unroll
+        for (int sb = 0; sb < kRowBlocks; ++sb)
+          wgmma_rs<T, Lay::kHalfPs>(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y), aw[sb],
+                                    wgmma_advance(dX, 2 * kXBand * sb), sb == 0);
+        wgmma_commit();
+        if (j + 1 < steps) issue_cb(j + 1);  // its stage is in (waited for and fenced before this step's barrier)
+        wgmma_commit();                      // a group even when empty, so that the waits count alike
+        wgmma_wait<1>();                     // all but the next step's C.B
+        wgmma_fence_operands(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y));
+        wgmma_fence_operands(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y1));
+      } else {
+        wgmma_wait<0>();
+      }
+      wgmma_fence_operands(reinterpret_cast<float(&)[Lay::kHalfN / 2]>(dS));
+#pragma unroll
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) S[nt][e] = decay * S[nt][e] + dS[nt][e];
+    } else {
+      if (kOutputs && warp < kOutWarps) {
+        // The state's term, then the step's sources in 16-token blocks up to the diagonal, each C.B tile (made a
+        // step ago, make_cb) weighted in registers and fed to the product with x as the A operand.
+#pragma unroll
+        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < kN / 16; ++kk) {
+          uint32_t aC[4];
+          ldsm_a(aC, Cs, BC{}, 16 * rb, 16 * kk);
+          mma_across_at<false>(Y, aC, state_in, BC{}, 16 * kk, ch0);
+        }
+        const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) +
+                             (j & 1) * kTiles * (kTileFloats / 4) + rb * (rb + 1) / 2 * (kTileFloats / 4);
+        float cb[kRowBlocks][2][4];
+#pragma unroll
+        for (int sb = 0; sb < kRowBlocks; ++sb) {
+          if (sb > rb) break;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const float4 v = cb_s[sb * (kTileFloats / 4) + 32 * nt + lane];
+            cb[sb][nt][0] = v.x, cb[sb][nt][1] = v.y, cb[sb][nt][2] = v.z, cb[sb][nt][3] = v.w;
+          }
+        }
+        const float e0 = tv.E[r0], e1 = tv.E[r1];
+#pragma unroll
+        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
+#pragma unroll
+        for (int sb = 0; sb < kRowBlocks; ++sb) {
+          if (sb > rb) break;
+          uint32_t aw[4];
+          weigh(cb[sb], sb, aw);
+          mma_across_at<true>(Y, aw, Xs, XZ{}, 16 * sb, ch0);
+        }
+      }
+      // The state, every warp its share.
+#pragma unroll
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
+#pragma unroll
+      for (int ks = 0; ks < kSpan / 16; ++ks) {
+        uint32_t ax[4];
+        state_operand(ks, ax);
+        mma_across_at<true>(S, ax, Bs, BC{}, 16 * ks, n0);
+      }
+    }
+
     if (kOutputs && warp < kOutWarps) {
-      // Outputs of rows [16 rb, + 16) and channels [ch0, + kPs / 2): the state's term, then the step's sources in
-      // 16-token blocks up to the diagonal, each C.B tile (made a step ago, make_cb) weighted in registers and fed to
-      // the product with x as the A operand.
-      const int rb = warp % kRowBlocks, ch0 = Lay::kHalfPs * (warp / kRowBlocks);
-      const int r0 = 16 * rb + gid, r1 = r0 + 8;
-      float Y[Lay::kHalfPs / 8][4];
-#pragma unroll
-      for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) {
-        uint32_t aC[4];
-        load_a_fragment_ldsm(aC, Cs, Lay::kLdBC, 16 * rb, 16 * kk);
-        mma_across<false>(Y, aC, state_in, Lay::kLdBC, 16 * kk, ch0);
-      }
-      const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) + (j & 1) * kTiles * (kTileFloats / 4) +
-                           rb * (rb + 1) / 2 * (kTileFloats / 4);
-      float cb[kRowBlocks][2][4];
-#pragma unroll
-      for (int sb = 0; sb < kRowBlocks; ++sb) {
-        if (sb > rb) break;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const float4 v = cb_s[sb * (kTileFloats / 4) + 32 * nt + lane];
-          cb[sb][nt][0] = v.x, cb[sb][nt][1] = v.y, cb[sb][nt][2] = v.z, cb[sb][nt][3] = v.w;
-        }
-      }
-      const float L0 = tv.L[r0], L1 = tv.L[r1], e0 = tv.E[r0], e1 = tv.E[r1];
-#pragma unroll
-      for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
-#pragma unroll
-      for (int sb = 0; sb < kRowBlocks; ++sb) {
-        if (sb > rb) break;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int src = 16 * sb + 8 * nt + 2 * tig;
-          const float2 g = *reinterpret_cast<const float2*>(tv.G + src);
-          cb[sb][nt][0] *= src <= r0 ? __expf(L0 + g.x) : 0.f;
-          cb[sb][nt][1] *= src + 1 <= r0 ? __expf(L0 + g.y) : 0.f;
-          cb[sb][nt][2] *= src <= r1 ? __expf(L1 + g.x) : 0.f;
-          cb[sb][nt][3] *= src + 1 <= r1 ? __expf(L1 + g.y) : 0.f;
-        }
-        const uint32_t aw[4] = {TC::pack(cb[sb][0][0], cb[sb][0][1]), TC::pack(cb[sb][0][2], cb[sb][0][3]),
-                                TC::pack(cb[sb][1][0], cb[sb][1][1]), TC::pack(cb[sb][1][2], cb[sb][1][3])};
-        mma_across<true>(Y, aw, Xs, Lay::kLdX, 16 * sb, ch0);
-      }
       // + D x, * silu(z), rounded once: as the chunk-parallel output kernel's epilogue.
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -331,45 +486,21 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs>::kWarps * 32, 1)
 #pragma unroll
         for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
           const int pc = ch0 + 8 * jp + 2 * tig;
-          const float2 xv = TC::unpack(pair_at(Xs + r * Lay::kLdX, pc));
+          const float2 xv = TC::unpack(pair_at(Xs + XZ::at(r, pc), 0));
           float y0 = Y[jp][2 * half] + D_s[pc] * xv.x, y1 = Y[jp][2 * half + 1] + D_s[pc + 1] * xv.y;
+          if (kAsync) {  // the state's term, exp(L_t) C_t . S
+            const float e = tv.E[r];
+            y0 += e * Y1[jp][2 * half], y1 += e * Y1[jp][2 * half + 1];
+          }
           if (z_rows) {
-            const float2 zv = TC::unpack(pair_at(Zs + r * Lay::kLdX, pc));
+            const float2 zv = TC::unpack(pair_at(Zs + XZ::at(r, pc), 0));
             y0 *= silu_fast(zv.x), y1 *= silu_fast(zv.y);
           }
           *reinterpret_cast<uint32_t*>(out + pc) = TC::pack(y0, y1);
         }
       }
     }
-
-    // The state, every warp its share: x's rows of the step are the A operand (channels x tokens, read
-    // transposed), each token's column scaled by F_s before it is rounded back to 16 bits.
-    const float decay = tv.E[kSpan - 1];
-#pragma unroll
-    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
-#pragma unroll
-    for (int ks = 0; ks < kSpan / 16; ++ks) {
-      uint32_t ax[4];
-      load_a_fragment_kmajor(ax, Xs, Lay::kLdX, c_row - gid, 16 * ks);
-      const int s = 16 * ks + 2 * tig;
-      const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
-      const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 v = TC::unpack(ax[i]);
-        ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
-      }
-      mma_across<true>(S, ax, Bs, Lay::kLdBC, 16 * ks, n0);
-    }
-#pragma unroll
-    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-      if (!kOutputs) break;  // only the outputs read the state from shared memory
-      const int col = n0 + 8 * nt + 2 * tig;
-      *reinterpret_cast<uint32_t*>(state_out + c_row * Lay::kLdBC + col) = TC::pack(S[nt][0], S[nt][1]);
-      *reinterpret_cast<uint32_t*>(state_out + (c_row + 8) * Lay::kLdBC + col) = TC::pack(S[nt][2], S[nt][3]);
-    }
+    if (kOutputs) store_state(state_out);  // only the outputs read the state from shared memory
   }
   staged();  // the empty groups
 
@@ -435,9 +566,23 @@ SweepSpans spans_of(const SsdScanShape& s) {
   return sp;
 }
 
-// The sweep's spans for this forward, or nothing where the sweep does not take it (ssd_fused_forward_applies says
+// Whether the sweep runs on wgmma (version 10): with CARVE_SSD_WGMMA=1, on compute capability 9.0 with this build's
+// sm_90a code, for 64-channel slices. Not by default: it measured 10-30% slower than the mma.sync sweep
+// (docs/kernels.md, version 10), and stays for its tests and the work that continues it.
+bool wgmma_sweep(int ps) {
+  const char* v = std::getenv("CARVE_SSD_WGMMA");
+  if (ps != 64 || !(v && std::string(v) == "1")) return false;
+  return warpgroup_mma_runs(reinterpret_cast<const void*>(ssd_fused_forward_kernel<__half, 64, 64, true, true>));
+}
+
+struct SweepPlan {
+  SweepSpans spans;
+  bool wgmma = false;
+};
+
+// The sweep's plan for this forward, or nothing where the sweep does not take it (ssd_fused_forward_kernels says
 // which conditions). Decided once per forward: the check and the launch read the same plan.
-std::optional<SweepSpans> plan(const SsdScanForward& f) {
+std::optional<SweepPlan> plan(const SsdScanForward& f) {
   const SsdScanShape& s = f.shape;
   const int ps = slice_of(s.p);
   const Setting when = setting();
@@ -446,42 +591,59 @@ std::optional<SweepSpans> plan(const SsdScanForward& f) {
   if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
       !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)))
     return std::nullopt;
+  SweepPlan p;
+  p.wgmma = wgmma_sweep(ps);
   // State size 128 with 80-channel slices needs 236 KB, past compute capability 9.0's 227 KB; before 9.0 less fits.
   // (The layout is the same for both 16-bit types.)
-  const size_t bytes = with_sizes(s.n, ps, [](auto kN, auto kPs) { return FusedLayout<__half, kN, kPs>::kBytes; });
+  const size_t bytes = with_sizes(s.n, ps, [&](auto kN, auto kPs) {
+    if constexpr (kPs == 64)
+      if (p.wgmma) return FusedLayout<__half, kN, kPs, true>::kBytes;
+    return FusedLayout<__half, kN, kPs, false>::kBytes;
+  });
   if (bytes > max_shared_per_block()) return std::nullopt;
-  const SweepSpans sp = spans_of(s);
-  if (when != Setting::always && head_blocks(s) * sp.count * 2 < sm_count()) return std::nullopt;
-  return sp;
+  p.spans = spans_of(s);
+  if (when != Setting::always && head_blocks(s) * p.spans.count * 2 < sm_count()) return std::nullopt;
+  return p;
 }
 
-template <typename T, int kN, int kPs>
+template <typename T, int kN, int kPs, bool kAsync>
 void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) {
-  using Lay = FusedLayout<T, kN, kPs>;
+  using Lay = FusedLayout<T, kN, kPs, kAsync>;
   const ScanDims d = dims_of(f.shape);
   const long blocks = head_blocks(f.shape);
   if (sp.count > 1) {
-    constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false>;
+    constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false, kAsync>;
     allow_dynamic_shared(reinterpret_cast<const void*>(states), Lay::kBytes);
     states<<<static_cast<unsigned>(blocks * (sp.count - 1)), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp);
     CARVE_CUDA_CHECK_LAUNCH();
   }
-  constexpr auto outputs = ssd_fused_forward_kernel<T, kN, kPs, true>;
+  constexpr auto outputs = ssd_fused_forward_kernel<T, kN, kPs, true, kAsync>;
   allow_dynamic_shared(reinterpret_cast<const void*>(outputs), Lay::kBytes);
   outputs<<<static_cast<unsigned>(blocks * sp.count), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp);
   CARVE_CUDA_CHECK_LAUNCH();
 }
 
+template <typename T, int kN, int kPs>
+void launch(const SsdScanForward& f, const SweepPlan& p, cudaStream_t stream) {
+  if constexpr (kPs == 64)
+    if (p.wgmma) return launch<T, kN, kPs, true>(f, p.spans, stream);
+  launch<T, kN, kPs, false>(f, p.spans, stream);
+}
+
 }  // namespace
 
-bool ssd_fused_forward_applies(const SsdScanForward& f) { return plan(f).has_value(); }
+SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f) {
+  const std::optional<SweepPlan> p = plan(f);
+  if (!p) return SsdForwardKernels::chunk_parallel;
+  return p->wgmma ? SsdForwardKernels::sweep_wgmma : SsdForwardKernels::sweep;
+}
 
 bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream) {
-  const std::optional<SweepSpans> sp = plan(f);
-  if (!sp) return false;
+  const std::optional<SweepPlan> p = plan(f);
+  if (!p) return false;
   with_sizes(f.shape.n, slice_of(f.shape.p), [&](auto kN, auto kPs) {
-    if (f.dtype == ElementType::bf16) launch<__nv_bfloat16, kN, kPs>(f, *sp, stream);
-    else launch<__half, kN, kPs>(f, *sp, stream);
+    if (f.dtype == ElementType::bf16) launch<__nv_bfloat16, kN, kPs>(f, *p, stream);
+    else launch<__half, kN, kPs>(f, *p, stream);
   });
   return true;
 }

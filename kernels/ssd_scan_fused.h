@@ -23,14 +23,15 @@
 
 namespace carve::kernels {
 
-// Whether the sweep takes this forward: 16-bit, no y_ssm, no packed samples, chunk length a multiple of 64, state
+// Whether the sweep takes this forward (and on which products; chunk_parallel where it does not): 16-bit, no y_ssm, no packed samples, chunk length a multiple of 64, state
 // size 64, 80 or 128, head dim 80 or a multiple of 64, a block's shared memory within the device's (state size 128
 // with head dim 80 is not), 16-byte aligned rows, and enough (row, head, slice, span) blocks to fill half the GPU
 // (spans are at most one per chunk; with few blocks the chunk-parallel kernels are faster).
 // CARVE_SSD_FUSED=0 turns it off (side-by-side benchmarks); =1 takes it at any block count (tests).
 // CARVE_SSD_SPANS=N asks for N spans per (row, head) (at most one per chunk and 64-token step).
-bool ssd_fused_forward_applies(const SsdScanForward& f);
-// Launches the sweep where it takes this forward (as ssd_fused_forward_applies decides) and says whether it did;
+// CARVE_SSD_WGMMA=1 runs it on wgmma for 64-channel slices on compute capability 9.0 (version 10, slower so far).
+SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f);
+// Launches the sweep where it takes this forward (as ssd_fused_forward_kernels decides) and says whether it did;
 // f.dtp and f.cum must hold dt_prepare's results. f.states holds the spans' local states and log-decays where there
 // are spans, and is otherwise not written.
 bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);

@@ -13,10 +13,14 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#ifdef CARVE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -111,8 +115,9 @@ std::map<std::string, Tensor> scan_with_grads(SsdInputs in, const Tensor& gy, co
   return r;
 }
 
-// With `sweep`, the forward alone must take version 8's sweep (kernels/ssd_scan_fused.h).
-void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed, bool sweep = false) {
+// With `path`, the forward alone must take that path (the sweeps: kernels/ssd_scan_fused.h).
+void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed,
+                std::optional<model::SsdForwardPath> path = std::nullopt) {
   torch::manual_seed(seed);
   const auto f64 = torch::TensorOptions().dtype(torch::kDouble).device(torch::kCUDA);
   SsdInputs ref;  // float64, later filled with the quantized values the kernels see
@@ -162,8 +167,8 @@ void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed, bool s
   const Tensor gy = torch::randn({c.b, c.l, c.h, c.p}, f64).to(type).to(torch::kDouble);
   const Tensor gf = torch::randn({c.b, c.h, c.p, c.n}, f64).to(torch::kFloat).to(torch::kDouble);
   ASSERT_TRUE(model::uses_fused_kernels(fused.x));
-  if (sweep) {
-    ASSERT_TRUE(model::ssd_scan_sweeps(fused)) << describe(c, type);
+  if (path) {
+    ASSERT_EQ(static_cast<int>(model::ssd_scan_forward_path(fused)), static_cast<int>(*path)) << describe(c, type);
   }
   const auto want = scan_with_grads(ref, gy, gf, false);
   const auto got = scan_with_grads(fused, gy, gf, true);
@@ -241,8 +246,24 @@ class EnvScope {
   bool had_ = false;
 };
 
+// Whether this GPU runs the sweep on wgmma (compute capability 9.0; the default build has its sm_90a code).
+bool gpu_runs_wgmma() {
+#ifdef CARVE_WITH_CUDA
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
 // Version 8's forward, one sweep per head with the state on chip, on the cases it takes, forced with
 // CARVE_SSD_FUSED=1 (these shapes have too few blocks for it otherwise): check_scan's forward alone is then the sweep.
+// Each case runs the mma.sync sweep and, where the GPU has wgmma, with CARVE_SSD_WGMMA=1 the wgmma one (version 10,
+// 64-channel slices).
 TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
   REQUIRE_KERNELS();
   KernelScope scope;
@@ -255,11 +276,6 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
       {2, 200, 4, 2, 80, 80, 128, 2, true, true, true, false},      // Phi-2's head dim and state size
       {1, 70, 2, 1, 128, 80, 64, 0, true, true, true, false},       // 70 tokens: chunk 64, then 6
   };
-  uint64_t seed = 300;
-  for (const auto& c : cases) {
-    check_scan(c, torch::kBFloat16, seed++, /*sweep=*/true);
-    check_scan(c, torch::kHalf, seed++, /*sweep=*/true);
-  }
   // The sequence in spans, each swept by its own blocks from the state stitched from the spans before it
   // (version 9): spans that end mid-chunk, a shorter last span, Phi-2's sizes.
   const std::vector<std::pair<ScanCase, const char*>> span_cases = {
@@ -267,10 +283,22 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
       {{2, 300, 4, 2, 64, 64, 64, 2, true, true, true, false}, "3"},      // 2, 2 and 1 steps
       {{2, 200, 4, 2, 80, 80, 128, 1, true, true, false, false}, "2"},    // without an initial state
   };
-  for (const auto& [c, spans] : span_cases) {
-    EnvScope span_count("CARVE_SSD_SPANS", spans);
-    check_scan(c, torch::kBFloat16, seed++, /*sweep=*/true);
-    check_scan(c, torch::kHalf, seed++, /*sweep=*/true);
+  uint64_t seed = 300;
+  for (const bool wgmma : {true, false}) {
+    if (wgmma && !gpu_runs_wgmma()) continue;
+    EnvScope products("CARVE_SSD_WGMMA", wgmma ? "1" : "0");
+    const auto path = [&](const ScanCase& c) {
+      return wgmma && c.p % 64 == 0 ? model::SsdForwardPath::sweep_wgmma : model::SsdForwardPath::sweep;
+    };
+    for (const auto& c : cases) {
+      check_scan(c, torch::kBFloat16, seed++, path(c));
+      check_scan(c, torch::kHalf, seed++, path(c));
+    }
+    for (const auto& [c, spans] : span_cases) {
+      EnvScope span_count("CARVE_SSD_SPANS", spans);
+      check_scan(c, torch::kBFloat16, seed++, path(c));
+      check_scan(c, torch::kHalf, seed++, path(c));
+    }
   }
   // Packed samples keep the chunk-parallel forward, and CARVE_SSD_FUSED=0 turns the sweep off.
   const auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
@@ -279,17 +307,22 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
   in.A = -torch::rand({2}, opts.dtype(torch::kFloat)) - 0.5;
   in.B = torch::randn({1, 128, 1, 64}, opts), in.C = torch::randn({1, 128, 1, 64}, opts);
   in.chunk_size = 64;
-  EXPECT_TRUE(model::ssd_scan_sweeps(in));
+  const auto sweeps = [](const SsdInputs& i) {
+    const model::SsdForwardPath p = model::ssd_scan_forward_path(i);
+    return p == model::SsdForwardPath::sweep || p == model::SsdForwardPath::sweep_wgmma;
+  };
+  EXPECT_TRUE(sweeps(in));
   in.seq_idx = torch::zeros({1, 128}, opts.dtype(torch::kInt));
-  EXPECT_FALSE(model::ssd_scan_sweeps(in));
+  EXPECT_EQ(static_cast<int>(model::ssd_scan_forward_path(in)),
+            static_cast<int>(model::SsdForwardPath::chunk_parallel));
   in.seq_idx = Tensor();
   // State size 128 with Phi-2's head dim needs more shared memory than a block has (236 KB on compute capability 9.0).
   SsdInputs wide = in;
   wide.x = torch::randn({1, 128, 2, 80}, opts);
   wide.B = torch::randn({1, 128, 1, 128}, opts), wide.C = torch::randn({1, 128, 1, 128}, opts);
-  EXPECT_FALSE(model::ssd_scan_sweeps(wide));
+  EXPECT_FALSE(sweeps(wide));
   EnvScope never("CARVE_SSD_FUSED", "0");
-  EXPECT_FALSE(model::ssd_scan_sweeps(in));
+  EXPECT_FALSE(sweeps(in));
 }
 
 // The final state of a prefix continues into the rest: two calls equal one.

@@ -257,13 +257,17 @@ class GatedNormFunction : public torch::autograd::Function<GatedNormFunction> {
 
 bool built() { return true; }
 
-bool ssd_scan_sweeps(const SsdInputs& in) {
+SsdForwardPath ssd_scan_forward_path(const SsdInputs& in) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   kernels::SsdScanForward f = forward_args(scan_tensors(in));
   // The outputs the inference forward would allocate are fresh, so aligned like this.
   alignas(16) static float fresh_output[4];
   f.out = fresh_output, f.final_state = fresh_output;
-  return kernels::ssd_scan_forward_sweeps(f);
+  switch (kernels::ssd_scan_forward_kernels(f)) {
+    case kernels::SsdForwardKernels::sweep: return SsdForwardPath::sweep;
+    case kernels::SsdForwardKernels::sweep_wgmma: return SsdForwardPath::sweep_wgmma;
+    default: return SsdForwardPath::chunk_parallel;
+  }
 }
 
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
