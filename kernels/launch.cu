@@ -64,19 +64,23 @@ bool dependent_launch_enabled() { return dependent_launch_allowed_by_environment
 
 bool clusters_supported() { return capability_major() >= 9; }
 
-bool warpgroup_mma_runs(const void* kernel) {
-  if (capability_major() != 9 || device_attribute<cudaDevAttrComputeCapabilityMinor>() != 0) return false;
+int device_code_value(const void* symbol) {
   int device = 0;
   CARVE_CUDA_CHECK(cudaGetDevice(&device));
   static std::mutex mutex;
-  static std::map<std::pair<int, const void*>, bool> known;
+  static std::map<std::pair<int, const void*>, int> known;
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(device, kernel);
+  const auto key = std::make_pair(device, symbol);
   const auto it = known.find(key);
   if (it != known.end()) return it->second;
-  cudaFuncAttributes attributes{};
-  CARVE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  return known[key] = attributes.binaryVersion == 90;
+  int value = 0;
+  CARVE_CUDA_CHECK(cudaMemcpyFromSymbol(&value, symbol, sizeof value));
+  return known[key] = value;
+}
+
+bool compute_capability_90() {
+  // (The minor version, 0 on 9.0, is read each call: device_attribute's cache takes 0 for "not looked up".)
+  return capability_major() == 9 && device_attribute<cudaDevAttrComputeCapabilityMinor>() == 0;
 }
 
 int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }

@@ -22,12 +22,15 @@ bool dependent_launch_enabled();
 // Whether the current device runs thread block clusters (compute capability 9.0 or newer).
 bool clusters_supported();
 
-// Whether the current device runs `kernel`'s wgmma code (kernels/wgmma.cuh): compute capability 9.0 exactly, and the
-// code the runtime loads for it built for sm_90a (elsewhere wgmma.cuh compiles to a trap). The build's architectures
-// are not a CMake-time fact: LibTorch's CMake replaces CMAKE_CUDA_ARCHITECTURES with its own -gencode flags, so the
-// runtime's binary version of the kernel is asked (90 for sm_90a; a build for plain sm_90 would also say 90, and is
-// not made by carve's CMake or LibTorch's for Hopper).
-bool warpgroup_mma_runs(const void* kernel);
+// The value of an int __device__ variable in the code the current device runs (read once per device and variable,
+// with a synchronous copy: not while a stream is being captured). This is how a kernel file tells the host which
+// arch-specific features the loaded code was built with (wgmma.cuh's CARVE_WGMMA): the build cannot say (LibTorch's
+// CMake replaces CMAKE_CUDA_ARCHITECTURES with its own -gencode flags), nor can the runtime's binary version of a
+// kernel (90 for sm_90 and sm_90a alike, and for PTX compiled for the device on the fly).
+int device_code_value(const void* symbol);
+
+// Whether the current device has compute capability 9.0 exactly (the one that runs sm_90a code).
+bool compute_capability_90();
 
 // The current device's SMs (looked up once per device).
 int sm_count();

@@ -165,15 +165,7 @@ __device__ __forceinline__ void ldsm_b_pair_kmajor(uint32_t (&b)[2][2], const T*
   b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
-// The row-major (leading dimension ld, a multiple of 8) forms of the above.
-template <typename T>
-__device__ __forceinline__ void load_a_fragment_ldsm(uint32_t a[4], const T* tile, int ld, int row0, int col0) {
-  ldsm_a(*reinterpret_cast<uint32_t(*)[4]>(a), tile, Strided{ld}, row0, col0);
-}
-template <typename T>
-__device__ __forceinline__ void load_b_fragments_ldsm(uint32_t (&b)[2][2], const T* tile_t, int ld, int k0, int n0) {
-  ldsm_b_pair(b, tile_t, Strided{ld}, k0, n0);
-}
+// The row-major (leading dimension ld, a multiple of 8) forms of the above that the chunk-parallel kernels use.
 template <typename T>
 __device__ __forceinline__ void load_a_fragment_kmajor(uint32_t a[4], const T* tile, int ld, int m0, int k0) {
   ldsm_a_kmajor(*reinterpret_cast<uint32_t(*)[4]>(a), tile, Strided{ld}, m0, k0);
@@ -182,10 +174,6 @@ template <typename T>
 __device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b1, const T* tile, int ld, int k0,
                                                        int n0) {
   ldsm_b_kmajor(b0, b1, tile, Strided{ld}, k0, n0);
-}
-template <typename T>
-__device__ __forceinline__ void load_b_fragments_kmajor(uint32_t (&b)[2][2], const T* tile, int ld, int k0, int n0) {
-  ldsm_b_pair_kmajor(b, tile, Strided{ld}, k0, n0);
 }
 
 // acc[i] += A B_i for the kCount 8-column blocks B_i of a 16-row (k) operand starting at (k0, n0), two blocks per
@@ -213,12 +201,6 @@ __device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uin
       TensorCore<T>::mma(acc[i], a, b0, b1);
     }
   }
-}
-
-template <bool kKMajor, typename T, int kCount>
-__device__ __forceinline__ void mma_across(float (&acc)[kCount][4], const uint32_t a[4], const T* tile, int ld, int k0,
-                                           int n0) {
-  mma_across_at<kKMajor>(acc, a, tile, Strided{ld}, k0, n0);
 }
 
 }  // namespace carve::kernels

@@ -566,13 +566,16 @@ SweepSpans spans_of(const SsdScanShape& s) {
   return sp;
 }
 
-// Whether the sweep runs on wgmma (version 10): with CARVE_SSD_WGMMA=1, on compute capability 9.0 with this build's
-// sm_90a code, for 64-channel slices. Not by default: it measured 10-30% slower than the mma.sync sweep
+// 1 in this file's code built for sm_90a, where wgmma.cuh's products exist, and 0 elsewhere (where they trap).
+__device__ int sweep_code_has_wgmma = CARVE_WGMMA;
+
+// Whether the sweep runs on wgmma (version 10): with CARVE_SSD_WGMMA=1, on compute capability 9.0 running this
+// file's sm_90a code, for 64-channel slices. Not by default: it measured 10-30% slower than the mma.sync sweep
 // (docs/kernels.md, version 10), and stays for its tests and the work that continues it.
 bool wgmma_sweep(int ps) {
   const char* v = std::getenv("CARVE_SSD_WGMMA");
-  if (ps != 64 || !(v && std::string(v) == "1")) return false;
-  return warpgroup_mma_runs(reinterpret_cast<const void*>(ssd_fused_forward_kernel<__half, 64, 64, true, true>));
+  if (ps != 64 || !(v && std::string(v) == "1") || !compute_capability_90()) return false;
+  return device_code_value(&sweep_code_has_wgmma) == 1;
 }
 
 struct SweepPlan {

@@ -10,7 +10,8 @@
  * not depend on the chunk length; a step never spans two chunks, since the chunk length is a multiple of 64. The
  * state enters the products rounded to 16 bits, as the chunk-parallel forward's inference path rounds it.
  * The next steps' tokens (C, B, x, z rows and the cumsums) are copied by cp.async while a step computes, and the
- * next step's C.B tiles are made, each once, spread over the block's warps (version 9).
+ * next step's C.B tiles are made, each once, spread over the block's warps (version 9). The opt-in wgmma sweep
+ * (version 10) makes each step's whole C.B in each of its two warpgroups instead.
  * Where the (row, head, slice) blocks are too few to fill the GPU (long sequences, few heads), the sequence is cut
  * into spans, each swept by its own blocks: a first launch sweeps every span but the last from a zero state for its
  * local final state alone, and the second starts each span from the state stitched from those (version 9).
@@ -23,13 +24,15 @@
 
 namespace carve::kernels {
 
-// Whether the sweep takes this forward (and on which products; chunk_parallel where it does not): 16-bit, no y_ssm, no packed samples, chunk length a multiple of 64, state
-// size 64, 80 or 128, head dim 80 or a multiple of 64, a block's shared memory within the device's (state size 128
-// with head dim 80 is not), 16-byte aligned rows, and enough (row, head, slice, span) blocks to fill half the GPU
-// (spans are at most one per chunk; with few blocks the chunk-parallel kernels are faster).
+// Whether the sweep takes this forward, and on which products (chunk_parallel where it does not): 16-bit, no y_ssm,
+// no packed samples, chunk length a multiple of 64, state size 64, 80 or 128, head dim 80 or a multiple of 64, a
+// block's shared memory within the device's (state size 128 with head dim 80 is not), 16-byte aligned rows, and
+// enough (row, head, slice, span) blocks to fill half the GPU (spans are at most one per chunk; with few blocks the
+// chunk-parallel kernels are faster).
 // CARVE_SSD_FUSED=0 turns it off (side-by-side benchmarks); =1 takes it at any block count (tests).
 // CARVE_SSD_SPANS=N asks for N spans per (row, head) (at most one per chunk and 64-token step).
-// CARVE_SSD_WGMMA=1 runs it on wgmma for 64-channel slices on compute capability 9.0 (version 10, slower so far).
+// CARVE_SSD_WGMMA=1 runs it on wgmma for 64-channel slices on compute capability 9.0, where the loaded code was built
+// for sm_90a (version 10, slower so far).
 SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f);
 // Launches the sweep where it takes this forward (as ssd_fused_forward_kernels decides) and says whether it did;
 // f.dtp and f.cum must hold dt_prepare's results. f.states holds the spans' local states and log-decays where there

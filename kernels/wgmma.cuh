@@ -23,8 +23,9 @@
  * Shared memory written by ordinary stores or cp.async must be ordered before a product reads it by
  * async_proxy_fence() in each writing thread, then a barrier.
  *
- * Outside sm_90a (the sm_80 build of the same kernels) these compile to a trap: callers check
- * warpgroup_mma_runs(kernel) (launch.h) before launching a kernel that uses them.
+ * Outside sm_90a (the sm_80 build of the same kernels) the fence and the products compile to a trap (the commits,
+ * waits and proxy fence to nothing): a kernel file says which code it has with a __device__ flag set from
+ * CARVE_WGMMA, which the host reads (launch.h, device_code_value) before launching a kernel that uses them.
  */
 #pragma once
 

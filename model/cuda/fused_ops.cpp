@@ -266,8 +266,9 @@ SsdForwardPath ssd_scan_forward_path(const SsdInputs& in) {
   switch (kernels::ssd_scan_forward_kernels(f)) {
     case kernels::SsdForwardKernels::sweep: return SsdForwardPath::sweep;
     case kernels::SsdForwardKernels::sweep_wgmma: return SsdForwardPath::sweep_wgmma;
-    default: return SsdForwardPath::chunk_parallel;
+    case kernels::SsdForwardKernels::chunk_parallel: break;
   }
+  return SsdForwardPath::chunk_parallel;
 }
 
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
