@@ -13,18 +13,19 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 
-// An attribute of the current device, looked up once per device and attribute (0: not yet).
+// An attribute of the current device, looked up once per device and attribute. The table holds value + 1, so that
+// 0 means "not yet" and attributes that are 0 (compute capability 9.0's minor version) are kept as well.
 template <cudaDeviceAttr Attribute>
 int device_attribute() {
-  static std::atomic<int> values[kMaxDevices];
+  static std::atomic<int> values_plus_one[kMaxDevices];
   int device = 0;
   CARVE_CUDA_CHECK(cudaGetDevice(&device));
   CARVE_KERNEL_REQUIRE(device >= 0 && device < kMaxDevices, "launch: device index beyond the table of devices");
-  int value = values[device].load(std::memory_order_relaxed);
-  if (value == 0) {
-    CARVE_CUDA_CHECK(cudaDeviceGetAttribute(&value, Attribute, device));
-    values[device].store(value, std::memory_order_relaxed);
-  }
+  const int known = values_plus_one[device].load(std::memory_order_relaxed);
+  if (known != 0) return known - 1;
+  int value = 0;
+  CARVE_CUDA_CHECK(cudaDeviceGetAttribute(&value, Attribute, device));
+  values_plus_one[device].store(value + 1, std::memory_order_relaxed);
   return value;
 }
 
@@ -79,7 +80,6 @@ int device_code_value(const void* symbol) {
 }
 
 bool compute_capability_90() {
-  // (The minor version, 0 on 9.0, is read each call: device_attribute's cache takes 0 for "not looked up".)
   return capability_major() == 9 && device_attribute<cudaDevAttrComputeCapabilityMinor>() == 0;
 }
 

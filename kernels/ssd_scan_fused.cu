@@ -33,8 +33,8 @@ constexpr int kTileFloats = 16 * 16;
 // kCore). The 16 bytes between core matrices put a row's consecutive 16-byte pieces in distinct bank groups, so
 // that the copies' 8-thread phases, which write 128 contiguous bytes of a row as they read them, meet no conflict;
 // a core matrix is one ldmatrix row group, and a fragment's 4-byte accesses of 8 rows land in 8 distinct groups.
-// (Core matrices 128 bytes apart, copied 8 rows at a time to avoid the conflicts, touched twice the 128-byte lines
-// of global memory per copy instruction and made the sweep 20% slower: docs/kernels.md, version 10.)
+// (Core matrices 128 bytes apart, copied 8 rows at a time to avoid the conflicts, touch twice the 128-byte lines of
+// global memory per copy instruction; the two measured the same: docs/kernels.md, version 10, calls 4 and 5.)
 template <int kCols, bool kTiled>
 struct TileLayout {
   static_assert(kCols % 8 == 0, "tiles of whole 16-byte row pieces");
@@ -141,11 +141,13 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   // issue() is called for consecutive steps: the next one's chunk and offset in it, carried instead of divided.
   int next_chunk = first * kSpan / d.q, next_off = first * kSpan % d.q;
 
-  // Step j's tokens into stage j % kStages (an empty group past the last step, so that the waits count alike).
+  // Step j's stage of shared memory.
+  const auto stage = [&](int j) { return smem + (j % kStages) * Lay::kStage; };
+  // Step j's tokens into its stage (an empty group past the last step, so that the waits count alike).
   // (ncu at version 9: the copies' index arithmetic, in 64-bit and per piece, was 15% of the instructions.)
   auto issue = [&](int j) {
     if (j < steps) {
-      unsigned char* st = smem + (j % kStages) * Lay::kStage;
+      unsigned char* st = stage(j);
       T* Cs = reinterpret_cast<T*>(st + Lay::kC);
       T* Bs = reinterpret_cast<T*>(st + Lay::kB);
       T* Xs = reinterpret_cast<T*>(st + Lay::kX);
@@ -196,7 +198,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   float* tokens_s = reinterpret_cast<float*>(smem + Lay::kTokens);
   // Step j's per-token values into buffer j % 2, by the first kSpan threads.
   auto make_tokens = [&](int j) {
-    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const unsigned char* st = stage(j);
     const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
     const float* dt_s = reinterpret_cast<const float*>(st + Lay::kDt);
     const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const int cb_slot = warp >= kOutWarps ? warp - kOutWarps
                                         : Lay::kWarps - kOutWarps + 2 * (warp % kRowBlocks) + warp / kRowBlocks;
   auto make_cb = [&](int j) {
-    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const unsigned char* st = stage(j);
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
     float4* cb_s = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kTiles * (kTileFloats / 4);
@@ -288,13 +290,13 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   // Bytes per 8-row band and between core matrices along a band, of the tiled layouts (a k step of 16 is two).
   constexpr uint32_t kBcBand = sizeof(T) * BC::kBand, kXBand = sizeof(T) * XZ::kBand, kCore = sizeof(T) * BC::kCore;
   const auto issue_cb = [&](int j) {
-    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const unsigned char* st = stage(j);
     const uint64_t dC = wgmma_descriptor(st + Lay::kC, kCore, kBcBand);
     const uint64_t dB = wgmma_descriptor(st + Lay::kB, kCore, kBcBand);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kN / 16; ++kk)
-      wgmma_ss<T, 64>(reinterpret_cast<float(&)[32]>(CB), wgmma_advance(dC, 2 * kCore * kk),
+      wgmma_ss<T, 64>(CB, wgmma_advance(dC, 2 * kCore * kk),
                       wgmma_advance(dB, 2 * kCore * kk), kk == 0);
   };
 
@@ -317,7 +319,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       make_tokens(j + 1);
       if (kOutputs && !kAsync) make_cb(j + 1);
     }
-    const unsigned char* st = smem + (j % kStages) * Lay::kStage;
+    const unsigned char* st = stage(j);
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
     const T* Xs = reinterpret_cast<const T*>(st + Lay::kX);
@@ -378,8 +380,8 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kN / 16; ++kk)
-          wgmma_ss<T, Lay::kHalfPs>(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y1),
-                                    wgmma_advance(dC, 2 * kCore * kk), wgmma_advance(dSt, 2 * kCore * kk), kk == 0);
+          wgmma_ss<T, Lay::kHalfPs>(Y1, wgmma_advance(dC, 2 * kCore * kk), wgmma_advance(dSt, 2 * kCore * kk),
+                                    kk == 0);
         wgmma_commit();
       }
       // The step's contribution to the state in its own accumulators, added to the decayed state once in: the state
@@ -391,15 +393,14 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kSpan / 16; ++ks)
-        wgmma_rs<T, Lay::kHalfN>(reinterpret_cast<float(&)[Lay::kHalfN / 2]>(dS), ax[ks],
-                                 wgmma_advance(dBn, 2 * kBcBand * ks), ks == 0);
+        wgmma_rs<T, Lay::kHalfN>(dS, ax[ks], wgmma_advance(dBn, 2 * kBcBand * ks), ks == 0);
       wgmma_commit();
       // The copies of step j + 2 once the products are in flight (issued right after the barrier, they waited on
       // the memory pipeline: ncu's long scoreboard stalls, docs/kernels.md, version 10).
       issue(j + kStages - 1);
       if (kOutputs) {
         wgmma_wait<2>();  // this step's C.B (the state's term and the state update may still run)
-        wgmma_fence_operands(reinterpret_cast<float(&)[32]>(CB));
+        wgmma_fence_operands(CB);
         uint32_t aw[kRowBlocks][4];
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
@@ -410,18 +411,17 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         wgmma_fence();
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb)
-          wgmma_rs<T, Lay::kHalfPs>(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y), aw[sb],
-                                    wgmma_advance(dX, 2 * kXBand * sb), sb == 0);
+          wgmma_rs<T, Lay::kHalfPs>(Y, aw[sb], wgmma_advance(dX, 2 * kXBand * sb), sb == 0);
         wgmma_commit();
         if (j + 1 < steps) issue_cb(j + 1);  // its stage is in (waited for and fenced before this step's barrier)
         wgmma_commit();                      // a group even when empty, so that the waits count alike
         wgmma_wait<1>();                     // all but the next step's C.B
-        wgmma_fence_operands(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y));
-        wgmma_fence_operands(reinterpret_cast<float(&)[Lay::kHalfPs / 2]>(Y1));
+        wgmma_fence_operands(Y);
+        wgmma_fence_operands(Y1);
       } else {
         wgmma_wait<0>();
       }
-      wgmma_fence_operands(reinterpret_cast<float(&)[Lay::kHalfN / 2]>(dS));
+      wgmma_fence_operands(dS);
 #pragma unroll
       for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
 #pragma unroll

@@ -8,8 +8,9 @@
  * CLayout_64xN say the same): warp w of the warpgroup holds rows [16 w, 16 w + 16) as mma.sync m16n8k16 does for
  * its 16 rows (mma.cuh):
  *   A in registers: a[0..3] as mma.sync's A fragment of those rows.
- *   D: for each 8-column block j, d[4 j + 0, 1] = D[16 w + gid][8 j + 2 tig + 0, 1] and d[4 j + 2, 3] the same 8 rows
- *      down, so a product's result, weighted in registers, is the A operand of the next (as with mma.sync).
+ *   D: acc[N / 8][4], for each 8-column block j acc[j][0, 1] = D[16 w + gid][8 j + 2 tig + 0, 1] and acc[j][2, 3]
+ *      the same 8 rows down: mma.sync's accumulators of the warp's 16 x 8 tiles, in the arrays the kernels keep
+ *      them in, so a product's result, weighted in registers, is the A operand of the next (as with mma.sync).
  * Shared memory operands are read through a 64-bit descriptor (start address, two strides, no swizzle here). In the
  * no-swizzle layout an operand is made of 8 x 8 core matrices, each 8 rows of 16 contiguous bytes (128 bytes); LBO is
  * the byte stride between core matrices along K and SBO along M or N, for K-major operands (the 8 elements of a core
@@ -86,10 +87,12 @@ __device__ __forceinline__ void async_proxy_fence() {
 
 // Ties registers to this point of the program: the compiler keeps their reads and writes on their side of it (after a
 // wgmma_wait, before the product's results are read).
-template <int kCount>
-__device__ __forceinline__ void wgmma_fence_operands(float (&d)[kCount]) {
+template <int kBlocks>
+__device__ __forceinline__ void wgmma_fence_operands(float (&acc)[kBlocks][4]) {
 #pragma unroll
-  for (int i = 0; i < kCount; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < kBlocks; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[i][e])::"memory");
 }
 
 namespace wgmma_detail {
@@ -132,9 +135,10 @@ constexpr bool is_bf16 = std::is_same_v<T, __nv_bfloat16>;
 // D[64 x N] (+)= A[64 x 16] B[16 x N], A and B K-major in shared memory (descriptors a and b); D = A B when
 // `fresh`. N is 32 or 64.
 template <typename T, int N>
-__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t b, bool fresh) {
+__device__ __forceinline__ void wgmma_ss(float (&acc)[N / 8][4], uint64_t a, uint64_t b, bool fresh) {
   static_assert(N == 32 || N == 64, "wgmma_ss has instances for N 32 and 64");
 #if CARVE_WGMMA
+  float(&d)[N / 2] = reinterpret_cast<float(&)[N / 2]>(acc);
   if constexpr (N == 32) {
     if constexpr (wgmma_detail::is_bf16<T>) CARVE_WG_SS(32, "bf16", CARVE_WG_L16, CARVE_WG_D16, "16", "17", "18");
     else CARVE_WG_SS(32, "f16", CARVE_WG_L16, CARVE_WG_D16, "16", "17", "18");
@@ -150,9 +154,10 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t
 // D[64 x N] (+)= A[64 x 16] B[16 x N], A in registers (the warp's 16 rows, as mma.sync's A fragment), B MN-major in
 // shared memory (descriptor b); D = A B when `fresh`. N is 32, 40 or 64.
 template <typename T, int N>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, bool fresh) {
+__device__ __forceinline__ void wgmma_rs(float (&acc)[N / 8][4], const uint32_t (&a)[4], uint64_t b, bool fresh) {
   static_assert(N == 32 || N == 40 || N == 64, "wgmma_rs has instances for N 32, 40 and 64");
 #if CARVE_WGMMA
+  float(&d)[N / 2] = reinterpret_cast<float(&)[N / 2]>(acc);
   if constexpr (N == 32) {
     if constexpr (wgmma_detail::is_bf16<T>)
       CARVE_WG_RS(32, "bf16", CARVE_WG_L16, CARVE_WG_D16, "16", "17", "18", "19", "20", "21");
