@@ -194,6 +194,8 @@ __device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uin
       if constexpr (kKMajor) {
         ldsm_b_kmajor(b0, b1, tile, lay, k0, n0 + 8 * i);
       } else {  // one 8-column block of an n-major tile: 4-byte loads
+        // (load_b_fragment's loads through a layout. Not shared with it: load_b_fragment computing its addresses
+        // this way changed the chunk-parallel kernels' code, chunk_dcb_tc's sm_80 registers 168 -> 140, unmeasured.)
         const int lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
         b0 = pair_at(tile + lay.at(n0 + 8 * i + gid, k0 + 2 * tig), 0);
         b1 = pair_at(tile + lay.at(n0 + 8 * i + gid, k0 + 2 * tig + 8), 0);
