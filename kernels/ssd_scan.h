@@ -54,8 +54,8 @@ struct SsdScanForward {
   float* final_state = nullptr; // [b, h, p, n]
   // Workspace, all kept for the backward: dt after bias/softplus, its decay cumsum per chunk (float64: decays are
   // exp(L_l - L_s) of nearby tokens, a small difference of two large sums), the state entering each chunk,
-  // C_l . B_s per chunk and group. Without y_ssm (no backward follows) the states and C.B may be left unwritten
-  // (kernels/ssd_scan_fused.h).
+  // C_l . B_s per chunk and group. Without y_ssm (no backward follows) the states and C.B may be left unwritten or
+  // hold other layouts (kernels/ssd_scan_fused.h).
   float* dtp = nullptr;
   double* cum = nullptr;
   float* states = nullptr;

@@ -84,6 +84,29 @@ struct FusedLayout {
   static_assert(kStage % 16 == 0 && kD % 16 == 0 && kTokens % 16 == 0 && kCB % 16 == 0, "16-byte aligned regions");
 };
 
+// C.B tile i of a step (row block r, source block s <= r, i = r (r + 1) / 2 + s) from the step's C and B rows in
+// shared memory, stored in the accumulators' own order, [8-column half][lane][4]: a lane's four floats of each half
+// at tile[32 half + lane], so that writer and reader move them as one 16-byte access.
+template <typename TC, int kN, typename T, typename Layout>
+__device__ __forceinline__ void make_cb_tile(const T* Cs, const T* Bs, Layout lay, int i, float4* tile) {
+  const int r = (i >= 1) + (i >= 3) + (i >= 6), s = i - r * (r + 1) / 2;
+  // Even and odd k steps in separate accumulators: four chains of products in flight instead of two.
+  float acc[2][2][4] = {};
+#pragma unroll
+  for (int kk = 0; kk < kN / 16; ++kk) {
+    uint32_t aa[4], bb[2][2];
+    ldsm_a(aa, Cs, lay, 16 * r, 16 * kk);
+    ldsm_b_pair(bb, Bs, lay, 16 * kk, 16 * s);
+    TC::mma(acc[kk & 1][0], aa, bb[0][0], bb[0][1]);
+    TC::mma(acc[kk & 1][1], aa, bb[1][0], bb[1][1]);
+  }
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+    tile[32 * nt + lane] = make_float4(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1],
+                                       acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
+}
+
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
 // difference of two nearby cumsums taken in float64): L_t; G_t = log dt'_t - L_t, so that a source's weight for row r
 // is exp(L_r + G_s) = exp(L_r - L_s) dt'_s; F_t = exp(L_last - L_t) dt'_t, a token's weight in the state update;
@@ -94,6 +117,42 @@ struct TokenValues {
   float* F;
   float* E;
   __device__ TokenValues(float* base) : L(base), G(base + kSpan), F(base + 2 * kSpan), E(base + 3 * kSpan) {}
+};
+
+// A thread's pieces of a step's [kSpan][kCols] 16-bit rows: the 16-byte pieces threadIdx.x, + kThreads, ... of the
+// rows in order, each with its offset from the step's first row in global memory (rows `row_stride` elements apart)
+// and in the shared tile, worked out once per block. A step's copy is then an address add and a compare per piece.
+// (ncu at long, fifteenth session: the state-only launch made these offsets anew every step, 64-bit and per piece,
+// at 22 instructions a piece; they and the other index arithmetic were 40% of its instructions.)
+template <int kCols, typename Layout, int kThreads>
+struct StepPieces {
+  static constexpr int kPerRow = kCols / 8, kTotal = kSpan * kPerRow;
+  static constexpr int kCount = (kTotal + kThreads - 1) / kThreads;
+  static constexpr bool kEven = kTotal % kThreads == 0;  // every thread has kCount pieces
+  int from[kCount];
+  int to[kCount];
+  int row[kCount];  // kSpan where the thread has no k-th piece
+  __device__ explicit StepPieces(int row_stride) {
+#pragma unroll
+    for (int k = 0; k < kCount; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+      const int r = i / kPerRow, c = 8 * (i % kPerRow);
+      const bool mine = kEven || i < kTotal;
+      from[k] = mine ? r * row_stride + c : 0;
+      to[k] = mine ? Layout::at(r, c) : 0;
+      row[k] = mine ? r : kSpan;
+    }
+  }
+  // The pieces of the step whose first row is at `step` into `tile`; rows from `rows` on are zeros (past the end).
+  template <typename T>
+  __device__ void copy(T* tile, const T* step, int rows) const {
+#pragma unroll
+    for (int k = 0; k < kCount; ++k) {
+      if (!kEven && k + 1 == kCount && row[k] == kSpan) break;
+      const bool real = row[k] < rows;
+      copy_async<16>(tile + to[k], step + (real ? from[k] : 0), real);
+    }
+  }
 };
 
 // The sequence split into spans of whole 64-token steps, each swept by its own blocks, where the (row, head, slice)
@@ -109,7 +168,7 @@ struct SweepSpans {
 
 template <typename T, int kN, int kPs, bool kOutputs, bool kAsync>
 __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 1)
-    ssd_fused_forward_kernel(SsdScanForward a, ScanDims d, SweepSpans sp) {
+    ssd_fused_forward_kernel(SsdScanForward a, ScanDims d, SweepSpans sp, const float* cb_tiles) {
   using Lay = FusedLayout<T, kN, kPs, kAsync>;
   using BC = typename Lay::BC;
   using XZ = typename Lay::XZ;
@@ -137,79 +196,78 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const T* const x_rows = static_cast<const T*>(a.x) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;
   const T* const z_rows = a.z ? static_cast<const T*>(a.z) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0
                               : nullptr;
+  T* const out_rows = static_cast<T*>(a.out) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;
   const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;  // of dt_prepare's [b, h, c, q]
-  // issue() is called for consecutive steps: the next one's chunk and offset in it, carried instead of divided.
-  int next_chunk = first * kSpan / d.q, next_off = first * kSpan % d.q;
+  const StepPieces<kN, BC, Lay::kWarps * 32> bc_pieces(bc_row);
+  const StepPieces<kPs, XZ, Lay::kWarps * 32> xz_pieces(x_row);
+  // Whether the step being issued starts a chunk, where the cumsum before its first token is 0: carried from step to
+  // step instead of divided.
+  int chunk_offset = first * kSpan % d.q;
 
   // Step j's stage of shared memory.
   const auto stage = [&](int j) { return smem + (j % kStages) * Lay::kStage; };
-  // Step j's tokens into its stage (an empty group past the last step, so that the waits count alike).
-  // (ncu at version 9: the copies' index arithmetic, in 64-bit and per piece, was 15% of the instructions.)
+  // Step j's tokens into its stage (an empty group past the last step, so that the waits count alike). Called for
+  // consecutive steps.
   auto issue = [&](int j) {
     if (j < steps) {
       unsigned char* st = stage(j);
-      T* Cs = reinterpret_cast<T*>(st + Lay::kC);
-      T* Bs = reinterpret_cast<T*>(st + Lay::kB);
-      T* Xs = reinterpret_cast<T*>(st + Lay::kX);
-      T* Zs = reinterpret_cast<T*>(st + Lay::kZ);
-      double* cum_s = reinterpret_cast<double*>(st + Lay::kCum);
-      float* dt_s = reinterpret_cast<float*>(st + Lay::kDt);
-      const int t0 = j * kSpan;
-      const T* C_step = C_rows + static_cast<long>(t0) * bc_row;
-      const T* B_step = B_rows + static_cast<long>(t0) * bc_row;
-      const T* x_step = x_rows + static_cast<long>(t0) * x_row;
-      const T* z_step = z_rows + static_cast<long>(t0) * x_row;
-      constexpr unsigned kThreads = Lay::kWarps * 32;
-      constexpr unsigned kBcPieces = kN / 8, kXPieces = kPs / 8;  // 16-byte pieces of a row
-#pragma unroll
-      for (unsigned k = 0; k < (kSpan * kBcPieces + kThreads - 1) / kThreads; ++k) {
-        const unsigned i = threadIdx.x + k * kThreads;
-        if (i >= kSpan * kBcPieces) break;
-        const unsigned r = i / kBcPieces, c = i % kBcPieces;
-        const bool real = t0 + static_cast<int>(r) < d.l;  // rows past the end are zeros
-        const int at = real ? static_cast<int>(r) * bc_row + 8 * static_cast<int>(c) : 0;
-        if (kOutputs) copy_async<16>(Cs + BC::at(r, 8 * c), C_step + at, real);
-        copy_async<16>(Bs + BC::at(r, 8 * c), B_step + at, real);
-      }
-#pragma unroll
-      for (unsigned k = 0; k < (kSpan * kXPieces + kThreads - 1) / kThreads; ++k) {
-        const unsigned i = threadIdx.x + k * kThreads;
-        if (i >= kSpan * kXPieces) break;
-        const unsigned r = i / kXPieces, c = i % kXPieces;
-        const bool real = t0 + static_cast<int>(r) < d.l;
-        const int at = real ? static_cast<int>(r) * x_row + 8 * static_cast<int>(c) : 0;
-        copy_async<16>(Xs + XZ::at(r, 8 * c), x_step + at, real);
-        if (kOutputs && z_rows) copy_async<16>(Zs + XZ::at(r, 8 * c), z_step + at, real);
-      }
-      // dt_prepare's workspace holds every chunk's q tokens (dt' = 0 and the cumsum constant past the end).
-      const long o = token_base + static_cast<long>(next_chunk) * d.q + next_off;
+      const int t0 = j * kSpan, rows = d.l - t0;
+      if (kOutputs) bc_pieces.copy(reinterpret_cast<T*>(st + Lay::kC), C_rows + static_cast<long>(t0) * bc_row, rows);
+      bc_pieces.copy(reinterpret_cast<T*>(st + Lay::kB), B_rows + static_cast<long>(t0) * bc_row, rows);
+      xz_pieces.copy(reinterpret_cast<T*>(st + Lay::kX), x_rows + static_cast<long>(t0) * x_row, rows);
+      if (kOutputs && z_rows)
+        xz_pieces.copy(reinterpret_cast<T*>(st + Lay::kZ), z_rows + static_cast<long>(t0) * x_row, rows);
+      // dt_prepare's workspace holds every chunk's q tokens, so that token t0 is at t0 (dt' = 0 and the cumsum
+      // constant past the end).
+      const long o = token_base + t0;
       const int i = threadIdx.x;
       if (i <= kSpan) {
-        const bool real = i > 0 || next_off > 0;  // before a chunk's first token the cumsum is 0
-        copy_async<8>(cum_s + i, a.cum + o - 1 + (real ? i : 1), real);
+        const bool real = i > 0 || chunk_offset > 0;  // before a chunk's first token the cumsum is 0
+        copy_async<8>(reinterpret_cast<double*>(st + Lay::kCum) + i, a.cum + o - 1 + (real ? i : 1), real);
       }
-      if (i < kSpan) copy_async<4>(dt_s + i, a.dtp + o + i, true);
-      next_off += kSpan;
-      if (next_off == d.q) next_off = 0, ++next_chunk;
+      if (i < kSpan) copy_async<4>(reinterpret_cast<float*>(st + Lay::kDt) + i, a.dtp + o + i, true);
+      chunk_offset += kSpan;
+      if (chunk_offset == d.q) chunk_offset = 0;
     }
     commit_copies();
   };
+  // Where heads share a group, step j's C.B tiles (see make_cb below) are made once per group by sweep_cb_kernel and
+  // copied into buffer j % 2 a step ahead, in a group of copies waited for before step j's barrier.
+  const float4* const group_tiles =
+      cb_tiles ? reinterpret_cast<const float4*>(cb_tiles) +
+                     (static_cast<long>(bi) * d.g + gi) * ((d.l + kSpan - 1) / kSpan) * kTiles * (kTileFloats / 4)
+               : nullptr;
+  auto copy_cb = [&](int j) {
+    constexpr int kPieces = kTiles * kTileFloats / 4;
+    float4* to = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kPieces;
+    const float4* from = group_tiles + static_cast<long>(j) * kPieces;
+    for (int i = threadIdx.x; i < kPieces; i += Lay::kWarps * 32) copy_async<16>(to + i, from + i, true);
+  };
+  if (kOutputs && !kAsync && group_tiles) copy_cb(first);  // with step first's tokens
   for (int j = first; j + 1 < first + kStages; ++j) issue(j);
   float* tokens_s = reinterpret_cast<float*>(smem + Lay::kTokens);
-  // Step j's per-token values into buffer j % 2, by the first kSpan threads.
+  // Step j's per-token values into buffer j % 2.
   auto make_tokens = [&](int j) {
     const unsigned char* st = stage(j);
     const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
     const float* dt_s = reinterpret_cast<const float*>(st + Lay::kDt);
     const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
-    for (int t = threadIdx.x; t < kSpan; t += blockDim.x) {
+    // L and G by one kSpan threads, F and E by the next (the state-only launch makes only F and E): the warps that
+    // make them are on every step's critical path. G's log is the fast one: the weights it feeds are rounded to 16
+    // bits (the sweep takes 16-bit inputs only).
+    const int from = kOutputs ? 0 : kSpan;
+    for (int i = threadIdx.x + from; i < 2 * kSpan; i += blockDim.x) {
+      const int t = i % kSpan;
       const float Lt = static_cast<float>(cum_s[t + 1] - cum_s[0]);
-      const float L_last = static_cast<float>(cum_s[kSpan] - cum_s[0]);
       const float dt = dt_s[t];
-      tv.L[t] = Lt;
-      tv.G[t] = dt > 0.f ? logf(dt) - Lt : -INFINITY;
-      tv.F[t] = expf(L_last - Lt) * dt;
-      tv.E[t] = expf(Lt);
+      if (i < kSpan) {
+        tv.L[t] = Lt;
+        tv.G[t] = dt > 0.f ? __logf(dt) - Lt : -INFINITY;
+      } else {
+        const float L_last = static_cast<float>(cum_s[kSpan] - cum_s[0]);
+        tv.F[t] = expf(L_last - Lt) * dt;
+        tv.E[t] = expf(Lt);
+      }
     }
   };
   // Step j's C.B tiles into buffer j % 2 (the mma.sync sweep), spread over the warps: each tile is made once,
@@ -223,24 +281,8 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
     float4* cb_s = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kTiles * (kTileFloats / 4);
-    for (int i = cb_slot; i < kTiles; i += Lay::kWarps) {
-      const int r = (i >= 1) + (i >= 3) + (i >= 6), s = i - r * (r + 1) / 2;
-      // Even and odd k steps in separate accumulators: four chains of products in flight instead of two.
-      float acc[2][2][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) {
-        uint32_t aa[4], bb[2][2];
-        ldsm_a(aa, Cs, BC{}, 16 * r, 16 * kk);
-        ldsm_b_pair(bb, Bs, BC{}, 16 * kk, 16 * s);
-        TC::mma(acc[kk & 1][0], aa, bb[0][0], bb[0][1]);
-        TC::mma(acc[kk & 1][1], aa, bb[1][0], bb[1][1]);
-      }
-      float4* tile = cb_s + i * (kTileFloats / 4);
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-        tile[32 * nt + lane] = make_float4(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1],
-                                           acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
-    }
+    for (int i = cb_slot; i < kTiles; i += Lay::kWarps)
+      make_cb_tile<TC, kN>(Cs, Bs, BC{}, i, cb_s + i * (kTileFloats / 4));
   };
 
   // The warp's state: channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of the slice, columns
@@ -304,7 +346,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   if (kAsync) async_proxy_fence();
   __syncthreads();
   make_tokens(first);
-  if (kOutputs && !kAsync) make_cb(first);
+  if (kOutputs && !kAsync && !group_tiles) make_cb(first);
   if (kOutputs && kAsync) {
     issue_cb(first);
     wgmma_commit();
@@ -314,10 +356,11 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     staged_but<0>();  // this thread's copies of steps j and j + 1 (issued a step ago: its latency is long hidden)
     if (kAsync) async_proxy_fence();  // those copies and the state stored last step, before the products read them
     __syncthreads();  // everyone's, and step j's per-token values; every warp is done with step j - 1
+    if (kOutputs && !kAsync && group_tiles && j + 1 < steps) copy_cb(j + 1);  // in by step j + 1's barrier
     if (!kAsync) issue(j + kStages - 1);
     if (j + 1 < steps) {
       make_tokens(j + 1);
-      if (kOutputs && !kAsync) make_cb(j + 1);
+      if (kOutputs && !kAsync && !group_tiles) make_cb(j + 1);
     }
     const unsigned char* st = stage(j);
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
@@ -482,7 +525,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       for (int half = 0; half < 2; ++half) {
         const int r = half ? r1 : r0, t = j * kSpan + r;
         if (t >= d.l) continue;
-        T* out = static_cast<T*>(a.out) + ((static_cast<long>(bi) * d.l + t) * d.h + hi) * d.p + p0;
+        T* out = out_rows + static_cast<long>(t) * x_row;
 #pragma unroll
         for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
           const int pc = ch0 + 8 * jp + 2 * tig;
@@ -514,6 +557,34 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     *reinterpret_cast<float2*>(fin + state_at(nt, 2)) = make_float2(S[nt][2], S[nt][3]);
   }
   if (!kOutputs && slice == 0 && threadIdx.x == 0) span_log_decay[span] = static_cast<float>(log_decay);
+}
+
+// The C.B tiles of every 64-token step for heads sharing a group, made once per (row, group, step) instead of by
+// each head's sweep (at mamba2-2.7b 80 heads share one group; making the tiles in the sweep was 9% of its time:
+// docs/kernels.md, after version 10). Layout [b][g][step][tile][8-column half][lane][4] floats, the order the
+// sweep's output warps read them in; rows past the end are zeros.
+constexpr int kCbWarps = 8;
+template <typename T, int kN>
+__global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward a, ScanDims d, float* tiles) {
+  using Rows = TileLayout<kN, false>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Cs = reinterpret_cast<T*>(smem);
+  T* Bs = Cs + Rows::elements(kSpan);
+  const int steps = (d.l + kSpan - 1) / kSpan;
+  const int j = blockIdx.x % steps, row_group = blockIdx.x / steps;  // row_group = bi g + gi
+  const int bi = row_group / d.g, gi = row_group % d.g, t0 = j * kSpan;
+  const long first_row = (static_cast<long>(bi) * d.l + t0) * d.g + gi;
+  const StepPieces<kN, Rows, kCbWarps * 32> pieces(d.g * kN);
+  pieces.copy(Cs, static_cast<const T*>(a.C) + first_row * kN, d.l - t0);
+  pieces.copy(Bs, static_cast<const T*>(a.B) + first_row * kN, d.l - t0);
+  commit_copies();
+  staged();
+  __syncthreads();
+  constexpr int kTileVectors = kTileFloats / 4;
+  float4* step_tiles =
+      reinterpret_cast<float4*>(tiles) + (static_cast<long>(row_group) * steps + j) * kTiles * kTileVectors;
+  for (int i = threadIdx.x / 32; i < kTiles; i += kCbWarps)
+    make_cb_tile<TensorCore<T>, kN>(Cs, Bs, Rows{}, i, step_tiles + i * kTileVectors);
 }
 
 // Channels per block: 64 where the head dim divides into them (two blocks per head at 128), else 80.
@@ -609,6 +680,14 @@ std::optional<SweepPlan> plan(const SsdScanForward& f) {
   return p;
 }
 
+// Whether the mma.sync sweep reads C.B tiles made once per group (sweep_cb_kernel) instead of making them per head:
+// where heads share a group and the forward has its C.B workspace (which, with no backward to follow, is free).
+// CARVE_SSD_SWEEP_CB=0 makes them per head (comparisons).
+bool group_cb_tiles(const SsdScanForward& f) {
+  const char* v = std::getenv("CARVE_SSD_SWEEP_CB");
+  return f.shape.h > f.shape.g && f.cb != nullptr && !(v && std::string(v) == "0");
+}
+
 template <typename T, int kN, int kPs, bool kAsync>
 void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) {
   using Lay = FusedLayout<T, kN, kPs, kAsync>;
@@ -617,12 +696,23 @@ void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) 
   if (sp.count > 1) {
     constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false, kAsync>;
     allow_dynamic_shared(reinterpret_cast<const void*>(states), Lay::kBytes);
-    states<<<static_cast<unsigned>(blocks * (sp.count - 1)), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp);
+    states<<<static_cast<unsigned>(blocks * (sp.count - 1)), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp,
+                                                                                                       nullptr);
     CARVE_CUDA_CHECK_LAUNCH();
+  }
+  const float* cb_tiles = nullptr;
+  if (!kAsync && group_cb_tiles(f)) {
+    // The workspace holds b c g q^2 floats, at least the b g steps kTiles 256 these take (q is a multiple of 64).
+    const long steps = (f.shape.l + kSpan - 1) / kSpan;
+    const size_t bytes = 2 * sizeof(T) * TileLayout<kN, false>::elements(kSpan);
+    sweep_cb_kernel<T, kN><<<static_cast<unsigned>(f.shape.b * f.shape.g * steps), kCbWarps * 32, bytes, stream>>>(
+        f, d, f.cb);
+    CARVE_CUDA_CHECK_LAUNCH();
+    cb_tiles = f.cb;
   }
   constexpr auto outputs = ssd_fused_forward_kernel<T, kN, kPs, true, kAsync>;
   allow_dynamic_shared(reinterpret_cast<const void*>(outputs), Lay::kBytes);
-  outputs<<<static_cast<unsigned>(blocks * sp.count), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp);
+  outputs<<<static_cast<unsigned>(blocks * sp.count), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp, cb_tiles);
   CARVE_CUDA_CHECK_LAUNCH();
 }
 

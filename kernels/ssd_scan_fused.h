@@ -10,8 +10,10 @@
  * not depend on the chunk length; a step never spans two chunks, since the chunk length is a multiple of 64. The
  * state enters the products rounded to 16 bits, as the chunk-parallel forward's inference path rounds it.
  * The next steps' tokens (C, B, x, z rows and the cumsums) are copied by cp.async while a step computes, and the
- * next step's C.B tiles are made, each once, spread over the block's warps (version 9). The opt-in wgmma sweep
- * (version 10) makes each step's whole C.B in each of its two warpgroups instead.
+ * next step's C.B tiles are made, each once, spread over the block's warps (version 9), or, where heads share a group,
+ * copied with the tokens from tiles made once per group by a launch before the sweep (into the forward's C.B
+ * workspace, which no backward reads here). The opt-in wgmma sweep (version 10) makes each step's whole C.B in each
+ * of its two warpgroups instead.
  * Where the (row, head, slice) blocks are too few to fill the GPU (long sequences, few heads), the sequence is cut
  * into spans, each swept by its own blocks: a first launch sweeps every span but the last from a zero state for its
  * local final state alone, and the second starts each span from the state stitched from those (version 9).
@@ -31,12 +33,14 @@ namespace carve::kernels {
 // chunk-parallel kernels are faster).
 // CARVE_SSD_FUSED=0 turns it off (side-by-side benchmarks); =1 takes it at any block count (tests).
 // CARVE_SSD_SPANS=N asks for N spans per (row, head) (at most one per chunk and 64-token step).
+// CARVE_SSD_SWEEP_CB=0 makes the C.B tiles in each head's sweep where heads share a group (comparisons).
 // CARVE_SSD_WGMMA=1 runs it on wgmma for 64-channel slices on compute capability 9.0, where the loaded code was built
 // for sm_90a (version 10, slower so far).
 SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f);
 // Launches the sweep where it takes this forward (as ssd_fused_forward_kernels decides) and says whether it did;
 // f.dtp and f.cum must hold dt_prepare's results. f.states holds the spans' local states and log-decays where there
-// are spans, and is otherwise not written.
+// are spans, and is otherwise not written; where heads share a group, f.cb holds the groups' C.B tiles in the sweep's
+// own layout.
 bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 
 }  // namespace carve::kernels

@@ -263,7 +263,8 @@ bool gpu_runs_wgmma() {
 // Version 8's forward, one sweep per head with the state on chip, on the cases it takes, forced with
 // CARVE_SSD_FUSED=1 (these shapes have too few blocks for it otherwise): check_scan's forward alone is then the sweep.
 // Each case runs the mma.sync sweep and, where the GPU has wgmma, with CARVE_SSD_WGMMA=1 the wgmma one (version 10,
-// 64-channel slices).
+// 64-channel slices). With heads sharing a group, the mma.sync sweep reads C.B tiles made once per group, and also
+// runs with CARVE_SSD_SWEEP_CB=0, making them per head.
 TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
   REQUIRE_KERNELS();
   KernelScope scope;
@@ -293,6 +294,10 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
     for (const auto& c : cases) {
       check_scan(c, torch::kBFloat16, seed++, path(c));
       check_scan(c, torch::kHalf, seed++, path(c));
+      if (c.h > c.g && !wgmma) {  // C.B tiles made per head instead of once per group
+        EnvScope per_head("CARVE_SSD_SWEEP_CB", "0");
+        check_scan(c, torch::kBFloat16, seed++, path(c));
+      }
     }
     for (const auto& [c, spans] : span_cases) {
       EnvScope span_count("CARVE_SSD_SPANS", spans);
