@@ -34,6 +34,14 @@ __device__ __forceinline__ float siluf(float v) { return v * sigmoidf(v); }
 // silu with the hardware exponential and reciprocal (a few ulp of float32, far below a 16-bit output's rounding):
 // the IEEE division's slow-path branch made siluf the largest part of an epilogue that stores 16-bit values.
 __device__ __forceinline__ float silu_fast(float v) { return v * __frcp_rn(1.f + __expf(-v)); }
+// 2^v by the hardware's approximation alone (ex2.approx.ftz: one instruction, about 2 ulp, results below 2^-126
+// flushed to 0). exp2f and __expf without -ftz add a range check and two scalings around it for subnormal results,
+// on the path from a weight to the product that takes it.
+__device__ __forceinline__ float exp2_ftz(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
 // d silu(v) / dv
 __device__ __forceinline__ float silu_grad(float v) {
   const float s = sigmoidf(v);

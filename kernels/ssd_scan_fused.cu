@@ -108,9 +108,9 @@ __device__ __forceinline__ void make_cb_tile(const T* Cs, const T* Bs, Layout la
 }
 
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
-// difference of two nearby cumsums taken in float64): L_t; G_t = log dt'_t - L_t, so that a source's weight for row r
-// is exp(L_r + G_s) = exp(L_r - L_s) dt'_s; F_t = exp(L_last - L_t) dt'_t, a token's weight in the state update;
-// E_t = exp(L_t), the state's decay to row t.
+// difference of two nearby cumsums taken in float64): L_t and G_t = log dt'_t - L_t in base 2 (L_t log2 e and
+// log2 dt'_t - L_t log2 e), so that a source's weight for row r is 2^(L_r + G_s) = exp(L_r - L_s) dt'_s, one ex2;
+// F_t = exp(L_last - L_t) dt'_t, a token's weight in the state update; E_t = exp(L_t), the state's decay to row t.
 struct TokenValues {
   float* L;
   float* G;
@@ -253,16 +253,17 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     const float* dt_s = reinterpret_cast<const float*>(st + Lay::kDt);
     const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
     // L and G by one kSpan threads, F and E by the next (the state-only launch makes only F and E): the warps that
-    // make them are on every step's critical path. G's log is the fast one: the weights it feeds are rounded to 16
-    // bits (the sweep takes 16-bit inputs only).
+    // make them are on every step's critical path. G's log and the weights' exp2 are the fast ones: the weights are
+    // rounded to 16 bits (the sweep takes 16-bit inputs only).
     const int from = kOutputs ? 0 : kSpan;
     for (int i = threadIdx.x + from; i < 2 * kSpan; i += blockDim.x) {
       const int t = i % kSpan;
       const float Lt = static_cast<float>(cum_s[t + 1] - cum_s[0]);
       const float dt = dt_s[t];
       if (i < kSpan) {
-        tv.L[t] = Lt;
-        tv.G[t] = dt > 0.f ? __logf(dt) - Lt : -INFINITY;
+        const float L2 = Lt * 1.44269504f;  // log2 e
+        tv.L[t] = L2;
+        tv.G[t] = dt > 0.f ? __log2f(dt) - L2 : -INFINITY;
       } else {
         const float L_last = static_cast<float>(cum_s[kSpan] - cum_s[0]);
         tv.F[t] = expf(L_last - Lt) * dt;
@@ -391,10 +392,10 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       for (int nt = 0; nt < 2; ++nt) {
         const int src = 16 * sb + 8 * nt + 2 * tig;
         const float2 g = *reinterpret_cast<const float2*>(tv.G + src);
-        aw[2 * nt] = TC::pack(cb[nt][0] * (src <= r0 ? __expf(L0 + g.x) : 0.f),
-                              cb[nt][1] * (src + 1 <= r0 ? __expf(L0 + g.y) : 0.f));
-        aw[2 * nt + 1] = TC::pack(cb[nt][2] * (src <= r1 ? __expf(L1 + g.x) : 0.f),
-                                  cb[nt][3] * (src + 1 <= r1 ? __expf(L1 + g.y) : 0.f));
+        aw[2 * nt] = TC::pack(cb[nt][0] * (src <= r0 ? exp2_ftz(L0 + g.x) : 0.f),
+                              cb[nt][1] * (src + 1 <= r0 ? exp2_ftz(L0 + g.y) : 0.f));
+        aw[2 * nt + 1] = TC::pack(cb[nt][2] * (src <= r1 ? exp2_ftz(L1 + g.x) : 0.f),
+                                  cb[nt][3] * (src + 1 <= r1 ? exp2_ftz(L1 + g.y) : 0.f));
       }
     };
     // The state update's A operand for 16 tokens: x's rows of the step (channels x tokens, read transposed), each
@@ -473,15 +474,18 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       if (kOutputs && warp < kOutWarps) {
         // The state's term, then the step's sources in 16-token blocks up to the diagonal, each C.B tile (made a
         // step ago, make_cb) weighted in registers and fed to the product with x as the A operand.
+        // The state's term with even and odd k steps in separate accumulators, added once in: twice the chains of
+        // products in flight (the sweep waits on its products' latencies, two warps per scheduler).
+        float Y_odd[Lay::kHalfPs / 8][4];
 #pragma unroll
         for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) Y[jp][e] = 0.f;
+          for (int e = 0; e < 4; ++e) Y[jp][e] = Y_odd[jp][e] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < kN / 16; ++kk) {
           uint32_t aC[4];
           ldsm_a(aC, Cs, BC{}, 16 * rb, 16 * kk);
-          mma_across_at<false>(Y, aC, state_in, BC{}, 16 * kk, ch0);
+          mma_across_at<false>(kk % 2 ? Y_odd : Y, aC, state_in, BC{}, 16 * kk, ch0);
         }
         const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) +
                              (j & 1) * kTiles * (kTileFloats / 4) + rb * (rb + 1) / 2 * (kTileFloats / 4);
@@ -497,7 +501,9 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         }
         const float e0 = tv.E[r0], e1 = tv.E[r1];
 #pragma unroll
-        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) Y[jp][0] *= e0, Y[jp][1] *= e0, Y[jp][2] *= e1, Y[jp][3] *= e1;
+        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) Y[jp][e] = (e < 2 ? e0 : e1) * (Y[jp][e] + Y_odd[jp][e]);
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
           if (sb > rb) break;
