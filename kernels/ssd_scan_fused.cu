@@ -123,7 +123,8 @@ struct TokenValues {
 // rows in order, each with its offset from the step's first row in global memory (rows `row_stride` elements apart)
 // and in the shared tile, worked out once per block. A step's copy is then an address add and a compare per piece.
 // (ncu at long, fifteenth session: the state-only launch made these offsets anew every step, 64-bit and per piece,
-// at 22 instructions a piece; they and the other index arithmetic were 40% of its instructions.)
+// at 22 instructions a piece. Made once, its instructions fell by 17% and its time by 3%: docs/kernels.md, version
+// 11. The copies cost the sweep by their latencies more than by their instructions.)
 template <int kCols, typename Layout, int kThreads>
 struct StepPieces {
   static constexpr int kPerRow = kCols / 8, kTotal = kSpan * kPerRow;
@@ -200,8 +201,8 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;  // of dt_prepare's [b, h, c, q]
   const StepPieces<kN, BC, Lay::kWarps * 32> bc_pieces(bc_row);
   const StepPieces<kPs, XZ, Lay::kWarps * 32> xz_pieces(x_row);
-  // Whether the step being issued starts a chunk, where the cumsum before its first token is 0: carried from step to
-  // step instead of divided.
+  // The offset in its chunk of the step being issued (0 where it starts a chunk: the cumsum before its first token is
+  // then 0), carried from step to step instead of divided.
   int chunk_offset = first * kSpan % d.q;
 
   // Step j's stage of shared memory.
