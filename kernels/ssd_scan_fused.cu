@@ -122,6 +122,8 @@ struct TokenValues {
 // A thread's pieces of a step's [kSpan][kCols] 16-bit rows: the 16-byte pieces threadIdx.x, + kThreads, ... of the
 // rows in order, each with its offset from the step's first row in global memory (rows `row_stride` elements apart)
 // and in the shared tile, worked out once per block. A step's copy is then an address add and a compare per piece.
+// (ssd_scan_tc.cuh's stage_rows copies rows once per call and works each row out as it goes; the sweep copies the
+// same pieces every step, in either tile layout.)
 // (ncu at long, fifteenth session: the state-only launch made these offsets anew every step, 64-bit and per piece,
 // at 22 instructions a piece. Made once, its instructions fell by 17% and its time by 3%: docs/kernels.md, version
 // 11. The copies cost the sweep by their latencies more than by their instructions.)
