@@ -23,6 +23,16 @@ constexpr int kOutWarps = 2 * kRowBlocks;  // a row block's outputs in two halve
 constexpr int kStages = 3;              // steps whose tokens are staged or in flight
 constexpr int kTiles = kRowBlocks * (kRowBlocks + 1) / 2;  // a step's 16 x 16 C.B tiles on or below the diagonal
 constexpr int kTileFloats = 16 * 16;
+constexpr int kTileVectors = kTileFloats / 4;  // a tile in float4s, as its writers and readers move it
+
+// 64-token steps of a sequence of l tokens (the last may have fewer).
+__host__ __device__ constexpr int steps_of(int l) { return (l + kSpan - 1) / kSpan; }
+
+// Where sweep_cb_kernel leaves step j's C.B tiles of (row, group) row_group, in float4s from the workspace's start:
+// [b][g][step][tile][8-column half][lane][4] floats, the order the sweep's output warps read them in.
+__device__ __forceinline__ long group_tiles_at(int row_group, int steps, int j) {
+  return (static_cast<long>(row_group) * steps + j) * kTiles * kTileVectors;
+}
 
 // Where element (r, c) of a [rows][kCols] 16-bit tile of shared memory lies, in elements from its start.
 // Padded (the mma.sync sweep): row-major, rows padded by 8 elements, so that the fragments' 4-byte reads of 8 rows
@@ -185,7 +195,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int p0 = slice * kPs;  // the block's first channel
-  const int first = span * sp.steps, steps = min((d.l + kSpan - 1) / kSpan, first + sp.steps);  // [first, steps)
+  const int first = span * sp.steps, steps = min(steps_of(d.l), first + sp.steps);  // [first, steps)
   // Where a span's local state and log-decay go (the first launch) and come from (the second).
   const auto span_state = [&](int i) {
     return a.states + ((static_cast<long>(bi) * d.c + i) * d.h + hi) * d.p * kN;
@@ -196,10 +206,10 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const int bc_row = d.g * kN, x_row = d.h * d.p;
   const T* const C_rows = static_cast<const T*>(a.C) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
   const T* const B_rows = static_cast<const T*>(a.B) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
-  const T* const x_rows = static_cast<const T*>(a.x) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;
-  const T* const z_rows = a.z ? static_cast<const T*>(a.z) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0
-                              : nullptr;
-  T* const out_rows = static_cast<T*>(a.out) + (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;
+  const long slice_at = (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;  // of x, z and out at token 0
+  const T* const x_rows = static_cast<const T*>(a.x) + slice_at;
+  const T* const z_rows = a.z ? static_cast<const T*>(a.z) + slice_at : nullptr;
+  T* const out_rows = static_cast<T*>(a.out) + slice_at;
   const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;  // of dt_prepare's [b, h, c, q]
   const StepPieces<kN, BC, Lay::kWarps * 32> bc_pieces(bc_row);
   const StepPieces<kPs, XZ, Lay::kWarps * 32> xz_pieces(x_row);
@@ -234,19 +244,20 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     }
     commit_copies();
   };
-  // Where heads share a group, step j's C.B tiles (see make_cb below) are made once per group by sweep_cb_kernel and
-  // copied into buffer j % 2 a step ahead, in a group of copies waited for before step j's barrier.
-  const float4* const group_tiles =
-      cb_tiles ? reinterpret_cast<const float4*>(cb_tiles) +
-                     (static_cast<long>(bi) * d.g + gi) * ((d.l + kSpan - 1) / kSpan) * kTiles * (kTileFloats / 4)
-               : nullptr;
+  // Where heads share a group (the mma.sync sweep with outputs, given cb_tiles), step j's C.B tiles (see make_cb
+  // below) are made once per group by sweep_cb_kernel and copied into buffer j % 2 a step ahead, in a group of copies
+  // waited for before step j's barrier.
+  const float4* const group_tiles = kOutputs && !kAsync && cb_tiles
+                                        ? reinterpret_cast<const float4*>(cb_tiles) +
+                                              group_tiles_at(bi * d.g + gi, steps_of(d.l), 0)
+                                        : nullptr;
   auto copy_cb = [&](int j) {
-    constexpr int kPieces = kTiles * kTileFloats / 4;
+    constexpr int kPieces = kTiles * kTileVectors;
     float4* to = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kPieces;
     const float4* from = group_tiles + static_cast<long>(j) * kPieces;
     for (int i = threadIdx.x; i < kPieces; i += Lay::kWarps * 32) copy_async<16>(to + i, from + i, true);
   };
-  if (kOutputs && !kAsync && group_tiles) copy_cb(first);  // with step first's tokens
+  if (group_tiles) copy_cb(first);  // with step first's tokens
   for (int j = first; j + 1 < first + kStages; ++j) issue(j);
   float* tokens_s = reinterpret_cast<float*>(smem + Lay::kTokens);
   // Step j's per-token values into buffer j % 2.
@@ -284,9 +295,9 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     const unsigned char* st = stage(j);
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
-    float4* cb_s = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kTiles * (kTileFloats / 4);
+    float4* cb_s = reinterpret_cast<float4*>(smem + Lay::kCB) + (j & 1) * kTiles * kTileVectors;
     for (int i = cb_slot; i < kTiles; i += Lay::kWarps)
-      make_cb_tile<TC, kN>(Cs, Bs, BC{}, i, cb_s + i * (kTileFloats / 4));
+      make_cb_tile<TC, kN>(Cs, Bs, BC{}, i, cb_s + i * kTileVectors);
   };
 
   // The warp's state: channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of the slice, columns
@@ -360,7 +371,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     staged_but<0>();  // this thread's copies of steps j and j + 1 (issued a step ago: its latency is long hidden)
     if (kAsync) async_proxy_fence();  // those copies and the state stored last step, before the products read them
     __syncthreads();  // everyone's, and step j's per-token values; every warp is done with step j - 1
-    if (kOutputs && !kAsync && group_tiles && j + 1 < steps) copy_cb(j + 1);  // in by step j + 1's barrier
+    if (group_tiles && j + 1 < steps) copy_cb(j + 1);  // in by step j + 1's barrier
     if (!kAsync) issue(j + kStages - 1);
     if (j + 1 < steps) {
       make_tokens(j + 1);
@@ -491,14 +502,14 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
           mma_across_at<false>(kk % 2 ? Y_odd : Y, aC, state_in, BC{}, 16 * kk, ch0);
         }
         const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) +
-                             (j & 1) * kTiles * (kTileFloats / 4) + rb * (rb + 1) / 2 * (kTileFloats / 4);
+                             (j & 1) * kTiles * kTileVectors + rb * (rb + 1) / 2 * kTileVectors;
         float cb[kRowBlocks][2][4];
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
           if (sb > rb) break;
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
-            const float4 v = cb_s[sb * (kTileFloats / 4) + 32 * nt + lane];
+            const float4 v = cb_s[sb * kTileVectors + 32 * nt + lane];
             cb[sb][nt][0] = v.x, cb[sb][nt][1] = v.y, cb[sb][nt][2] = v.z, cb[sb][nt][3] = v.w;
           }
         }
@@ -570,8 +581,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
 
 // The C.B tiles of every 64-token step for heads sharing a group, made once per (row, group, step) instead of by
 // each head's sweep (at mamba2-2.7b 80 heads share one group; making the tiles in the sweep was 9% of its time:
-// docs/kernels.md, after version 10). Layout [b][g][step][tile][8-column half][lane][4] floats, the order the
-// sweep's output warps read them in; rows past the end are zeros.
+// docs/kernels.md, after version 10), where group_tiles_at says; rows past the end are zeros.
 constexpr int kCbWarps = 8;
 template <typename T, int kN>
 __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward a, ScanDims d, float* tiles) {
@@ -579,7 +589,7 @@ __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward 
   extern __shared__ __align__(16) unsigned char smem[];
   T* Cs = reinterpret_cast<T*>(smem);
   T* Bs = Cs + Rows::elements(kSpan);
-  const int steps = (d.l + kSpan - 1) / kSpan;
+  const int steps = steps_of(d.l);
   const int j = blockIdx.x % steps, row_group = blockIdx.x / steps;  // row_group = bi g + gi
   const int bi = row_group / d.g, gi = row_group % d.g, t0 = j * kSpan;
   const long first_row = (static_cast<long>(bi) * d.l + t0) * d.g + gi;
@@ -589,9 +599,7 @@ __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward 
   commit_copies();
   staged();
   __syncthreads();
-  constexpr int kTileVectors = kTileFloats / 4;
-  float4* step_tiles =
-      reinterpret_cast<float4*>(tiles) + (static_cast<long>(row_group) * steps + j) * kTiles * kTileVectors;
+  float4* step_tiles = reinterpret_cast<float4*>(tiles) + group_tiles_at(row_group, steps, j);
   for (int i = threadIdx.x / 32; i < kTiles; i += kCbWarps)
     make_cb_tile<TensorCore<T>, kN>(Cs, Bs, Rows{}, i, step_tiles + i * kTileVectors);
 }
@@ -630,7 +638,7 @@ long head_blocks(const SsdScanShape& s) { return static_cast<long>(s.b) * s.h * 
 // Spans per (row, head): as many as fill one wave of one block per SM, at most one per chunk (the workspace holds
 // a state per chunk) and per step. CARVE_SSD_SPANS=N asks for N (tests, comparisons).
 SweepSpans spans_of(const SsdScanShape& s) {
-  const int steps = (s.l + kSpan - 1) / kSpan;
+  const int steps = steps_of(s.l);
   long count = std::max(1L, sm_count() / head_blocks(s));
   if (const char* v = std::getenv("CARVE_SSD_SPANS")) {
     char* end = nullptr;
@@ -712,7 +720,7 @@ void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) 
   const float* cb_tiles = nullptr;
   if (!kAsync && group_cb_tiles(f)) {
     // The workspace holds b c g q^2 floats, at least the b g steps kTiles 256 these take (q is a multiple of 64).
-    const long steps = (f.shape.l + kSpan - 1) / kSpan;
+    const long steps = steps_of(f.shape.l);
     const size_t bytes = 2 * sizeof(T) * TileLayout<kN, false>::elements(kSpan);
     sweep_cb_kernel<T, kN><<<static_cast<unsigned>(f.shape.b * f.shape.g * steps), kCbWarps * 32, bytes, stream>>>(
         f, d, f.cb);
