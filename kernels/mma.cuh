@@ -68,6 +68,20 @@ struct TensorCore<__half> {
   }
 };
 
+// (x, y) as N packed pairs of 16-bit values whose sums are (x, y): part[0] rounded to T, part[1] what that left, and
+// so on (ssd_scan_tc.cuh's split, two elements at a time; N = 1 is one rounding).
+template <typename TC, int N>
+__device__ __forceinline__ void split_pack(float x, float y, uint32_t (&part)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    part[k] = TC::pack(x, y);
+    if (k + 1 < N) {
+      const float2 v = TC::unpack(part[k]);
+      x -= v.x, y -= v.y;
+    }
+  }
+}
+
 // Two neighbouring 16-bit elements of shared memory as one register (the index must be even).
 template <typename T>
 __device__ __forceinline__ uint32_t pair_at(const T* base, int index) {
@@ -177,9 +191,11 @@ __device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b
 }
 
 // acc[i] += A B_i for the kCount 8-column blocks B_i of a 16-row (k) operand starting at (k0, n0), two blocks per
-// ldmatrix: from a k-major tile (element (k, n) at lay.at(k, n)) or an n-major one (at lay.at(n, k)).
-template <bool kKMajor, typename T, int kCount, typename Lay>
-__device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uint32_t a[4], const T* tile,
+// ldmatrix: from a k-major tile (element (k, n) at lay.at(k, n)) or an n-major one (at lay.at(n, k)). With kParts A
+// operands (a computed value's 16-bit parts, ssd_scan_tc.cuh's split), each B fragment is loaded once and multiplied
+// by every part into the same accumulator.
+template <bool kKMajor, int kParts, typename T, int kCount, typename Lay>
+__device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uint32_t (&a)[kParts][4], const T* tile,
                                               const Lay& lay, int k0, int n0) {
 #pragma unroll
   for (int i = 0; i < kCount; i += 2) {
@@ -187,8 +203,11 @@ __device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uin
       uint32_t b[2][2];
       if constexpr (kKMajor) ldsm_b_pair_kmajor(b, tile, lay, k0, n0 + 8 * i);
       else ldsm_b_pair(b, tile, lay, k0, n0 + 8 * i);
-      TensorCore<T>::mma(acc[i], a, b[0][0], b[0][1]);
-      TensorCore<T>::mma(acc[i + 1], a, b[1][0], b[1][1]);
+#pragma unroll
+      for (int k = 0; k < kParts; ++k) {
+        TensorCore<T>::mma(acc[i], a[k], b[0][0], b[0][1]);
+        TensorCore<T>::mma(acc[i + 1], a[k], b[1][0], b[1][1]);
+      }
     } else {
       uint32_t b0, b1;
       if constexpr (kKMajor) {
@@ -200,9 +219,17 @@ __device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uin
         b0 = pair_at(tile + lay.at(n0 + 8 * i + gid, k0 + 2 * tig), 0);
         b1 = pair_at(tile + lay.at(n0 + 8 * i + gid, k0 + 2 * tig + 8), 0);
       }
-      TensorCore<T>::mma(acc[i], a, b0, b1);
+#pragma unroll
+      for (int k = 0; k < kParts; ++k) TensorCore<T>::mma(acc[i], a[k], b0, b1);
     }
   }
+}
+
+// The same with one A operand.
+template <bool kKMajor, typename T, int kCount, typename Lay>
+__device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uint32_t a[4], const T* tile,
+                                              const Lay& lay, int k0, int n0) {
+  mma_across_at<kKMajor, 1>(acc, *reinterpret_cast<const uint32_t(*)[1][4]>(a), tile, lay, k0, n0);
 }
 
 }  // namespace carve::kernels

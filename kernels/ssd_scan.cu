@@ -643,6 +643,15 @@ void forward_cuda_core(const SsdScanForward& f, const ScanDims& d, cudaStream_t 
   launch_tile_gemm(with_chunk(out, d, f.seg), heads, stream);
 }
 
+// C.B once per chunk and group into f.cb, on or below the diagonal (heads sharing a group).
+template <typename T>
+void launch_group_cb(const SsdScanForward& f, const ScanDims& d, const T* B, const T* C, bool bc_rows,
+                     cudaStream_t stream) {
+  ChunkCbTc<T> cb{};
+  cb.B = B, cb.C = C, cb.cb = f.cb, cb.vector = bc_rows;
+  chunk_cb_tc(with_chunk(cb, d, f.seg), stream);
+}
+
 // Version 2 (16-bit inputs): the products on tensor cores (ssd_scan_tc.cuh).
 template <typename T>
 void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_t stream) {
@@ -651,8 +660,12 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   const T* C = static_cast<const T*>(f.C);
   const bool x_rows = rows_vectorizable(x, d.p), bc_rows = rows_vectorizable(B, d.n) && rows_vectorizable(C, d.n);
   launch_dt_prepare<T>(f, d, stream);
-  // Without a backward to follow, one sweep per head keeps the state on chip (version 8, ssd_scan_fused.h).
-  if (ssd_fused_forward(f, stream)) return;
+  // One sweep per head that keeps the state on chip (versions 8 and 12, ssd_scan_fused.h), where it takes this
+  // forward. Training's backward also reads C.B where heads share a group, which the sweep does not store.
+  if (ssd_fused_forward(f, stream)) {
+    if (f.y_ssm && d.r > 1) launch_group_cb(f, d, B, C, bc_rows, stream);
+    return;
+  }
 
   // Without a backward to follow (no y_ssm kept), computed operands are rounded to 16 bits once (kParts says why).
   // (The output kernel decides the same from y_ssm.)
@@ -666,11 +679,7 @@ void forward_tensor_core(const SsdScanForward& f, const ScanDims& d, cudaStream_
   // With heads sharing a group, C.B is computed once per group (only on or below the diagonal, which is all the
   // output reads); with one head per group the output kernel computes it itself, and nothing stores it: the
   // tensor-core backward makes its own.
-  if (d.r > 1) {
-    ChunkCbTc<T> cb{};
-    cb.B = B, cb.C = C, cb.cb = f.cb, cb.vector = bc_rows;
-    chunk_cb_tc(with_chunk(cb, d, f.seg), stream);
-  }
+  if (d.r > 1) launch_group_cb(f, d, B, C, bc_rows, stream);
 
   ChunkPairTc<T> out{};
   out.P = group_rows(C, d), out.Q = group_rows(B, d), out.V = head_rows(x, d);
@@ -882,6 +891,11 @@ void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream) {
 SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f) {
   if (f.dtype == ElementType::f32 || !use_tensor_cores(f.shape)) return SsdForwardKernels::chunk_parallel;
   return ssd_fused_forward_kernels(f);
+}
+
+size_t ssd_scan_forward_span_floats(const SsdScanForward& f) {
+  if (ssd_scan_forward_kernels(f) == SsdForwardKernels::chunk_parallel) return 0;
+  return ssd_fused_forward_span_floats(f);
 }
 
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream) {

@@ -60,12 +60,17 @@ struct SsdScanForward {
   double* cum = nullptr;
   float* states = nullptr;
   float* cb = nullptr;  // null where ssd_scan_uses_cb is false
+  // Training's forward on the sweep in spans (kernels/ssd_scan_fused.h): the spans' local states, where the chunk
+  // states cannot hold them; ssd_fused_forward_span_floats floats, null where that is 0.
+  float* span_states = nullptr;
 };
 void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream);
 // Which kernels ssd_scan_forward runs this forward on: the chunk-parallel ones, or one sweep per head that keeps the
 // state on chip (without y_ssm; kernels/ssd_scan_fused.h), on mma.sync or on Hopper's wgmma.
 enum class SsdForwardKernels { chunk_parallel, sweep, sweep_wgmma };
 SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f);
+// The float32 elements of f.span_states this forward needs (0 for most: training's forward on the sweep in spans).
+size_t ssd_scan_forward_span_floats(const SsdScanForward& f);
 
 struct SsdScanBackward {
   const SsdScanForward* fwd = nullptr;  // the forward's inputs and workspace (y_ssm must have been kept)

@@ -60,29 +60,35 @@ struct TileLayout {
 };
 
 // Shared memory of one block: kStages stages of a step's tokens, then the state entering this step and the next one
-// (16-bit, [kPs][kN]), then D per channel, the per-token values and (the mma.sync sweep) the C.B tiles.
-template <typename T, int kN, int kPs, bool kAsync>
+// (16-bit, [kPs][kN]; for training its two 16-bit parts, each a buffer), then D per channel, the per-token values and
+// (the mma.sync sweep) the C.B tiles.
+// Training (kTrain: the forward keeps y_ssm and the chunks' entering states for the backward) stages no z rows: the
+// second part of the state would not fit beside them at state size 128 (226 KB of 227), and the output warps load
+// their few z pairs from global memory at a step's start instead, consumed at its end.
+template <typename T, int kN, int kPs, bool kAsync, bool kTrain = false>
 struct FusedLayout {
   using BC = TileLayout<kN, kAsync>;   // C and B rows [kSpan][kN], the state [kPs][kN]
   using XZ = TileLayout<kPs, kAsync>;  // x and z rows [kSpan][kPs]
   static_assert(!kAsync || kPs == 64, "the wgmma sweep takes 64-channel slices (two warpgroups of 32 channels)");
+  static_assert(!(kAsync && kTrain), "training runs on the mma.sync sweep");
+  static constexpr int kStateParts = kTrain ? 2 : 1;
   // A warp's share of the state: 16 channels and half of the kN columns. (With 4 warps, each holding 16 channels and
   // all columns and computing one row block's outputs alone, one warp per scheduler waited out its products'
   // latencies: 6 us a step at HoVLE's sizes.) With wgmma the same shares are two warpgroups' accumulators.
   static constexpr int kWarps = kPs / 8;
   static_assert(kWarps >= kOutWarps, "every warp holds state; the first kOutWarps also make outputs");
   static constexpr int kHalfN = kN / 2, kHalfPs = kPs / 2;
-  // One stage: C and B rows, x and z rows, the cumsum before the step's first token and at each of its tokens
-  // (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
+  // One stage: C and B rows, x and (not training) z rows, the cumsum before the step's first token and at each of
+  // its tokens (kSpan + 1 doubles, padded to 16 bytes), dt' [kSpan].
   static constexpr size_t kC = 0;
   static constexpr size_t kB = kC + sizeof(T) * BC::elements(kSpan);
   static constexpr size_t kX = kB + sizeof(T) * BC::elements(kSpan);
   static constexpr size_t kZ = kX + sizeof(T) * XZ::elements(kSpan);
-  static constexpr size_t kCum = kZ + sizeof(T) * XZ::elements(kSpan);
+  static constexpr size_t kCum = kZ + (kTrain ? 0 : sizeof(T) * XZ::elements(kSpan));
   static constexpr size_t kDt = kCum + sizeof(double) * (kSpan + 2);
   static constexpr size_t kStage = kDt + sizeof(float) * kSpan;
   static constexpr size_t kState = kStages * kStage;
-  static constexpr size_t kD = kState + 2 * sizeof(T) * BC::elements(kPs);
+  static constexpr size_t kD = kState + 2 * kStateParts * sizeof(T) * BC::elements(kPs);
   // Per-token values of a step (TokenValues), twice: this step's, and the next one's being made.
   static constexpr size_t kTokens = kD + sizeof(float) * kPs;
   // A step's C.B tiles in float32, twice: this step's, read by the output warps, and the next step's, being made.
@@ -179,10 +185,15 @@ struct SweepSpans {
   int steps = 0;  // 64-token steps per span (the last may have fewer)
 };
 
-template <typename T, int kN, int kPs, bool kOutputs, bool kAsync>
-__global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 1)
+// kTrain: the forward of training (a.y_ssm given). Its computed operands (the state, the weighted C.B values, the
+// weighted x rows of the state update) go through the products as two 16-bit parts (ssd_scan_tc.cuh's kParts says
+// why the backward's decay gradient needs them), it writes y_ssm and the state entering each chunk (a.states, which
+// the backward reads), and the spans' local states go to a.span_states instead.
+template <typename T, int kN, int kPs, bool kOutputs, bool kAsync, bool kTrain>
+__global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarps * 32, 1)
     ssd_fused_forward_kernel(SsdScanForward a, ScanDims d, SweepSpans sp, const float* cb_tiles) {
-  using Lay = FusedLayout<T, kN, kPs, kAsync>;
+  using Lay = FusedLayout<T, kN, kPs, kAsync, kTrain>;
+  constexpr int kParts = Lay::kStateParts;
   using BC = typename Lay::BC;
   using XZ = typename Lay::XZ;
   using TC = TensorCore<T>;
@@ -196,9 +207,12 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int p0 = slice * kPs;  // the block's first channel
   const int first = span * sp.steps, steps = min(steps_of(d.l), first + sp.steps);  // [first, steps)
-  // Where a span's local state and log-decay go (the first launch) and come from (the second).
+  // Where a span's local state and log-decay go (the first launch) and come from (the second): the chunk-state
+  // workspace, free without a backward, or (training, where it holds the chunks' entering states) a.span_states.
+  float* const span_base = kTrain ? a.span_states : a.states;
+  const int span_slots = kTrain ? sp.count : d.c;
   const auto span_state = [&](int i) {
-    return a.states + ((static_cast<long>(bi) * d.c + i) * d.h + hi) * d.p * kN;
+    return span_base + ((static_cast<long>(bi) * span_slots + i) * d.h + hi) * d.p * kN;
   };
   float* const span_log_decay = span_state(sp.count - 1);
   // The copies' sources: the block's rows at token 0 (a step adds its first token's rows), and its (row, head)'s
@@ -210,6 +224,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
   const T* const x_rows = static_cast<const T*>(a.x) + slice_at;
   const T* const z_rows = a.z ? static_cast<const T*>(a.z) + slice_at : nullptr;
   T* const out_rows = static_cast<T*>(a.out) + slice_at;
+  float* const y_ssm_rows = kTrain ? a.y_ssm + slice_at : nullptr;
   const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;  // of dt_prepare's [b, h, c, q]
   const StepPieces<kN, BC, Lay::kWarps * 32> bc_pieces(bc_row);
   const StepPieces<kPs, XZ, Lay::kWarps * 32> xz_pieces(x_row);
@@ -228,7 +243,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       if (kOutputs) bc_pieces.copy(reinterpret_cast<T*>(st + Lay::kC), C_rows + static_cast<long>(t0) * bc_row, rows);
       bc_pieces.copy(reinterpret_cast<T*>(st + Lay::kB), B_rows + static_cast<long>(t0) * bc_row, rows);
       xz_pieces.copy(reinterpret_cast<T*>(st + Lay::kX), x_rows + static_cast<long>(t0) * x_row, rows);
-      if (kOutputs && z_rows)
+      if (kOutputs && !kTrain && z_rows)
         xz_pieces.copy(reinterpret_cast<T*>(st + Lay::kZ), z_rows + static_cast<long>(t0) * x_row, rows);
       // dt_prepare's workspace holds every chunk's q tokens, so that token t0 is at t0 (dt' = 0 and the cumsum
       // constant past the end).
@@ -327,16 +342,25 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         for (int e = 0; e < 4; ++e) S[nt][e] = decay * S[nt][e] + local[state_at(nt, e)];
     }
   }
-  // The state rounded to 16 bits into a [kPs][kN] buffer, where the next step's outputs read it.
+  // The state rounded to 16 bits (training: in two 16-bit parts, the second in the buffer after the first) into
+  // [kPs][kN] buffer j % 2, where step j's outputs read it.
+  const auto state_buffer = [&](int j) { return state_s + (j & 1) * kParts * BC::elements(kPs); };
   const auto store_state = [&](T* to) {
 #pragma unroll
     for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
       const int col = n0 + 8 * nt + 2 * tig;
-      *reinterpret_cast<uint32_t*>(to + BC::at(c_row, col)) = TC::pack(S[nt][0], S[nt][1]);
-      *reinterpret_cast<uint32_t*>(to + BC::at(c_row + 8, col)) = TC::pack(S[nt][2], S[nt][3]);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int at = BC::at(c_row + 8 * half, col);
+        uint32_t part[kParts];
+        split_pack<TC>(S[nt][2 * half], S[nt][2 * half + 1], part);
+#pragma unroll
+        for (int k = 0; k < kParts; ++k)
+          *reinterpret_cast<uint32_t*>(to + k * BC::elements(kPs) + at) = part[k];
+      }
     }
   };
-  store_state(state_s + (first & 1) * BC::elements(kPs));  // the buffer step `first` reads
+  store_state(state_buffer(first));
   double log_decay = 0.;  // of the span, summed by thread 0 in the state-only launch
   for (int i = threadIdx.x; i < kPs; i += blockDim.x)
     D_s[i] = a.D ? a.D[a.D_per_channel ? hi * d.p + p0 + i : hi] : 0.f;
@@ -383,8 +407,18 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     const T* Xs = reinterpret_cast<const T*>(st + Lay::kX);
     const T* Zs = reinterpret_cast<const T*>(st + Lay::kZ);
     const TokenValues tv(tokens_s + (j & 1) * 4 * kSpan);
-    const T* state_in = state_s + (j & 1) * BC::elements(kPs);
-    T* state_out = state_s + ((j + 1) & 1) * BC::elements(kPs);
+    const T* state_in = state_buffer(j);
+    T* state_out = state_buffer(j + 1);
+    if (kTrain && kOutputs && j * kSpan % d.q == 0) {
+      // The state entering chunk j kSpan / q, kept for the backward (the chunk-parallel forward's state pass writes
+      // the same).
+      float* to = a.states + ((static_cast<long>(bi) * d.c + j * kSpan / d.q) * d.h + hi) * d.p * kN + p0 * kN;
+#pragma unroll
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+        *reinterpret_cast<float2*>(to + state_at(nt, 0)) = make_float2(S[nt][0], S[nt][1]);
+        *reinterpret_cast<float2*>(to + state_at(nt, 2)) = make_float2(S[nt][2], S[nt][3]);
+      }
+    }
 
     if (!kOutputs && threadIdx.x == 0) {
       const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
@@ -396,33 +430,55 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
     const int r0 = 16 * rb + gid, r1 = r0 + 8;
     float Y[Lay::kHalfPs / 8][4];
     [[maybe_unused]] float Y1[Lay::kHalfPs / 8][4];  // the wgmma sweep's state term, C.S, added in the epilogue
+    // Training: the warp's z pairs of the step (rows r0, r1), loaded from global memory now and used by the epilogue
+    // (the z rows are not staged: FusedLayout).
+    [[maybe_unused]] uint32_t z_pairs[2][Lay::kHalfPs / 8];
+    if (kTrain && kOutputs && z_rows && warp < kOutWarps) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int t = j * kSpan + (half ? r1 : r0);
+#pragma unroll
+        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
+          z_pairs[half][jp] =
+              t < d.l ? __ldg(reinterpret_cast<const unsigned int*>(z_rows + static_cast<long>(t) * x_row + ch0 +
+                                                                    8 * jp + 2 * tig))
+                      : 0u;
+      }
+    }
     // Weights the warp's C.B accumulators of source block sb (exp(L_r - L_s) dt'_s on and below the diagonal) into
-    // the A operand of the product with x.
+    // the A operand of the product with x, in kParts 16-bit parts.
     // (Read, not rewritten: in the wgmma sweep these are accumulators, and ptxas serializes the products where other
     // instructions write an accumulator between a product's start and its wait.)
-    const auto weigh = [&](const float (&cb)[2][4], int sb, uint32_t (&aw)[4]) {
+    const auto weigh = [&](const float (&cb)[2][4], int sb, uint32_t (&aw)[kParts][4]) {
       const float L0 = tv.L[r0], L1 = tv.L[r1];
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
         const int src = 16 * sb + 8 * nt + 2 * tig;
         const float2 g = *reinterpret_cast<const float2*>(tv.G + src);
-        aw[2 * nt] = TC::pack(cb[nt][0] * (src <= r0 ? exp2_ftz(L0 + g.x) : 0.f),
-                              cb[nt][1] * (src + 1 <= r0 ? exp2_ftz(L0 + g.y) : 0.f));
-        aw[2 * nt + 1] = TC::pack(cb[nt][2] * (src <= r1 ? exp2_ftz(L1 + g.x) : 0.f),
-                                  cb[nt][3] * (src + 1 <= r1 ? exp2_ftz(L1 + g.y) : 0.f));
+        uint32_t row0[kParts], row1[kParts];
+        split_pack<TC>(cb[nt][0] * (src <= r0 ? exp2_ftz(L0 + g.x) : 0.f),
+                       cb[nt][1] * (src + 1 <= r0 ? exp2_ftz(L0 + g.y) : 0.f), row0);
+        split_pack<TC>(cb[nt][2] * (src <= r1 ? exp2_ftz(L1 + g.x) : 0.f),
+                       cb[nt][3] * (src + 1 <= r1 ? exp2_ftz(L1 + g.y) : 0.f), row1);
+#pragma unroll
+        for (int k = 0; k < kParts; ++k) aw[k][2 * nt] = row0[k], aw[k][2 * nt + 1] = row1[k];
       }
     };
     // The state update's A operand for 16 tokens: x's rows of the step (channels x tokens, read transposed), each
-    // token's column scaled by F_s before it is rounded back to 16 bits.
-    const auto state_operand = [&](int ks, uint32_t (&ax)[4]) {
-      ldsm_a_kmajor(ax, Xs, XZ{}, c_row - gid, 16 * ks);
+    // token's column scaled by F_s before it is rounded back to 16 bits (in kParts parts).
+    const auto state_operand = [&](int ks, uint32_t (&ax)[kParts][4]) {
+      uint32_t xr[4];
+      ldsm_a_kmajor(xr, Xs, XZ{}, c_row - gid, 16 * ks);
       const int s = 16 * ks + 2 * tig;
       const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
       const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const float2 v = TC::unpack(ax[i]);
-        ax[i] = i < 2 ? TC::pack(v.x * f01.x, v.y * f01.y) : TC::pack(v.x * f89.x, v.y * f89.y);
+        const float2 v = TC::unpack(xr[i]), f = i < 2 ? f01 : f89;
+        uint32_t part[kParts];
+        split_pack<TC>(v.x * f.x, v.y * f.y, part);
+#pragma unroll
+        for (int k = 0; k < kParts; ++k) ax[k][i] = part[k];
       }
     };
     const float decay = tv.E[kSpan - 1];
@@ -444,14 +500,14 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       }
       // The step's contribution to the state in its own accumulators, added to the decayed state once in: the state
       // itself is written every step, so it is no product's accumulator (see weigh).
-      uint32_t ax[kSpan / 16][4];
+      uint32_t ax[kSpan / 16][kParts][4];
 #pragma unroll
       for (int ks = 0; ks < kSpan / 16; ++ks) state_operand(ks, ax[ks]);
       const uint64_t dBn = wgmma_descriptor(Bs + BC::at(0, n0), kBcBand, kCore);  // tokens x the warpgroup's columns
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kSpan / 16; ++ks)
-        wgmma_rs<T, Lay::kHalfN>(dS, ax[ks], wgmma_advance(dBn, 2 * kBcBand * ks), ks == 0);
+        wgmma_rs<T, Lay::kHalfN>(dS, ax[ks][0], wgmma_advance(dBn, 2 * kBcBand * ks), ks == 0);
       wgmma_commit();
       // The copies of step j + 2 once the products are in flight (issued right after the barrier, they waited on
       // the memory pipeline: ncu's long scoreboard stalls, docs/kernels.md, version 10).
@@ -459,17 +515,17 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
       if (kOutputs) {
         wgmma_wait<2>();  // this step's C.B (the state's term and the state update may still run)
         wgmma_fence_operands(CB);
-        uint32_t aw[kRowBlocks][4];
+        uint32_t aw[kRowBlocks][kParts][4];
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
           if (sb <= rb) weigh(*reinterpret_cast<const float(*)[2][4]>(CB[2 * sb]), sb, aw[sb]);
-          else aw[sb][0] = aw[sb][1] = aw[sb][2] = aw[sb][3] = 0u;  // sources after the warp's rows
+          else aw[sb][0][0] = aw[sb][0][1] = aw[sb][0][2] = aw[sb][0][3] = 0u;  // sources after the warp's rows
         }
         const uint64_t dX = wgmma_descriptor(Xs + XZ::at(0, ch0), kXBand, kCore);  // sources x the channels
         wgmma_fence();
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb)
-          wgmma_rs<T, Lay::kHalfPs>(Y, aw[sb], wgmma_advance(dX, 2 * kXBand * sb), sb == 0);
+          wgmma_rs<T, Lay::kHalfPs>(Y, aw[sb][0], wgmma_advance(dX, 2 * kXBand * sb), sb == 0);
         wgmma_commit();
         if (j + 1 < steps) issue_cb(j + 1);  // its stage is in (waited for and fenced before this step's barrier)
         wgmma_commit();                      // a group even when empty, so that the waits count alike
@@ -499,7 +555,12 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         for (int kk = 0; kk < kN / 16; ++kk) {
           uint32_t aC[4];
           ldsm_a(aC, Cs, BC{}, 16 * rb, 16 * kk);
-          mma_across_at<false>(kk % 2 ? Y_odd : Y, aC, state_in, BC{}, 16 * kk, ch0);
+          if constexpr (kTrain) {  // the state's two parts, one chain each
+            mma_across_at<false>(Y, aC, state_in, BC{}, 16 * kk, ch0);
+            mma_across_at<false>(Y_odd, aC, state_in + BC::elements(kPs), BC{}, 16 * kk, ch0);
+          } else {
+            mma_across_at<false>(kk % 2 ? Y_odd : Y, aC, state_in, BC{}, 16 * kk, ch0);
+          }
         }
         const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) +
                              (j & 1) * kTiles * kTileVectors + rb * (rb + 1) / 2 * kTileVectors;
@@ -521,9 +582,9 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
           if (sb > rb) break;
-          uint32_t aw[4];
+          uint32_t aw[kParts][4];
           weigh(cb[sb], sb, aw);
-          mma_across_at<true>(Y, aw, Xs, XZ{}, 16 * sb, ch0);
+          mma_across_at<true, kParts>(Y, aw, Xs, XZ{}, 16 * sb, ch0);
         }
       }
       // The state, every warp its share.
@@ -533,14 +594,15 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         for (int e = 0; e < 4; ++e) S[nt][e] *= decay;
 #pragma unroll
       for (int ks = 0; ks < kSpan / 16; ++ks) {
-        uint32_t ax[4];
+        uint32_t ax[kParts][4];
         state_operand(ks, ax);
-        mma_across_at<true>(S, ax, Bs, BC{}, 16 * ks, n0);
+        mma_across_at<true, kParts>(S, ax, Bs, BC{}, 16 * ks, n0);
       }
     }
 
     if (kOutputs && warp < kOutWarps) {
-      // + D x, * silu(z), rounded once: as the chunk-parallel output kernel's epilogue.
+      // + D x, * silu(z), rounded once: as the chunk-parallel output kernel's epilogue (training: y_ssm, the sum
+      // before D, kept in float32).
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int r = half ? r1 : r0, t = j * kSpan + r;
@@ -550,13 +612,16 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync>::kWarps * 32, 
         for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp) {
           const int pc = ch0 + 8 * jp + 2 * tig;
           const float2 xv = TC::unpack(pair_at(Xs + XZ::at(r, pc), 0));
+          if (kTrain)
+            *reinterpret_cast<float2*>(y_ssm_rows + static_cast<long>(t) * x_row + pc) =
+                make_float2(Y[jp][2 * half], Y[jp][2 * half + 1]);
           float y0 = Y[jp][2 * half] + D_s[pc] * xv.x, y1 = Y[jp][2 * half + 1] + D_s[pc + 1] * xv.y;
           if (kAsync) {  // the state's term, exp(L_t) C_t . S
             const float e = tv.E[r];
             y0 += e * Y1[jp][2 * half], y1 += e * Y1[jp][2 * half + 1];
           }
           if (z_rows) {
-            const float2 zv = TC::unpack(pair_at(Zs + XZ::at(r, pc), 0));
+            const float2 zv = TC::unpack(kTrain ? z_pairs[half][jp] : pair_at(Zs + XZ::at(r, pc), 0));
             y0 *= silu_fast(zv.x), y1 *= silu_fast(zv.y);
           }
           *reinterpret_cast<uint32_t*>(out + pc) = TC::pack(y0, y1);
@@ -669,7 +734,15 @@ bool wgmma_sweep(int ps) {
 struct SweepPlan {
   SweepSpans spans;
   bool wgmma = false;
+  bool training = false;  // the forward keeps y_ssm (kTrain)
 };
+
+// Whether training's forward (y_ssm kept) may take the sweep: CARVE_SSD_SWEEP_TRAINING=0 keeps it on the
+// chunk-parallel kernels (comparisons).
+bool sweep_for_training() {
+  const char* v = std::getenv("CARVE_SSD_SWEEP_TRAINING");
+  return !(v && std::string(v) == "0");
+}
 
 // The sweep's plan for this forward, or nothing where the sweep does not take it (ssd_fused_forward_kernels says
 // which conditions). Decided once per forward: the check and the launch read the same plan.
@@ -677,19 +750,23 @@ std::optional<SweepPlan> plan(const SsdScanForward& f) {
   const SsdScanShape& s = f.shape;
   const int ps = slice_of(s.p);
   const Setting when = setting();
-  if (f.dtype == ElementType::f32 || f.y_ssm || f.seg || when == Setting::never) return std::nullopt;
+  const bool training = f.y_ssm != nullptr;
+  if (f.dtype == ElementType::f32 || f.seg || when == Setting::never || (training && !sweep_for_training()))
+    return std::nullopt;
   if (ps == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return std::nullopt;
   if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
-      !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)))
+      !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)) ||
+      (training && (!aligned16(f.y_ssm) || !aligned16(f.states))))
     return std::nullopt;
   SweepPlan p;
-  p.wgmma = wgmma_sweep(ps);
+  p.training = training;
+  p.wgmma = !training && wgmma_sweep(ps);
   // State size 128 with 80-channel slices needs 236 KB, past compute capability 9.0's 227 KB; before 9.0 less fits.
   // (The layout is the same for both 16-bit types.)
   const size_t bytes = with_sizes(s.n, ps, [&](auto kN, auto kPs) {
     if constexpr (kPs == 64)
       if (p.wgmma) return FusedLayout<__half, kN, kPs, true>::kBytes;
-    return FusedLayout<__half, kN, kPs, false>::kBytes;
+    return training ? FusedLayout<__half, kN, kPs, false, true>::kBytes : FusedLayout<__half, kN, kPs, false>::kBytes;
   });
   if (bytes > max_shared_per_block()) return std::nullopt;
   p.spans = spans_of(s);
@@ -702,23 +779,23 @@ std::optional<SweepPlan> plan(const SsdScanForward& f) {
 // CARVE_SSD_SWEEP_CB=0 makes them per head (comparisons).
 bool group_cb_tiles(const SsdScanForward& f) {
   const char* v = std::getenv("CARVE_SSD_SWEEP_CB");
-  return f.shape.h > f.shape.g && f.cb != nullptr && !(v && std::string(v) == "0");
+  return f.shape.h > f.shape.g && f.cb != nullptr && !f.y_ssm && !(v && std::string(v) == "0");
 }
 
-template <typename T, int kN, int kPs, bool kAsync>
+template <typename T, int kN, int kPs, bool kAsync, bool kTrain>
 void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) {
-  using Lay = FusedLayout<T, kN, kPs, kAsync>;
+  using Lay = FusedLayout<T, kN, kPs, kAsync, kTrain>;
   const ScanDims d = dims_of(f.shape);
   const long blocks = head_blocks(f.shape);
   if (sp.count > 1) {
-    constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false, kAsync>;
+    constexpr auto states = ssd_fused_forward_kernel<T, kN, kPs, false, kAsync, kTrain>;
     allow_dynamic_shared(reinterpret_cast<const void*>(states), Lay::kBytes);
     states<<<static_cast<unsigned>(blocks * (sp.count - 1)), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp,
                                                                                                        nullptr);
     CARVE_CUDA_CHECK_LAUNCH();
   }
   const float* cb_tiles = nullptr;
-  if (!kAsync && group_cb_tiles(f)) {
+  if (!kAsync && !kTrain && group_cb_tiles(f)) {
     // The workspace holds b c g q^2 floats, at least the b g steps kTiles 256 these take (q is a multiple of 64).
     const long steps = steps_of(f.shape.l);
     const size_t bytes = 2 * sizeof(T) * TileLayout<kN, false>::elements(kSpan);
@@ -727,7 +804,7 @@ void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) 
     CARVE_CUDA_CHECK_LAUNCH();
     cb_tiles = f.cb;
   }
-  constexpr auto outputs = ssd_fused_forward_kernel<T, kN, kPs, true, kAsync>;
+  constexpr auto outputs = ssd_fused_forward_kernel<T, kN, kPs, true, kAsync, kTrain>;
   allow_dynamic_shared(reinterpret_cast<const void*>(outputs), Lay::kBytes);
   outputs<<<static_cast<unsigned>(blocks * sp.count), Lay::kWarps * 32, Lay::kBytes, stream>>>(f, d, sp, cb_tiles);
   CARVE_CUDA_CHECK_LAUNCH();
@@ -736,11 +813,19 @@ void launch(const SsdScanForward& f, const SweepSpans& sp, cudaStream_t stream) 
 template <typename T, int kN, int kPs>
 void launch(const SsdScanForward& f, const SweepPlan& p, cudaStream_t stream) {
   if constexpr (kPs == 64)
-    if (p.wgmma) return launch<T, kN, kPs, true>(f, p.spans, stream);
-  launch<T, kN, kPs, false>(f, p.spans, stream);
+    if (p.wgmma) return launch<T, kN, kPs, true, false>(f, p.spans, stream);
+  if (p.training) return launch<T, kN, kPs, false, true>(f, p.spans, stream);
+  launch<T, kN, kPs, false, false>(f, p.spans, stream);
 }
 
 }  // namespace
+
+size_t ssd_fused_forward_span_floats(const SsdScanForward& f) {
+  const std::optional<SweepPlan> p = plan(f);
+  if (!p || !p->training || p->spans.count == 1) return 0;
+  const SsdScanShape& s = f.shape;
+  return static_cast<size_t>(s.b) * p->spans.count * s.h * s.p * s.n;
+}
 
 SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f) {
   const std::optional<SweepPlan> p = plan(f);
@@ -751,6 +836,9 @@ SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f) {
 bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream) {
   const std::optional<SweepPlan> p = plan(f);
   if (!p) return false;
+  CARVE_KERNEL_REQUIRE(!p->training || p->spans.count == 1 || f.span_states,
+                       "ssd_scan_forward: training's sweep in spans needs span_states "
+                       "(ssd_fused_forward_span_floats floats)");
   with_sizes(f.shape.n, slice_of(f.shape.p), [&](auto kN, auto kPs) {
     if (f.dtype == ElementType::bf16) launch<__nv_bfloat16, kN, kPs>(f, *p, stream);
     else launch<__half, kN, kPs>(f, *p, stream);

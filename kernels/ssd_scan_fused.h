@@ -1,6 +1,6 @@
 /*
- * The SSD forward without a backward to follow (no y_ssm kept), as one sweep per head after dt_prepare (version 8,
- * docs/kernels.md). The chunk-parallel forward writes every chunk's local state, passes the states through a
+ * The SSD forward as one sweep per head after dt_prepare: without a backward to follow (version 8, docs/kernels.md),
+ * and, since version 12, training's forward too. The chunk-parallel forward writes every chunk's local state, passes the states through a
  * float32 buffer and reads them back (about 940 MB at HoVLE's sizes against 270 MB of inputs and outputs); here a
  * block per (batch row, head, slice of channels) holds its slice of the state in registers and walks the sequence
  * in steps of 64 tokens. Per step, on tensor cores:
@@ -17,17 +17,22 @@
  * Where the (row, head, slice) blocks are too few to fill the GPU (long sequences, few heads), the sequence is cut
  * into spans, each swept by its own blocks: a first launch sweeps every span but the last from a zero state for its
  * local final state alone, and the second starts each span from the state stitched from those (version 9).
+ * Training's forward (y_ssm kept, version 12) also writes y_ssm and the state entering each chunk, which the backward
+ * reads, and takes its computed operands (the state, the weighted C.B values and x rows) through the products in two
+ * 16-bit parts, as the chunk-parallel training forward does (ssd_scan_tc.cuh's kParts says why).
  */
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 #include "kernels/ssd_scan.h"
 
 namespace carve::kernels {
 
-// Whether the sweep takes this forward, and on which products (chunk_parallel where it does not): 16-bit, no y_ssm,
-// no packed samples, chunk length a multiple of 64, state size 64, 80 or 128, head dim 80 or a multiple of 64, a
+// Whether the sweep takes this forward, and on which products (chunk_parallel where it does not): 16-bit, no packed
+// samples, chunk length a multiple of 64, state size 64, 80 or 128, head dim 80 or a multiple of 64, a
 // block's shared memory within the device's (state size 128 with head dim 80 is not), 16-byte aligned rows, and
 // enough (row, head, slice, span) blocks to fill half the GPU (spans are at most one per chunk; with few blocks the
 // chunk-parallel kernels are faster).
@@ -35,12 +40,16 @@ namespace carve::kernels {
 // CARVE_SSD_SPANS=N asks for N spans per (row, head) (at most one per chunk and 64-token step).
 // CARVE_SSD_SWEEP_CB=0 makes the C.B tiles in each head's sweep where heads share a group (comparisons).
 // CARVE_SSD_WGMMA=1 runs it on wgmma for 64-channel slices on compute capability 9.0, where the loaded code was built
-// for sm_90a (version 10, slower so far).
+// for sm_90a (version 10, slower so far), but for training's forward, which runs on mma.sync.
+// CARVE_SSD_SWEEP_TRAINING=0 keeps training's forward on the chunk-parallel kernels (comparisons).
 SsdForwardKernels ssd_fused_forward_kernels(const SsdScanForward& f);
+// The floats of f.span_states a training forward in spans needs (0 where it takes no spans or no sweep).
+size_t ssd_fused_forward_span_floats(const SsdScanForward& f);
 // Launches the sweep where it takes this forward (as ssd_fused_forward_kernels decides) and says whether it did;
-// f.dtp and f.cum must hold dt_prepare's results. f.states holds the spans' local states and log-decays where there
-// are spans, and is otherwise not written; where heads share a group, f.cb holds the groups' C.B tiles in the sweep's
-// own layout.
+// f.dtp and f.cum must hold dt_prepare's results. Without y_ssm, f.states holds the spans' local states and
+// log-decays where there are spans, and is otherwise not written; where heads share a group, f.cb holds the groups'
+// C.B tiles in the sweep's own layout. With y_ssm, f.states holds each chunk's entering state, f.span_states the
+// spans' local states, and f.cb is not written (the caller makes C.B for the backward).
 bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 
 }  // namespace carve::kernels

@@ -56,10 +56,10 @@ SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
   return fused::ssd_scan(in, want_final_state);
 }
 
-SsdForwardPath ssd_scan_forward_path(const SsdInputs& in) {
+SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   if (!uses_fused_kernels(in.x)) return SsdForwardPath::reference;
   validate_ssd_inputs(in, "ssd_scan_forward_path");
-  return fused::ssd_scan_forward_path(in);
+  return fused::ssd_scan_forward_path(in, training);
 }
 
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state) {

@@ -34,11 +34,11 @@ void set_poison_kernel_outputs(bool poison);
 bool poison_kernel_outputs();
 
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state);
-// Which forward ssd_scan of these inputs takes without autograd: the reference (no kernels), the chunk-parallel
-// kernels, or one sweep per head on mma.sync or on wgmma (kernels/ssd_scan.h): for tests and benchmarks that must
-// know which forward they measured.
+// Which forward ssd_scan of these inputs takes without autograd (training: with it, keeping what the backward reads):
+// the reference (no kernels), the chunk-parallel kernels, or one sweep per head on mma.sync or on wgmma
+// (kernels/ssd_scan.h): for tests and benchmarks that must know which forward they measured.
 enum class SsdForwardPath { reference, chunk_parallel, sweep, sweep_wgmma };
-SsdForwardPath ssd_scan_forward_path(const SsdInputs& in);
+SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training = false);
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state);
 CausalConvOutputs causal_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                               bool silu, const torch::Tensor& seq_idx = {}, const torch::Tensor& initial_state = {});
@@ -52,7 +52,7 @@ torch::Tensor gated_norm(const torch::Tensor& y, const torch::Tensor& z, const t
 namespace fused {
 bool built();
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state);
-SsdForwardPath ssd_scan_forward_path(const SsdInputs& in);
+SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training);
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state);
 CausalConvOutputs causal_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                               bool silu, const torch::Tensor& seq_idx, const torch::Tensor& initial_state);

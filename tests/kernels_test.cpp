@@ -169,6 +169,14 @@ void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed,
   ASSERT_TRUE(model::uses_fused_kernels(fused.x));
   if (path) {
     ASSERT_EQ(static_cast<int>(model::ssd_scan_forward_path(fused)), static_cast<int>(*path)) << describe(c, type);
+    // Training's forward takes the mma.sync sweep wherever the forward alone takes a sweep (version 12), unless
+    // CARVE_SSD_SWEEP_TRAINING=0 keeps it on the chunk-parallel kernels.
+    const char* training_sweep = std::getenv("CARVE_SSD_SWEEP_TRAINING");
+    const bool sweeps = *path != model::SsdForwardPath::chunk_parallel &&
+                        !(training_sweep && std::string(training_sweep) == "0");
+    ASSERT_EQ(static_cast<int>(model::ssd_scan_forward_path(fused, true)),
+              static_cast<int>(sweeps ? model::SsdForwardPath::sweep : model::SsdForwardPath::chunk_parallel))
+        << describe(c, type) << ", training";
   }
   const auto want = scan_with_grads(ref, gy, gf, false);
   const auto got = scan_with_grads(fused, gy, gf, true);
@@ -261,7 +269,9 @@ bool gpu_runs_wgmma() {
 }
 
 // Version 8's forward, one sweep per head with the state on chip, on the cases it takes, forced with
-// CARVE_SSD_FUSED=1 (these shapes have too few blocks for it otherwise): check_scan's forward alone is then the sweep.
+// CARVE_SSD_FUSED=1 (these shapes have too few blocks for it otherwise): check_scan's forward alone is then the sweep,
+// and so is the forward of its gradients (version 12's training sweep, y_ssm and the chunk states checked through
+// every gradient of the backward that reads them).
 // Each case runs the mma.sync sweep and, where the GPU has wgmma, with CARVE_SSD_WGMMA=1 the wgmma one (version 10,
 // 64-channel slices). With heads sharing a group, the mma.sync sweep reads C.B tiles made once per group, and also
 // runs with CARVE_SSD_SWEEP_CB=0, making them per head.

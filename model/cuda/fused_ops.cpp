@@ -105,6 +105,12 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     bind(f, w);
     Tensor out = fresh(x.sizes(), x.options()), y_ssm = fresh(x.sizes(), f32);
     f.out = out.data_ptr(), f.y_ssm = y_ssm.data_ptr<float>();
+    // Only the forward reads the spans' local states (the sweep in spans); the backward reads the chunk states.
+    Tensor span_states;
+    if (const size_t floats = kernels::ssd_scan_forward_span_floats(f)) {
+      span_states = fresh({static_cast<int64_t>(floats)}, f32);
+      f.span_states = span_states.data_ptr<float>();
+    }
     kernels::ssd_scan_forward(f, stream());
     ctx->save_for_backward({x, dt, A, B, C, D, z, dt_bias, init, seg, y_ssm, w.dtp, w.cum, w.states, w.cb,
                             w.final_state});
@@ -257,12 +263,13 @@ class GatedNormFunction : public torch::autograd::Function<GatedNormFunction> {
 
 bool built() { return true; }
 
-SsdForwardPath ssd_scan_forward_path(const SsdInputs& in) {
+SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   kernels::SsdScanForward f = forward_args(scan_tensors(in));
-  // The outputs the inference forward would allocate are fresh, so aligned like this.
+  // The outputs and workspaces the forward would allocate are fresh, so aligned like this.
   alignas(16) static float fresh_output[4];
   f.out = fresh_output, f.final_state = fresh_output;
+  if (training) f.y_ssm = fresh_output, f.states = fresh_output;
   switch (kernels::ssd_scan_forward_kernels(f)) {
     case kernels::SsdForwardKernels::sweep: return SsdForwardPath::sweep;
     case kernels::SsdForwardKernels::sweep_wgmma: return SsdForwardPath::sweep_wgmma;
