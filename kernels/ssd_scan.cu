@@ -813,12 +813,15 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dyy, 0, ws.per_token * sizeof(float), stream));
   launch_gate_backward<T>(bw, d, stream);
 
-  backward_entering_grad<T>(bw, d, tensor_cores, stream);
-
-  const long pn = (long)d.p * d.n;
-  state_pass_backward_kernel<<<dim3(ceil_div(pn, kPassThreads), d.b * d.h), kPassThreads, 0, stream>>>(
-      d, f.seg, f.cum, f.states, f.final_state, bw.dfinal_state, bw.dstates, bw.dinitial_state, bw.end_term);
-  CARVE_CUDA_CHECK_LAUNCH();
+  // The gradient of the state leaving each chunk: one reverse sweep per head (version 13, ssd_scan_fused.h), or each
+  // chunk's own part, then the pass over chunks.
+  if (!(tensor_cores && ssd_fused_state_grad(bw, stream))) {
+    backward_entering_grad<T>(bw, d, tensor_cores, stream);
+    const long pn = (long)d.p * d.n;
+    state_pass_backward_kernel<<<dim3(ceil_div(pn, kPassThreads), d.b * d.h), kPassThreads, 0, stream>>>(
+        d, f.seg, f.cum, f.states, f.final_state, bw.dfinal_state, bw.dstates, bw.dinitial_state, bw.end_term);
+    CARVE_CUDA_CHECK_LAUNCH();
+  }
 
   backward_products<T>(bw, d, tensor_cores, stream);
 

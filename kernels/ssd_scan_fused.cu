@@ -669,6 +669,160 @@ __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward 
     make_cb_tile<TensorCore<T>, kN>(Cs, Bs, Rows{}, i, step_tiles + i * kTileVectors);
 }
 
+// The backward's state gradient as one reverse sweep per (row, head, slice of channels) (version 13): with G the
+// gradient of the state leaving a step, G <- exp(L_last) G + sum_t exp(L_t) dy_t C_t^T over the step's tokens (L from
+// the step's start), carried in registers from the sequence's end to its start. It writes what the chunk-level
+// entering-state gradient (chunk_state_tc) and the state pass backward wrote together: G at each chunk's end into
+// dstates, <G, S> with the state leaving that chunk into end_term, and G at the start into dinitial. dy takes its two
+// parts (dy + dy_lo), weighted in float32 and split into two 16-bit parts, as chunk_state_tc takes them.
+// A warp holds 16 channels and half of the columns of G, as the forward sweep's warps hold the state.
+template <typename T, int kN, int kPs>
+struct GradLayout {
+  using BC = TileLayout<kN, false>;   // C rows [kSpan][kN]
+  using XZ = TileLayout<kPs, false>;  // dy and dy_lo rows [kSpan][kPs]
+  static constexpr int kWarps = kPs / 8;
+  static constexpr int kHalfN = kN / 2;
+  // One stage: C rows, dy rows, dy_lo rows, the cumsum before the step's first token and at each of its tokens.
+  static constexpr size_t kC = 0;
+  static constexpr size_t kDy = kC + sizeof(T) * BC::elements(kSpan);
+  static constexpr size_t kDyLo = kDy + sizeof(T) * XZ::elements(kSpan);
+  static constexpr size_t kCum = kDyLo + sizeof(T) * XZ::elements(kSpan);
+  static constexpr size_t kStage = kCum + sizeof(double) * (kSpan + 2);
+  // exp(L_t) per token, twice: this step's, and the next one's being made.
+  static constexpr size_t kE = kStages * kStage;
+  static constexpr size_t kBytes = kE + 2 * sizeof(float) * kSpan;
+  static_assert(kStage % 16 == 0 && kE % 16 == 0, "16-byte aligned regions");
+};
+
+template <typename T, int kN, int kPs>
+__global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
+    ssd_state_grad_sweep_kernel(SsdScanForward a, ScanDims d, const T* dy, const T* dy_lo, const float* dfinal,
+                                float* dstates, float* dinitial, float* end_term) {
+  using Lay = GradLayout<T, kN, kPs>;
+  using BC = typename Lay::BC;
+  using XZ = typename Lay::XZ;
+  using TC = TensorCore<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int slices = d.p / kPs;
+  const int slice = blockIdx.x % slices, head_row = blockIdx.x / slices;
+  const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const int p0 = slice * kPs;
+  const int steps = steps_of(d.l);
+  const int bc_row = d.g * kN, x_row = d.h * d.p;
+  const T* const C_rows = static_cast<const T*>(a.C) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
+  const long slice_at = (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;  // of dy and dy_lo at token 0
+  const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;   // of dt_prepare's [b, h, c, q]
+  const StepPieces<kN, BC, Lay::kWarps * 32> c_pieces(bc_row);
+  const StepPieces<kPs, XZ, Lay::kWarps * 32> dy_pieces(x_row);
+
+  // Iteration i sweeps step steps - 1 - i; its tokens go to stage i % kStages (an empty group past the last).
+  const auto stage = [&](int i) { return smem + (i % kStages) * Lay::kStage; };
+  auto issue = [&](int i) {
+    if (i < steps) {
+      unsigned char* st = stage(i);
+      const int t0 = (steps - 1 - i) * kSpan, rows = d.l - t0;
+      c_pieces.copy(reinterpret_cast<T*>(st + Lay::kC), C_rows + static_cast<long>(t0) * bc_row, rows);
+      dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDy), dy + slice_at + static_cast<long>(t0) * x_row, rows);
+      dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDyLo), dy_lo + slice_at + static_cast<long>(t0) * x_row, rows);
+      const long o = token_base + t0;
+      const int k = threadIdx.x;
+      if (k <= kSpan) {
+        const bool real = k > 0 || t0 % d.q > 0;  // before a chunk's first token the cumsum is 0
+        copy_async<8>(reinterpret_cast<double*>(st + Lay::kCum) + k, a.cum + o - 1 + (real ? k : 1), real);
+      }
+    }
+    commit_copies();
+  };
+  float* E_s = reinterpret_cast<float*>(smem + Lay::kE);
+  const auto make_E = [&](int i) {
+    const double* cum_s = reinterpret_cast<const double*>(stage(i) + Lay::kCum);
+    for (int t = threadIdx.x; t < kSpan; t += blockDim.x)
+      E_s[(i & 1) * kSpan + t] = expf(static_cast<float>(cum_s[t + 1] - cum_s[0]));
+  };
+
+  const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
+  const auto state_at = [&](int nt, int e) { return (c_row + 8 * (e / 2)) * kN + n0 + 8 * nt + 2 * tig + e % 2; };
+  const long bh_at = ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;  // of a [b, h, p, n] state
+  const auto chunk_at = [&](int ci) { return ((static_cast<long>(bi) * d.c + ci) * d.h + hi) * d.p * kN + p0 * kN; };
+  const auto load = [&](float (&to)[Lay::kHalfN / 8][4], const float* from) {
+#pragma unroll
+    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+      const float2 v0 = from ? *reinterpret_cast<const float2*>(from + state_at(nt, 0)) : make_float2(0.f, 0.f);
+      const float2 v1 = from ? *reinterpret_cast<const float2*>(from + state_at(nt, 2)) : make_float2(0.f, 0.f);
+      to[nt][0] = v0.x, to[nt][1] = v0.y, to[nt][2] = v1.x, to[nt][3] = v1.y;
+    }
+  };
+  const auto store = [&](const float (&from)[Lay::kHalfN / 8][4], float* to) {
+#pragma unroll
+    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
+      *reinterpret_cast<float2*>(to + state_at(nt, 0)) = make_float2(from[nt][0], from[nt][1]);
+      *reinterpret_cast<float2*>(to + state_at(nt, 2)) = make_float2(from[nt][2], from[nt][3]);
+    }
+  };
+  float G[Lay::kHalfN / 8][4];
+  load(G, dfinal ? dfinal + bh_at : nullptr);
+  // The state leaving the chunk whose end the sweep meets next (the last chunk's: the final state), loaded a chunk
+  // ahead of its use.
+  float S[Lay::kHalfN / 8][4];
+  load(S, a.final_state + bh_at);
+
+  for (int i = 0; i + 1 < kStages; ++i) issue(i);
+  staged_but<kStages - 2>();  // the first step's tokens
+  __syncthreads();
+  make_E(0);
+  for (int i = 0; i < steps; ++i) {
+    const int j = steps - 1 - i;
+    staged_but<0>();  // this thread's copies of iterations i and i + 1
+    __syncthreads();  // everyone's, and iteration i's exp(L_t); every warp is done with iteration i - 1
+    issue(i + kStages - 1);
+    if (i + 1 < steps) make_E(i + 1);
+    if (i == 0 || (j + 1) * kSpan % d.q == 0) {
+      // Step j ends chunk ci: G is the gradient of the state leaving it.
+      const int ci = j * kSpan / d.q;
+      store(G, dstates + chunk_at(ci));
+      float part = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part += G[nt][e] * S[nt][e];
+      part = warp_sum(part);
+      if (lane == 0) atomicAdd(end_term + (static_cast<long>(bi) * d.h + hi) * d.c + ci, part);
+      if (ci > 0) load(S, a.states + chunk_at(ci));  // the state entering chunk ci leaves chunk ci - 1
+    }
+    const unsigned char* st = stage(i);
+    const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
+    const T* DYs = reinterpret_cast<const T*>(st + Lay::kDy);
+    const T* LOs = reinterpret_cast<const T*>(st + Lay::kDyLo);
+    const float* E = E_s + (i & 1) * kSpan;
+    const float decay = E[kSpan - 1];
+#pragma unroll
+    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) G[nt][e] *= decay;
+#pragma unroll
+    for (int ks = 0; ks < kSpan / 16; ++ks) {
+      // exp(L_t) (dy_t + dy_lo_t) for 16 tokens (channels x tokens, read transposed), in two 16-bit parts.
+      uint32_t yh[4], yl[4], ay[2][4];
+      ldsm_a_kmajor(yh, DYs, XZ{}, c_row - gid, 16 * ks);
+      ldsm_a_kmajor(yl, LOs, XZ{}, c_row - gid, 16 * ks);
+      const int s = 16 * ks + 2 * tig;
+      const float2 e01 = *reinterpret_cast<const float2*>(E + s);
+      const float2 e89 = *reinterpret_cast<const float2*>(E + s + 8);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float2 h = TC::unpack(yh[r]), l = TC::unpack(yl[r]), e = r < 2 ? e01 : e89;
+        uint32_t part[2];
+        split_pack<TC>((h.x + l.x) * e.x, (h.y + l.y) * e.y, part);
+        ay[0][r] = part[0], ay[1][r] = part[1];
+      }
+      mma_across_at<true, 2>(G, ay, Cs, BC{}, 16 * ks, n0);
+    }
+  }
+  staged();  // the empty groups
+  if (dinitial) store(G, dinitial + bh_at);
+}
+
 // Channels per block: 64 where the head dim divides into them (two blocks per head at 128), else 80.
 int slice_of(int p) { return p % 64 == 0 ? 64 : p == 80 ? 80 : 0; }
 
@@ -818,7 +972,52 @@ void launch(const SsdScanForward& f, const SweepPlan& p, cudaStream_t stream) {
   launch<T, kN, kPs, false, false>(f, p.spans, stream);
 }
 
+// Whether the backward's state gradient takes the reverse sweep (16-bit, which the caller checks, with the tensor-core
+// kernels; then the forward sweep's own conditions but y_ssm, and aligned gradients). CARVE_SSD_SWEEP_GRAD=0 keeps the
+// chunk-level product and the state pass (comparisons); CARVE_SSD_FUSED applies as to the forward.
+bool state_grad_sweeps(const SsdScanBackward& b) {
+  const SsdScanForward& f = *b.fwd;
+  const SsdScanShape& s = f.shape;
+  const Setting when = setting();
+  const char* v = std::getenv("CARVE_SSD_SWEEP_GRAD");
+  if (f.dtype == ElementType::f32 || f.seg || when == Setting::never || (v && std::string(v) == "0")) return false;
+  if (slice_of(s.p) == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return false;
+  const auto aligned8 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; };
+  if (!aligned16(b.dy) || !aligned16(b.dy_lo) || !aligned16(f.C) || !aligned8(f.states) || !aligned8(f.final_state) ||
+      !aligned8(b.dstates) || (b.dfinal_state && !aligned8(b.dfinal_state)) ||
+      (b.dinitial_state && !aligned8(b.dinitial_state)))
+    return false;
+  const size_t bytes = with_sizes(s.n, slice_of(s.p), [](auto kN, auto kPs) {
+    return GradLayout<__half, kN, kPs>::kBytes;
+  });
+  if (bytes > max_shared_per_block()) return false;
+  // Without spans, a block per (row, head, slice): where those fill less than half the GPU the chunk-level kernels
+  // are faster (as for the forward sweep without spans).
+  return when == Setting::always || head_blocks(s) * 2 >= sm_count();
+}
+
+template <typename T, int kN, int kPs>
+void launch_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
+  using Lay = GradLayout<T, kN, kPs>;
+  const SsdScanForward& f = *b.fwd;
+  constexpr auto kernel = ssd_state_grad_sweep_kernel<T, kN, kPs>;
+  allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
+  kernel<<<static_cast<unsigned>(head_blocks(f.shape)), Lay::kWarps * 32, Lay::kBytes, stream>>>(
+      f, dims_of(f.shape), static_cast<const T*>(b.dy), static_cast<const T*>(b.dy_lo), b.dfinal_state, b.dstates,
+      b.dinitial_state, b.end_term);
+  CARVE_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
+  if (!state_grad_sweeps(b)) return false;
+  with_sizes(b.fwd->shape.n, slice_of(b.fwd->shape.p), [&](auto kN, auto kPs) {
+    if (b.fwd->dtype == ElementType::bf16) launch_state_grad<__nv_bfloat16, kN, kPs>(b, stream);
+    else launch_state_grad<__half, kN, kPs>(b, stream);
+  });
+  return true;
+}
 
 size_t ssd_fused_forward_span_floats(const SsdScanForward& f) {
   const std::optional<SweepPlan> p = plan(f);

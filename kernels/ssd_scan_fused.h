@@ -52,4 +52,11 @@ size_t ssd_fused_forward_span_floats(const SsdScanForward& f);
 // spans' local states, and f.cb is not written (the caller makes C.B for the backward).
 bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 
+// The backward's state gradient as one reverse sweep per (row, head, slice) with the gradient on chip (version 13),
+// where it takes this backward (16-bit on the tensor-core kernels, which the caller checks; no packed samples; the
+// forward sweep's sizes; enough blocks): writes dstates (the gradient of the state leaving each chunk), adds each
+// chunk's <G, S> to end_term (zeroed by the caller) and writes dinitial_state, instead of the chunk-level entering-
+// state gradient and the state pass. Says whether it did. CARVE_SSD_SWEEP_GRAD=0 turns it off (comparisons).
+bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream);
+
 }  // namespace carve::kernels
