@@ -896,6 +896,11 @@ SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f) {
   return ssd_fused_forward_kernels(f);
 }
 
+size_t ssd_scan_backward_span_floats(const SsdScanForward& f) {
+  if (f.dtype == ElementType::f32 || !use_tensor_cores(f.shape) || f.seg) return 0;
+  return ssd_fused_state_grad_span_floats(f.shape);
+}
+
 size_t ssd_scan_forward_span_floats(const SsdScanForward& f) {
   if (ssd_scan_forward_kernels(f) == SsdForwardKernels::chunk_parallel) return 0;
   return ssd_fused_forward_span_floats(f);

@@ -100,8 +100,13 @@ struct SsdScanBackward {
   float* end_term = nullptr;  // [b, h, c]
   float* dstates = nullptr;   // states: gradient of each chunk's own state
   float* dcb = nullptr;       // cb; may be null where ssd_scan_backward_uses_dcb is false
+  // The state gradient's reverse sweep in spans (kernels/ssd_scan_fused.h): the spans' local gradients;
+  // ssd_scan_backward_span_floats floats, null where that is 0.
+  float* span_grads = nullptr;
 };
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream);
+// The float32 elements of b.span_grads a backward of this forward may need (0 for most).
+size_t ssd_scan_backward_span_floats(const SsdScanForward& f);
 // Whether the forward and backward of this shape and type use the cb workspace (f.cb may be null where not: the tensor-
 // core kernels with one head per group make each C.B block in registers, 134 MB at HoVLE's sizes never touched).
 bool ssd_scan_uses_cb(const SsdScanShape& s, ElementType dtype);

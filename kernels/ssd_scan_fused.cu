@@ -676,6 +676,10 @@ __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward 
 // dstates, <G, S> with the state leaving that chunk into end_term, and G at the start into dinitial. dy takes its two
 // parts (dy + dy_lo), weighted in float32 and split into two 16-bit parts, as chunk_state_tc takes them.
 // A warp holds 16 channels and half of the columns of G, as the forward sweep's warps hold the state.
+// In spans (long sequences, few heads), mirrored from the forward's (SweepSpans): a first launch (kOutputs false)
+// sweeps every span but the first from a zero gradient, leaving its local gradient in span_grads at slot `span`
+// ([b, spans, h, p, n]) and its log-decay in float at slot 0, element `span` of the (row, head)'s p x n block; the
+// second starts each span from the gradient stitched from the spans after it and from dfinal.
 template <typename T, int kN, int kPs>
 struct GradLayout {
   using BC = TileLayout<kN, false>;   // C rows [kSpan][kN]
@@ -694,21 +698,26 @@ struct GradLayout {
   static_assert(kStage % 16 == 0 && kE % 16 == 0, "16-byte aligned regions");
 };
 
-template <typename T, int kN, int kPs>
+template <typename T, int kN, int kPs, bool kOutputs>
 __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
-    ssd_state_grad_sweep_kernel(SsdScanForward a, ScanDims d, const T* dy, const T* dy_lo, const float* dfinal,
-                                float* dstates, float* dinitial, float* end_term) {
+    ssd_state_grad_sweep_kernel(SsdScanForward a, ScanDims d, SweepSpans sp, const T* dy, const T* dy_lo,
+                                const float* dfinal, float* dstates, float* dinitial, float* end_term,
+                                float* span_grads) {
   using Lay = GradLayout<T, kN, kPs>;
   using BC = typename Lay::BC;
   using XZ = typename Lay::XZ;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int slices = d.p / kPs;
-  const int slice = blockIdx.x % slices, head_row = blockIdx.x / slices;
+  // The gradient-only launch has no block for the first span.
+  const int span_blocks = kOutputs ? sp.count : sp.count - 1;
+  const int slice = blockIdx.x % slices, span = blockIdx.x / slices % span_blocks + (kOutputs ? 0 : 1),
+            head_row = blockIdx.x / slices / span_blocks;
   const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int p0 = slice * kPs;
-  const int steps = steps_of(d.l);
+  // The span's steps [first, first + steps), swept from the last.
+  const int first = span * sp.steps, steps = min(steps_of(d.l), first + sp.steps) - first;
   const int bc_row = d.g * kN, x_row = d.h * d.p;
   const T* const C_rows = static_cast<const T*>(a.C) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
   const long slice_at = (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;  // of dy and dy_lo at token 0
@@ -721,7 +730,7 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
   auto issue = [&](int i) {
     if (i < steps) {
       unsigned char* st = stage(i);
-      const int t0 = (steps - 1 - i) * kSpan, rows = d.l - t0;
+      const int t0 = (first + steps - 1 - i) * kSpan, rows = d.l - t0;
       c_pieces.copy(reinterpret_cast<T*>(st + Lay::kC), C_rows + static_cast<long>(t0) * bc_row, rows);
       dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDy), dy + slice_at + static_cast<long>(t0) * x_row, rows);
       dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDyLo), dy_lo + slice_at + static_cast<long>(t0) * x_row, rows);
@@ -760,24 +769,44 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
       *reinterpret_cast<float2*>(to + state_at(nt, 2)) = make_float2(from[nt][2], from[nt][3]);
     }
   };
+  // Where a span's local gradient and log-decay go (the first launch) and come from (the second).
+  const auto span_grad = [&](int k) { return span_grads + ((static_cast<long>(bi) * sp.count + k) * d.h + hi) * d.p * kN; };
   float G[Lay::kHalfN / 8][4];
-  load(G, dfinal ? dfinal + bh_at : nullptr);
-  // The state leaving the chunk whose end the sweep meets next (the last chunk's: the final state), loaded a chunk
-  // ahead of its use.
+  load(G, kOutputs && dfinal ? dfinal + bh_at : nullptr);
+  if (kOutputs) {
+    for (int k = sp.count - 1; k > span; --k) {
+      const float decay = expf(span_grad(0)[k]);
+      const float* local = span_grad(k) + p0 * kN;
+#pragma unroll
+      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) G[nt][e] = decay * G[nt][e] + local[state_at(nt, e)];
+    }
+  }
+  // Whether step j ends its chunk, and the state leaving the chunk whose end the sweep meets next (the last chunk's:
+  // the final state), loaded a chunk ahead of its use.
+  const auto ends_chunk = [&](int j) { return j == steps_of(d.l) - 1 || (j + 1) * kSpan % d.q == 0; };
+  const auto leaving = [&](int ci) { return ci + 1 < d.c ? a.states + chunk_at(ci + 1) : a.final_state + bh_at; };
   float S[Lay::kHalfN / 8][4];
-  load(S, a.final_state + bh_at);
+  const int j_last = first + steps - 1, c_last = j_last * kSpan / d.q - (ends_chunk(j_last) ? 0 : 1);
+  if (kOutputs && c_last >= 0) load(S, leaving(c_last));
+  double log_decay = 0.;  // of the span, summed by thread 0 in the gradient-only launch
 
   for (int i = 0; i + 1 < kStages; ++i) issue(i);
   staged_but<kStages - 2>();  // the first step's tokens
   __syncthreads();
   make_E(0);
   for (int i = 0; i < steps; ++i) {
-    const int j = steps - 1 - i;
+    const int j = first + steps - 1 - i;
     staged_but<0>();  // this thread's copies of iterations i and i + 1
     __syncthreads();  // everyone's, and iteration i's exp(L_t); every warp is done with iteration i - 1
     issue(i + kStages - 1);
     if (i + 1 < steps) make_E(i + 1);
-    if (i == 0 || (j + 1) * kSpan % d.q == 0) {
+    if (!kOutputs && threadIdx.x == 0) {
+      const double* cum_s = reinterpret_cast<const double*>(stage(i) + Lay::kCum);
+      log_decay += cum_s[kSpan] - cum_s[0];
+    }
+    if (kOutputs && ends_chunk(j)) {
       // Step j ends chunk ci: G is the gradient of the state leaving it.
       const int ci = j * kSpan / d.q;
       store(G, dstates + chunk_at(ci));
@@ -788,7 +817,7 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
         for (int e = 0; e < 4; ++e) part += G[nt][e] * S[nt][e];
       part = warp_sum(part);
       if (lane == 0) atomicAdd(end_term + (static_cast<long>(bi) * d.h + hi) * d.c + ci, part);
-      if (ci > 0) load(S, a.states + chunk_at(ci));  // the state entering chunk ci leaves chunk ci - 1
+      if (ci > 0) load(S, leaving(ci - 1));
     }
     const unsigned char* st = stage(i);
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
@@ -820,7 +849,12 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
     }
   }
   staged();  // the empty groups
-  if (dinitial) store(G, dinitial + bh_at);
+  if (!kOutputs) {
+    store(G, span_grad(span) + p0 * kN);
+    if (slice == 0 && threadIdx.x == 0) span_grad(0)[span] = static_cast<float>(log_decay);
+  } else if (span == 0 && dinitial) {
+    store(G, dinitial + bh_at);
+  }
 }
 
 // Channels per block: 64 where the head dim divides into them (two blocks per head at 128), else 80.
@@ -991,24 +1025,37 @@ bool state_grad_sweeps(const SsdScanBackward& b) {
     return GradLayout<__half, kN, kPs>::kBytes;
   });
   if (bytes > max_shared_per_block()) return false;
-  // Without spans, a block per (row, head, slice): where those fill less than half the GPU the chunk-level kernels
-  // are faster (as for the forward sweep without spans).
-  return when == Setting::always || head_blocks(s) * 2 >= sm_count();
+  const SweepSpans sp = spans_of(s);
+  if (sp.count > 1 && !b.span_grads) return false;
+  // Where the (row, head, slice, span) blocks fill less than half the GPU the chunk-level kernels are faster (as for
+  // the forward sweep).
+  return when == Setting::always || head_blocks(s) * sp.count * 2 >= sm_count();
 }
 
 template <typename T, int kN, int kPs>
 void launch_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
   using Lay = GradLayout<T, kN, kPs>;
   const SsdScanForward& f = *b.fwd;
-  constexpr auto kernel = ssd_state_grad_sweep_kernel<T, kN, kPs>;
-  allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
-  kernel<<<static_cast<unsigned>(head_blocks(f.shape)), Lay::kWarps * 32, Lay::kBytes, stream>>>(
-      f, dims_of(f.shape), static_cast<const T*>(b.dy), static_cast<const T*>(b.dy_lo), b.dfinal_state, b.dstates,
-      b.dinitial_state, b.end_term);
-  CARVE_CUDA_CHECK_LAUNCH();
+  const SweepSpans sp = spans_of(f.shape);
+  const long blocks = head_blocks(f.shape);
+  const auto run = [&](auto kernel, long count) {
+    allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
+    kernel<<<static_cast<unsigned>(blocks * count), Lay::kWarps * 32, Lay::kBytes, stream>>>(
+        f, dims_of(f.shape), sp, static_cast<const T*>(b.dy), static_cast<const T*>(b.dy_lo), b.dfinal_state,
+        b.dstates, b.dinitial_state, b.end_term, b.span_grads);
+    CARVE_CUDA_CHECK_LAUNCH();
+  };
+  if (sp.count > 1) run(ssd_state_grad_sweep_kernel<T, kN, kPs, false>, sp.count - 1);
+  run(ssd_state_grad_sweep_kernel<T, kN, kPs, true>, sp.count);
 }
 
 }  // namespace
+
+size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s) {
+  if (slice_of(s.p) == 0 || s.q % kSpan != 0) return 0;
+  const SweepSpans sp = spans_of(s);
+  return sp.count > 1 ? static_cast<size_t>(s.b) * sp.count * s.h * s.p * s.n : 0;
+}
 
 bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
   if (!state_grad_sweeps(b)) return false;

@@ -57,6 +57,9 @@ bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 // forward sweep's sizes; enough blocks): writes dstates (the gradient of the state leaving each chunk), adds each
 // chunk's <G, S> to end_term (zeroed by the caller) and writes dinitial_state, instead of the chunk-level entering-
 // state gradient and the state pass. Says whether it did. CARVE_SSD_SWEEP_GRAD=0 turns it off (comparisons).
+// In spans where the (row, head, slice) blocks are few (as the forward sweep), with b.span_grads holding
+// ssd_fused_state_grad_span_floats floats.
 bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream);
+size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s);
 
 }  // namespace carve::kernels

@@ -156,6 +156,11 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     b.dy = dy.data_ptr(), b.dy_lo = mut_or_null(dy_lo);
     b.dyy = dyy.data_ptr<float>(), b.ddt_u = ddt_u.data_ptr<float>();
     b.end_term = end_term.data_ptr<float>(), b.dstates = dstates.data_ptr<float>(), b.dcb = mut_or_null<float>(dcb);
+    Tensor span_grads;
+    if (const size_t floats = kernels::ssd_scan_backward_span_floats(f)) {
+      span_grads = fresh({static_cast<int64_t>(floats)}, f32);
+      b.span_grads = span_grads.data_ptr<float>();
+    }
     kernels::ssd_scan_backward(b, stream());
     return {dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit, Tensor(), Tensor(), Tensor()};
   }
