@@ -185,6 +185,31 @@ struct SweepSpans {
   int steps = 0;  // 64-token steps per span (the last may have fewer)
 };
 
+// Which (row, head, slice of kPs channels, span) a sweep's block takes: blockIdx.x runs over slices first, then over
+// `span_blocks` spans from `first_span` on, then over rows and heads.
+struct SweepBlock {
+  int slice, span, hi, bi, gi;
+  int p0;  // the block's first channel
+  __device__ SweepBlock(const ScanDims& d, int kPs, int span_blocks, int first_span) {
+    const int slices = d.p / kPs;
+    slice = blockIdx.x % slices, span = blockIdx.x / slices % span_blocks + first_span;
+    const int head_row = blockIdx.x / slices / span_blocks;
+    hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
+    p0 = slice * kPs;
+  }
+};
+
+// Thread i <= kSpan's copy of a step's cumsums (dt_prepare's, `at` the step's first token in its [b, h, c, q]
+// workspace) into to[i]: the cumsum before the step's first token, then at each of its tokens. Before a chunk's first
+// token (offset 0 in its chunk) the cumsum is 0.
+__device__ __forceinline__ void copy_step_cum(double* to, const double* cum, long at, int chunk_offset) {
+  const int i = threadIdx.x;
+  if (i <= kSpan) {
+    const bool real = i > 0 || chunk_offset > 0;
+    copy_async<8>(to + i, cum + at - 1 + (real ? i : 1), real);
+  }
+}
+
 // kTrain: the forward of training (a.y_ssm given). Its computed operands (the state, the weighted C.B values, the
 // weighted x rows of the state update) go through the products as two 16-bit parts (ssd_scan_tc.cuh's kParts says
 // why the backward's decay gradient needs them), it writes y_ssm and the state entering each chunk (a.states, which
@@ -198,14 +223,10 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
   using XZ = typename Lay::XZ;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int slices = d.p / kPs;
   // The state-only launch has no block for the last span.
-  const int span_blocks = kOutputs ? sp.count : sp.count - 1;
-  const int slice = blockIdx.x % slices, span = blockIdx.x / slices % span_blocks,
-            head_row = blockIdx.x / slices / span_blocks;
-  const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
+  const SweepBlock blk(d, kPs, kOutputs ? sp.count : sp.count - 1, 0);
+  const int slice = blk.slice, span = blk.span, hi = blk.hi, bi = blk.bi, gi = blk.gi, p0 = blk.p0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
-  const int p0 = slice * kPs;  // the block's first channel
   const int first = span * sp.steps, steps = min(steps_of(d.l), first + sp.steps);  // [first, steps)
   // Where a span's local state and log-decay go (the first launch) and come from (the second): the chunk-state
   // workspace, free without a backward, or (training, where it holds the chunks' entering states) a.span_states.
@@ -249,10 +270,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
       // constant past the end).
       const long o = token_base + t0;
       const int i = threadIdx.x;
-      if (i <= kSpan) {
-        const bool real = i > 0 || chunk_offset > 0;  // before a chunk's first token the cumsum is 0
-        copy_async<8>(reinterpret_cast<double*>(st + Lay::kCum) + i, a.cum + o - 1 + (real ? i : 1), real);
-      }
+      copy_step_cum(reinterpret_cast<double*>(st + Lay::kCum), a.cum, o, chunk_offset);
       if (i < kSpan) copy_async<4>(reinterpret_cast<float*>(st + Lay::kDt) + i, a.dtp + o + i, true);
       chunk_offset += kSpan;
       if (chunk_offset == d.q) chunk_offset = 0;
@@ -708,14 +726,10 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
   using XZ = typename Lay::XZ;
   using TC = TensorCore<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int slices = d.p / kPs;
   // The gradient-only launch has no block for the first span.
-  const int span_blocks = kOutputs ? sp.count : sp.count - 1;
-  const int slice = blockIdx.x % slices, span = blockIdx.x / slices % span_blocks + (kOutputs ? 0 : 1),
-            head_row = blockIdx.x / slices / span_blocks;
-  const int hi = head_row % d.h, bi = head_row / d.h, gi = hi / d.r;
+  const SweepBlock blk = kOutputs ? SweepBlock(d, kPs, sp.count, 0) : SweepBlock(d, kPs, sp.count - 1, 1);
+  const int slice = blk.slice, span = blk.span, hi = blk.hi, bi = blk.bi, gi = blk.gi, p0 = blk.p0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
-  const int p0 = slice * kPs;
   // The span's steps [first, first + steps), swept from the last.
   const int first = span * sp.steps, steps = min(steps_of(d.l), first + sp.steps) - first;
   const int bc_row = d.g * kN, x_row = d.h * d.p;
@@ -734,12 +748,7 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
       c_pieces.copy(reinterpret_cast<T*>(st + Lay::kC), C_rows + static_cast<long>(t0) * bc_row, rows);
       dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDy), dy + slice_at + static_cast<long>(t0) * x_row, rows);
       dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDyLo), dy_lo + slice_at + static_cast<long>(t0) * x_row, rows);
-      const long o = token_base + t0;
-      const int k = threadIdx.x;
-      if (k <= kSpan) {
-        const bool real = k > 0 || t0 % d.q > 0;  // before a chunk's first token the cumsum is 0
-        copy_async<8>(reinterpret_cast<double*>(st + Lay::kCum) + k, a.cum + o - 1 + (real ? k : 1), real);
-      }
+      copy_step_cum(reinterpret_cast<double*>(st + Lay::kCum), a.cum, token_base + t0, t0 % d.q);
     }
     commit_copies();
   };
