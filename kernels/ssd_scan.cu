@@ -815,7 +815,7 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
 
   // The gradient of the state leaving each chunk: one reverse sweep per head (version 13, ssd_scan_fused.h), or each
   // chunk's own part, then the pass over chunks.
-  if (!(tensor_cores && ssd_fused_state_grad(bw, stream))) {
+  if (!(tensor_cores && ssd_fused_state_grad(bw, stream))) {  // ssd_scan_backward_sweeps says which
     backward_entering_grad<T>(bw, d, tensor_cores, stream);
     const long pn = (long)d.p * d.n;
     state_pass_backward_kernel<<<dim3(ceil_div(pn, kPassThreads), d.b * d.h), kPassThreads, 0, stream>>>(
@@ -894,6 +894,10 @@ void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream) {
 SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f) {
   if (f.dtype == ElementType::f32 || !use_tensor_cores(f.shape)) return SsdForwardKernels::chunk_parallel;
   return ssd_fused_forward_kernels(f);
+}
+
+bool ssd_scan_backward_sweeps(const SsdScanBackward& b) {
+  return b.fwd->dtype != ElementType::f32 && use_tensor_cores(b.fwd->shape) && ssd_fused_state_grad_takes(b);
 }
 
 size_t ssd_scan_backward_span_floats(const SsdScanForward& f) {

@@ -1070,6 +1070,8 @@ size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s) {
   return sp.count > 1 ? static_cast<size_t>(s.b) * sp.count * s.h * s.p * s.n : 0;
 }
 
+bool ssd_fused_state_grad_takes(const SsdScanBackward& b) { return state_grad_sweeps(b); }
+
 bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
   if (!state_grad_sweeps(b)) return false;
   with_sizes(b.fwd->shape.n, slice_of(b.fwd->shape.p), [&](auto kN, auto kPs) {

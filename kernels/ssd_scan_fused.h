@@ -60,6 +60,8 @@ bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 // In spans where the (row, head, slice) blocks are few (as the forward sweep), with b.span_grads holding
 // ssd_fused_state_grad_span_floats floats.
 bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream);
+// Whether ssd_fused_state_grad takes this backward.
+bool ssd_fused_state_grad_takes(const SsdScanBackward& b);
 size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s);
 
 }  // namespace carve::kernels

@@ -62,6 +62,12 @@ SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   return fused::ssd_scan_forward_path(in, training);
 }
 
+bool ssd_scan_backward_sweeps(const SsdInputs& in) {
+  if (!uses_fused_kernels(in.x)) return false;
+  validate_ssd_inputs(in, "ssd_scan_backward_sweeps");
+  return fused::ssd_scan_backward_sweeps(in);
+}
+
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state) {
   if (!uses_fused_kernels(in.x) || state.scalar_type() != torch::kFloat) return ssd_step(in, state);
   validate_ssd_step_inputs(in, state, "ssd_decode_step");

@@ -177,6 +177,11 @@ void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed,
     ASSERT_EQ(static_cast<int>(model::ssd_scan_forward_path(fused, true)),
               static_cast<int>(sweeps ? model::SsdForwardPath::sweep : model::SsdForwardPath::chunk_parallel))
         << describe(c, type) << ", training";
+    // So does the backward's state gradient (version 13's reverse sweep), unless CARVE_SSD_SWEEP_GRAD=0.
+    const char* grad_sweep = std::getenv("CARVE_SSD_SWEEP_GRAD");
+    ASSERT_EQ(model::ssd_scan_backward_sweeps(fused),
+              *path != model::SsdForwardPath::chunk_parallel && !(grad_sweep && std::string(grad_sweep) == "0"))
+        << describe(c, type) << ", backward";
   }
   const auto want = scan_with_grads(ref, gy, gf, false);
   const auto got = scan_with_grads(fused, gy, gf, true);
@@ -327,9 +332,11 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
     return p == model::SsdForwardPath::sweep || p == model::SsdForwardPath::sweep_wgmma;
   };
   EXPECT_TRUE(sweeps(in));
+  EXPECT_TRUE(model::ssd_scan_backward_sweeps(in));
   in.seq_idx = torch::zeros({1, 128}, opts.dtype(torch::kInt));
   EXPECT_EQ(static_cast<int>(model::ssd_scan_forward_path(in)),
             static_cast<int>(model::SsdForwardPath::chunk_parallel));
+  EXPECT_FALSE(model::ssd_scan_backward_sweeps(in));
   in.seq_idx = Tensor();
   // State size 128 with Phi-2's head dim needs more shared memory than a block has (236 KB on compute capability 9.0).
   SsdInputs wide = in;
@@ -338,6 +345,7 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
   EXPECT_FALSE(sweeps(wide));
   EnvScope never("CARVE_SSD_FUSED", "0");
   EXPECT_FALSE(sweeps(in));
+  EXPECT_FALSE(model::ssd_scan_backward_sweeps(in));
 }
 
 // The final state of a prefix continues into the rest: two calls equal one.

@@ -283,6 +283,18 @@ SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   return SsdForwardPath::chunk_parallel;
 }
 
+bool ssd_scan_backward_sweeps(const SsdInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  kernels::SsdScanForward f = forward_args(scan_tensors(in));
+  // The buffers the forward and the backward would allocate are fresh, so aligned like this.
+  alignas(16) static float fresh_buffer[4];
+  f.out = fresh_buffer, f.final_state = fresh_buffer, f.y_ssm = fresh_buffer, f.states = fresh_buffer;
+  kernels::SsdScanBackward b;
+  b.fwd = &f, b.dy = fresh_buffer, b.dy_lo = fresh_buffer, b.dstates = fresh_buffer;
+  if (kernels::ssd_scan_backward_span_floats(f)) b.span_grads = fresh_buffer;
+  return kernels::ssd_scan_backward_sweeps(b);
+}
+
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   ScanTensors t = scan_tensors(in);
