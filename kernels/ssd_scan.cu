@@ -14,7 +14,8 @@
  * Those are version 1's, on the CUDA-core tile product (tile_gemm.cuh). For 16-bit inputs the products run on tensor
  * cores instead: chunk_state_tc and chunk_cb_tc (ssd_scan_tc.cuh), and the output, dx, dC and dB as instances of one
  * pair kernel (ssd_pair_tc.cuh); with heads sharing a group, dCB on tensor cores too (chunk_dcb_tc), otherwise it
- * is never made.
+ * is never made. Where they apply, the sweeps of ssd_scan_fused.h replace the forward's chunk-level kernels (versions
+ * 8-12) and the backward's entering-state gradient and state pass (version 13).
  */
 #include "kernels/ssd_scan.h"
 

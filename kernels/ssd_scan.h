@@ -66,7 +66,7 @@ struct SsdScanForward {
 };
 void ssd_scan_forward(const SsdScanForward& f, cudaStream_t stream);
 // Which kernels ssd_scan_forward runs this forward on: the chunk-parallel ones, or one sweep per head that keeps the
-// state on chip (without y_ssm; kernels/ssd_scan_fused.h), on mma.sync or on Hopper's wgmma.
+// state on chip (kernels/ssd_scan_fused.h), on mma.sync or (without y_ssm) on Hopper's wgmma.
 enum class SsdForwardKernels { chunk_parallel, sweep, sweep_wgmma };
 SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f);
 // The float32 elements of f.span_states this forward needs (0 for most: training's forward on the sweep in spans).

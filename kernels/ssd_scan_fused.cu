@@ -779,7 +779,9 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
     }
   };
   // Where a span's local gradient and log-decay go (the first launch) and come from (the second).
-  const auto span_grad = [&](int k) { return span_grads + ((static_cast<long>(bi) * sp.count + k) * d.h + hi) * d.p * kN; };
+  const auto span_grad = [&](int k) {
+    return span_grads + ((static_cast<long>(bi) * sp.count + k) * d.h + hi) * d.p * kN;
+  };
   float G[Lay::kHalfN / 8][4];
   load(G, kOutputs && dfinal ? dfinal + bh_at : nullptr);
   if (kOutputs) {

@@ -1,9 +1,9 @@
 /*
  * The SSD forward as one sweep per head after dt_prepare: without a backward to follow (version 8, docs/kernels.md),
- * and, since version 12, training's forward too. The chunk-parallel forward writes every chunk's local state, passes the states through a
- * float32 buffer and reads them back (about 940 MB at HoVLE's sizes against 270 MB of inputs and outputs); here a
- * block per (batch row, head, slice of channels) holds its slice of the state in registers and walks the sequence
- * in steps of 64 tokens. Per step, on tensor cores:
+ * and, since version 12, training's forward too. The chunk-parallel forward writes every chunk's local state, passes
+ * the states through a float32 buffer and reads them back (about 940 MB at HoVLE's sizes against 270 MB of inputs
+ * and outputs); here a block per (batch row, head, slice of channels) holds its slice of the state in registers and
+ * walks the sequence in steps of 64 tokens. Per step, on tensor cores:
  *   y_t = exp(L_t) C_t . S  +  sum_{s <= t in the step} (C_t . B_s) exp(L_t - L_s) dt'_s x_s  (+ D x_t, * silu(z_t))
  *   S  <- exp(L_last) S  +  sum_s exp(L_last - L_s) dt'_s x_s B_s^T
  * with L the cumsum of dt' A from the step's start (the chunk's cumsums from dt_prepare, differenced). The result does
@@ -62,6 +62,7 @@ bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream);
 // Whether ssd_fused_state_grad takes this backward.
 bool ssd_fused_state_grad_takes(const SsdScanBackward& b);
+// The floats of b.span_grads a backward of this shape needs (0 where it takes no spans).
 size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s);
 
 }  // namespace carve::kernels
