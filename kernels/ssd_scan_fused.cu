@@ -199,6 +199,40 @@ struct SweepBlock {
   }
 };
 
+// A warp's share of a block's [kPs][kN] float32 state (the forward's, or the backward's gradient of it), as the
+// products' accumulators hold it: channels c_row (elements 0, 1) and c_row + 8 (2, 3), columns n0 + 8 nt + 2 tig
+// (+ 1) for the kCols / 8 column blocks nt; element e of block nt at(nt, e) of the [kPs][kN] block. Moved to and from
+// global memory (8-byte aligned blocks) a pair of columns at a time.
+template <int kN, int kCols>
+struct WarpState {
+  using Values = float[kCols / 8][4];
+  int c_row, n0, tig;
+  __device__ int at(int nt, int e) const { return (c_row + 8 * (e / 2)) * kN + n0 + 8 * nt + 2 * tig + e % 2; }
+  // v from `from`, or zeros where it is null.
+  __device__ void load(Values& v, const float* from) const {
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; ++nt) {
+      const float2 v0 = from ? *reinterpret_cast<const float2*>(from + at(nt, 0)) : make_float2(0.f, 0.f);
+      const float2 v1 = from ? *reinterpret_cast<const float2*>(from + at(nt, 2)) : make_float2(0.f, 0.f);
+      v[nt][0] = v0.x, v[nt][1] = v0.y, v[nt][2] = v1.x, v[nt][3] = v1.y;
+    }
+  }
+  __device__ void store(const Values& v, float* to) const {
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; ++nt) {
+      *reinterpret_cast<float2*>(to + at(nt, 0)) = make_float2(v[nt][0], v[nt][1]);
+      *reinterpret_cast<float2*>(to + at(nt, 2)) = make_float2(v[nt][2], v[nt][3]);
+    }
+  }
+  // v <- decay v + local: a span's local state (or gradient) stitched onto what enters it.
+  __device__ void fold(Values& v, float decay, const float* local) const {
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[nt][e] = decay * v[nt][e] + local[at(nt, e)];
+  }
+};
+
 // Thread i <= kSpan's copy of a step's cumsums (dt_prepare's, `at` the step's first token in its [b, h, c, q]
 // workspace) into to[i]: the cumsum before the step's first token, then at each of its tokens. Before a chunk's first
 // token (offset 0 in its chunk) the cumsum is 0.
@@ -333,33 +367,19 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
       make_cb_tile<TC, kN>(Cs, Bs, BC{}, i, cb_s + i * kTileVectors);
   };
 
-  // The warp's state: channels 16 (warp % (kPs / 16)) + gid (elements 0, 1) and + 8 (2, 3) of the slice, columns
-  // n0 + 8 nt + 2 tig (+ 1); element e of column block nt at offset state_at(nt, e) of a [kPs][kN] block. In the wgmma
-  // sweep these are warpgroup warp / 4's accumulators of a 64 x kN / 2 product, in the same places.
+  // The warp's state: channels 16 (warp % (kPs / 16)) + gid and + 8 of the slice, half of the columns (WarpState). In
+  // the wgmma sweep these are warpgroup warp / 4's accumulators of a 64 x kN / 2 product, in the same places.
   T* state_s = reinterpret_cast<T*>(smem + Lay::kState);
   float* D_s = reinterpret_cast<float*>(smem + Lay::kD);
   const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
-  const auto state_at = [&](int nt, int e) { return (c_row + 8 * (e / 2)) * kN + n0 + 8 * nt + 2 * tig + e % 2; };
+  const WarpState<kN, Lay::kHalfN> share{c_row, n0, tig};
+  const long bh_at = ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;  // of a [b, h, p, n] state
   float S[Lay::kHalfN / 8][4];
   // The state entering the block's first step: the initial state (or zeros), and, after the first span, carried
   // through the spans before this one. The state-only launch starts each span from zeros.
-  const float* init = kOutputs && a.initial_state
-                          ? a.initial_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN
-                          : nullptr;
-#pragma unroll
-  for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) S[nt][e] = init ? init[state_at(nt, e)] : 0.f;
-  if (kOutputs) {
-    for (int i = 0; i < span; ++i) {
-      const float decay = expf(span_log_decay[i]);
-      const float* local = span_state(i) + p0 * kN;
-#pragma unroll
-      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) S[nt][e] = decay * S[nt][e] + local[state_at(nt, e)];
-    }
-  }
+  share.load(S, kOutputs && a.initial_state ? a.initial_state + bh_at : nullptr);
+  if (kOutputs)
+    for (int i = 0; i < span; ++i) share.fold(S, expf(span_log_decay[i]), span_state(i) + p0 * kN);
   // The state rounded to 16 bits (training: in two 16-bit parts, the second in the buffer after the first) into
   // [kPs][kN] buffer j % 2, where step j's outputs read it.
   const auto state_buffer = [&](int j) { return state_s + (j & 1) * kParts * BC::elements(kPs); };
@@ -430,12 +450,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
     if (kTrain && kOutputs && j * kSpan % d.q == 0) {
       // The state entering chunk j kSpan / q, kept for the backward (the chunk-parallel forward's state pass writes
       // the same).
-      float* to = a.states + ((static_cast<long>(bi) * d.c + j * kSpan / d.q) * d.h + hi) * d.p * kN + p0 * kN;
-#pragma unroll
-      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-        *reinterpret_cast<float2*>(to + state_at(nt, 0)) = make_float2(S[nt][0], S[nt][1]);
-        *reinterpret_cast<float2*>(to + state_at(nt, 2)) = make_float2(S[nt][2], S[nt][3]);
-      }
+      share.store(S, a.states + ((static_cast<long>(bi) * d.c + j * kSpan / d.q) * d.h + hi) * d.p * kN + p0 * kN);
     }
 
     if (!kOutputs && threadIdx.x == 0) {
@@ -652,13 +667,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
 
   // The last span's state is the final state; the others' local states go to the workspace for the second launch.
   if (kOutputs && span + 1 < sp.count) return;
-  float* fin = kOutputs ? a.final_state + ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN
-                        : span_state(span) + p0 * kN;
-#pragma unroll
-  for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-    *reinterpret_cast<float2*>(fin + state_at(nt, 0)) = make_float2(S[nt][0], S[nt][1]);
-    *reinterpret_cast<float2*>(fin + state_at(nt, 2)) = make_float2(S[nt][2], S[nt][3]);
-  }
+  share.store(S, kOutputs ? a.final_state + bh_at : span_state(span) + p0 * kN);
   if (!kOutputs && slice == 0 && threadIdx.x == 0) span_log_decay[span] = static_cast<float>(log_decay);
 }
 
@@ -760,47 +769,24 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
   };
 
   const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
-  const auto state_at = [&](int nt, int e) { return (c_row + 8 * (e / 2)) * kN + n0 + 8 * nt + 2 * tig + e % 2; };
+  const WarpState<kN, Lay::kHalfN> share{c_row, n0, tig};
   const long bh_at = ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;  // of a [b, h, p, n] state
   const auto chunk_at = [&](int ci) { return ((static_cast<long>(bi) * d.c + ci) * d.h + hi) * d.p * kN + p0 * kN; };
-  const auto load = [&](float (&to)[Lay::kHalfN / 8][4], const float* from) {
-#pragma unroll
-    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-      const float2 v0 = from ? *reinterpret_cast<const float2*>(from + state_at(nt, 0)) : make_float2(0.f, 0.f);
-      const float2 v1 = from ? *reinterpret_cast<const float2*>(from + state_at(nt, 2)) : make_float2(0.f, 0.f);
-      to[nt][0] = v0.x, to[nt][1] = v0.y, to[nt][2] = v1.x, to[nt][3] = v1.y;
-    }
-  };
-  const auto store = [&](const float (&from)[Lay::kHalfN / 8][4], float* to) {
-#pragma unroll
-    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-      *reinterpret_cast<float2*>(to + state_at(nt, 0)) = make_float2(from[nt][0], from[nt][1]);
-      *reinterpret_cast<float2*>(to + state_at(nt, 2)) = make_float2(from[nt][2], from[nt][3]);
-    }
-  };
   // Where a span's local gradient and log-decay go (the first launch) and come from (the second).
   const auto span_grad = [&](int k) {
     return span_grads + ((static_cast<long>(bi) * sp.count + k) * d.h + hi) * d.p * kN;
   };
   float G[Lay::kHalfN / 8][4];
-  load(G, kOutputs && dfinal ? dfinal + bh_at : nullptr);
-  if (kOutputs) {
-    for (int k = sp.count - 1; k > span; --k) {
-      const float decay = expf(span_grad(0)[k]);
-      const float* local = span_grad(k) + p0 * kN;
-#pragma unroll
-      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) G[nt][e] = decay * G[nt][e] + local[state_at(nt, e)];
-    }
-  }
+  share.load(G, kOutputs && dfinal ? dfinal + bh_at : nullptr);
+  if (kOutputs)
+    for (int k = sp.count - 1; k > span; --k) share.fold(G, expf(span_grad(0)[k]), span_grad(k) + p0 * kN);
   // Whether step j ends its chunk, and the state leaving the chunk whose end the sweep meets next (the last chunk's:
   // the final state), loaded a chunk ahead of its use.
   const auto ends_chunk = [&](int j) { return j == steps_of(d.l) - 1 || (j + 1) * kSpan % d.q == 0; };
   const auto leaving = [&](int ci) { return ci + 1 < d.c ? a.states + chunk_at(ci + 1) : a.final_state + bh_at; };
   float S[Lay::kHalfN / 8][4];
   const int j_last = first + steps - 1, c_last = j_last * kSpan / d.q - (ends_chunk(j_last) ? 0 : 1);
-  if (kOutputs && c_last >= 0) load(S, leaving(c_last));
+  if (kOutputs && c_last >= 0) share.load(S, leaving(c_last));
   double log_decay = 0.;  // of the span, summed by thread 0 in the gradient-only launch
 
   for (int i = 0; i + 1 < kStages; ++i) issue(i);
@@ -821,7 +807,7 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
     if (kOutputs && ends_chunk(j)) {
       // Step j ends chunk ci: G is the gradient of the state leaving it.
       const int ci = j * kSpan / d.q;
-      store(G, dstates + chunk_at(ci));
+      share.store(G, dstates + chunk_at(ci));
       float part = 0.f;
 #pragma unroll
       for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
@@ -861,14 +847,14 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
     }
     // The next chunk end's state, loaded after the products rather than beside the stores of G (ncu at hovle: the
     // instructions after those stores and loads waited on the memory pipeline, 20% of the stall samples).
-    if (next_S >= 0) load(S, leaving(next_S));
+    if (next_S >= 0) share.load(S, leaving(next_S));
   }
   staged();  // the empty groups
   if (!kOutputs) {
-    store(G, span_grad(span) + p0 * kN);
+    share.store(G, span_grad(span) + p0 * kN);
     if (slice == 0 && threadIdx.x == 0) span_grad(0)[span] = static_cast<float>(log_decay);
   } else if (span == 0 && dinitial) {
-    store(G, dinitial + bh_at);
+    share.store(G, dinitial + bh_at);
   }
 }
 
@@ -898,6 +884,12 @@ decltype(auto) with_sizes(int n, int ps, Fn&& fn) {
     }
   };
   return ps == 64 ? with_n(std::integral_constant<int, 64>{}) : with_n(std::integral_constant<int, 80>{});
+}
+
+// Whether both sweeps have instances for these sizes: 64 or 80 channels per slice, chunks of whole 64-token steps
+// (a step never spans two chunks), state size 64, 80 or 128.
+bool sweep_sizes(const SsdScanShape& s) {
+  return slice_of(s.p) != 0 && s.q % kSpan == 0 && (s.n == 64 || s.n == 80 || s.n == 128);
 }
 
 // The (row, head, slice) blocks of a sweep without spans.
@@ -956,7 +948,7 @@ std::optional<SweepPlan> plan(const SsdScanForward& f) {
   const bool training = f.y_ssm != nullptr;
   if (f.dtype == ElementType::f32 || f.seg || when == Setting::never || (training && !sweep_for_training()))
     return std::nullopt;
-  if (ps == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return std::nullopt;
+  if (!sweep_sizes(s)) return std::nullopt;
   if (!aligned16(f.x) || !aligned16(f.B) || !aligned16(f.C) || (f.z && !aligned16(f.z)) || !aligned16(f.out) ||
       !aligned16(f.final_state) || (f.initial_state && !aligned16(f.initial_state)) ||
       (training && (!aligned16(f.y_ssm) || !aligned16(f.states))))
@@ -1021,37 +1013,39 @@ void launch(const SsdScanForward& f, const SweepPlan& p, cudaStream_t stream) {
   launch<T, kN, kPs, false, false>(f, p.spans, stream);
 }
 
-// Whether the backward's state gradient takes the reverse sweep (16-bit, which the caller checks, with the tensor-core
-// kernels; then the forward sweep's own conditions but y_ssm, and aligned gradients). CARVE_SSD_SWEEP_GRAD=0 keeps the
-// chunk-level product and the state pass (comparisons); CARVE_SSD_FUSED applies as to the forward.
-bool state_grad_sweeps(const SsdScanBackward& b) {
+// The reverse sweep's spans for the backward's state gradient, or nothing where it does not take it (16-bit, which
+// the caller checks, with the tensor-core kernels; then the forward sweep's own conditions but y_ssm, and aligned
+// gradients). Decided once per backward, as plan() per forward. CARVE_SSD_SWEEP_GRAD=0 keeps the chunk-level product
+// and the state pass (comparisons); CARVE_SSD_FUSED applies as to the forward.
+std::optional<SweepSpans> state_grad_plan(const SsdScanBackward& b) {
   const SsdScanForward& f = *b.fwd;
   const SsdScanShape& s = f.shape;
   const Setting when = setting();
   const char* v = std::getenv("CARVE_SSD_SWEEP_GRAD");
-  if (f.dtype == ElementType::f32 || f.seg || when == Setting::never || (v && std::string(v) == "0")) return false;
-  if (slice_of(s.p) == 0 || s.q % kSpan != 0 || (s.n != 64 && s.n != 80 && s.n != 128)) return false;
+  if (f.dtype == ElementType::f32 || f.seg || when == Setting::never || (v && std::string(v) == "0"))
+    return std::nullopt;
+  if (!sweep_sizes(s)) return std::nullopt;
   const auto aligned8 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; };
   if (!aligned16(b.dy) || !aligned16(b.dy_lo) || !aligned16(f.C) || !aligned8(f.states) || !aligned8(f.final_state) ||
       !aligned8(b.dstates) || (b.dfinal_state && !aligned8(b.dfinal_state)) ||
       (b.dinitial_state && !aligned8(b.dinitial_state)))
-    return false;
+    return std::nullopt;
   const size_t bytes = with_sizes(s.n, slice_of(s.p), [](auto kN, auto kPs) {
     return GradLayout<__half, kN, kPs>::kBytes;
   });
-  if (bytes > max_shared_per_block()) return false;
+  if (bytes > max_shared_per_block()) return std::nullopt;
   const SweepSpans sp = spans_of(s);
-  if (sp.count > 1 && !b.span_grads) return false;
+  if (sp.count > 1 && !b.span_grads) return std::nullopt;
   // Where the (row, head, slice, span) blocks fill less than half the GPU the chunk-level kernels are faster (as for
   // the forward sweep).
-  return when == Setting::always || head_blocks(s) * sp.count * 2 >= sm_count();
+  if (when != Setting::always && head_blocks(s) * sp.count * 2 < sm_count()) return std::nullopt;
+  return sp;
 }
 
 template <typename T, int kN, int kPs>
-void launch_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
+void launch_state_grad(const SsdScanBackward& b, const SweepSpans& sp, cudaStream_t stream) {
   using Lay = GradLayout<T, kN, kPs>;
   const SsdScanForward& f = *b.fwd;
-  const SweepSpans sp = spans_of(f.shape);
   const long blocks = head_blocks(f.shape);
   const auto run = [&](auto kernel, long count) {
     allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
@@ -1067,18 +1061,19 @@ void launch_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
 }  // namespace
 
 size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s) {
-  if (slice_of(s.p) == 0 || s.q % kSpan != 0) return 0;
+  if (!sweep_sizes(s)) return 0;
   const SweepSpans sp = spans_of(s);
   return sp.count > 1 ? static_cast<size_t>(s.b) * sp.count * s.h * s.p * s.n : 0;
 }
 
-bool ssd_fused_state_grad_takes(const SsdScanBackward& b) { return state_grad_sweeps(b); }
+bool ssd_fused_state_grad_takes(const SsdScanBackward& b) { return state_grad_plan(b).has_value(); }
 
 bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
-  if (!state_grad_sweeps(b)) return false;
+  const std::optional<SweepSpans> sp = state_grad_plan(b);
+  if (!sp) return false;
   with_sizes(b.fwd->shape.n, slice_of(b.fwd->shape.p), [&](auto kN, auto kPs) {
-    if (b.fwd->dtype == ElementType::bf16) launch_state_grad<__nv_bfloat16, kN, kPs>(b, stream);
-    else launch_state_grad<__half, kN, kPs>(b, stream);
+    if (b.fwd->dtype == ElementType::bf16) launch_state_grad<__nv_bfloat16, kN, kPs>(b, *sp, stream);
+    else launch_state_grad<__half, kN, kPs>(b, *sp, stream);
   });
   return true;
 }

@@ -268,13 +268,17 @@ class GatedNormFunction : public torch::autograd::Function<GatedNormFunction> {
 
 bool built() { return true; }
 
+// Stands for the buffers a scan would allocate, when only which kernels it takes is asked: fresh allocations are
+// aligned like this, and the kernels' choices read only their alignment.
+namespace {
+alignas(16) float fresh_buffer[4];
+}  // namespace
+
 SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   kernels::SsdScanForward f = forward_args(scan_tensors(in));
-  // The outputs and workspaces the forward would allocate are fresh, so aligned like this.
-  alignas(16) static float fresh_output[4];
-  f.out = fresh_output, f.final_state = fresh_output;
-  if (training) f.y_ssm = fresh_output, f.states = fresh_output;
+  f.out = fresh_buffer, f.final_state = fresh_buffer;
+  if (training) f.y_ssm = fresh_buffer, f.states = fresh_buffer;
   switch (kernels::ssd_scan_forward_kernels(f)) {
     case kernels::SsdForwardKernels::sweep: return SsdForwardPath::sweep;
     case kernels::SsdForwardKernels::sweep_wgmma: return SsdForwardPath::sweep_wgmma;
@@ -286,8 +290,6 @@ SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
 bool ssd_scan_backward_sweeps(const SsdInputs& in) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   kernels::SsdScanForward f = forward_args(scan_tensors(in));
-  // The buffers the forward and the backward would allocate are fresh, so aligned like this.
-  alignas(16) static float fresh_buffer[4];
   f.out = fresh_buffer, f.final_state = fresh_buffer, f.y_ssm = fresh_buffer, f.states = fresh_buffer;
   kernels::SsdScanBackward b;
   b.fwd = &f, b.dy = fresh_buffer, b.dy_lo = fresh_buffer, b.dstates = fresh_buffer;
