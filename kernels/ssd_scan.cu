@@ -15,7 +15,7 @@
  * cores instead: chunk_state_tc and chunk_cb_tc (ssd_scan_tc.cuh), and the output, dx, dC and dB as instances of one
  * pair kernel (ssd_pair_tc.cuh); with heads sharing a group, dCB on tensor cores too (chunk_dcb_tc), otherwise it
  * is never made. Where they apply, the sweeps of ssd_scan_fused.h replace the forward's chunk-level kernels (versions
- * 8-12) and the backward's entering-state gradient and state pass (version 13).
+ * 8-12) and the backward's entering-state gradient and state pass (version 13) and its dx (version 14).
  */
 #include "kernels/ssd_scan.h"
 
@@ -729,9 +729,10 @@ void backward_entering_grad(const SsdScanBackward& bw, const ScanDims& d, bool t
 // The backward's products after the state pass (dstates then holds each chunk's local-state gradient): dx and the
 // dt gradient through dt' x, then dC and dB. On tensor cores (version 4) with the pair kernel; with heads sharing
 // a group, dC and dB read the (dy . x) block summed over the group's heads from the dcb buffer (chunk_dcb_tc, version
-// 5). Version 1 runs all of them on the CUDA-core tile product.
+// 5). Version 1 runs all of them on the CUDA-core tile product. dx_made: the reverse sweep made dx (version 14).
 template <typename T>
-void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor_cores, cudaStream_t stream) {
+void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor_cores, bool dx_made,
+                       cudaStream_t stream) {
   const SsdScanForward& f = *bw.fwd;
   const T* x = static_cast<const T*>(f.x);
   const T* B = static_cast<const T*>(f.B);
@@ -751,7 +752,7 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
       dx.cb_source = d.r > 1 ? CbSource::Load : CbSource::Compute, dx.cb = f.cb;
       dx.x = x, dx.D = f.D, dx.D_per_channel = f.D_per_channel, dx.out = static_cast<T*>(bw.dx), dx.ddt_u = bw.ddt_u;
       dx.vector = vector, dx.pairs = vector && aligned(bw.dx, 4);
-      chunk_pair_tc<T, PairKind::Dx>(with_chunk(dx, d, f.seg), stream);
+      if (!dx_made) chunk_pair_tc<T, PairKind::Dx>(with_chunk(dx, d, f.seg), stream);
       ChunkPairTc<T> dC{};
       if (d.r > 1) {  // the (dy . x) block summed over the group's heads, which dC and dB then read
         ChunkDcbTc<T> dcb{};
@@ -814,9 +815,10 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
   CARVE_CUDA_CHECK(cudaMemsetAsync(bw.dyy, 0, ws.per_token * sizeof(float), stream));
   launch_gate_backward<T>(bw, d, stream);
 
-  // The gradient of the state leaving each chunk: one reverse sweep per head (version 13, ssd_scan_fused.h), or each
-  // chunk's own part, then the pass over chunks.
-  if (!(tensor_cores && ssd_fused_state_grad(bw, stream))) {  // ssd_scan_backward_sweeps says which
+  // The gradient of the state leaving each chunk: one reverse sweep per head (version 13, ssd_scan_fused.h; with dx
+  // since version 14), or each chunk's own part, then the pass over chunks. ssd_scan_backward_sweeps says which.
+  const SsdBackwardSweeps sweeps = tensor_cores ? ssd_fused_state_grad(bw, stream) : SsdBackwardSweeps::none;
+  if (sweeps == SsdBackwardSweeps::none) {
     backward_entering_grad<T>(bw, d, tensor_cores, stream);
     const long pn = (long)d.p * d.n;
     state_pass_backward_kernel<<<dim3(ceil_div(pn, kPassThreads), d.b * d.h), kPassThreads, 0, stream>>>(
@@ -824,7 +826,7 @@ void backward_typed(const SsdScanBackward& bw, cudaStream_t stream) {
     CARVE_CUDA_CHECK_LAUNCH();
   }
 
-  backward_products<T>(bw, d, tensor_cores, stream);
+  backward_products<T>(bw, d, tensor_cores, sweeps == SsdBackwardSweeps::state_grad_and_dx, stream);
 
   dt_backward_kernel<T><<<(unsigned)((long)d.b * d.h * d.c), scan_threads(d.q), 0, stream>>>(
       d, static_cast<const T*>(f.dt), f.A, f.dt_bias, f.dt_softplus, f.dtp, bw.dyy, bw.ddt_u, bw.end_term,
@@ -897,8 +899,9 @@ SsdForwardKernels ssd_scan_forward_kernels(const SsdScanForward& f) {
   return ssd_fused_forward_kernels(f);
 }
 
-bool ssd_scan_backward_sweeps(const SsdScanBackward& b) {
-  return b.fwd->dtype != ElementType::f32 && use_tensor_cores(b.fwd->shape) && ssd_fused_state_grad_takes(b);
+SsdBackwardSweeps ssd_scan_backward_sweeps(const SsdScanBackward& b) {
+  if (b.fwd->dtype == ElementType::f32 || !use_tensor_cores(b.fwd->shape)) return SsdBackwardSweeps::none;
+  return ssd_fused_backward_sweeps(b);
 }
 
 size_t ssd_scan_backward_span_floats(const SsdScanForward& f) {

@@ -107,9 +107,11 @@ struct SsdScanBackward {
 void ssd_scan_backward(const SsdScanBackward& b, cudaStream_t stream);
 // The float32 elements of b.span_grads a backward of this forward may need (0 for most).
 size_t ssd_scan_backward_span_floats(const SsdScanForward& f);
-// Whether this backward's state gradient runs as one reverse sweep per head (version 13, kernels/ssd_scan_fused.h)
-// instead of the chunk-level product and the state pass.
-bool ssd_scan_backward_sweeps(const SsdScanBackward& b);
+// Which of this backward's products run as one reverse sweep per head (kernels/ssd_scan_fused.h): none (the chunk-
+// level product and the state pass, the pair kernel's dx), the state gradient (version 13), or the state gradient and
+// dx (version 14).
+enum class SsdBackwardSweeps { none, state_grad, state_grad_and_dx };
+SsdBackwardSweeps ssd_scan_backward_sweeps(const SsdScanBackward& b);
 // Whether the forward and backward of this shape and type use the cb workspace (f.cb may be null where not: the tensor-
 // core kernels with one head per group make each C.B block in registers, 134 MB at HoVLE's sizes never touched).
 bool ssd_scan_uses_cb(const SsdScanShape& s, ElementType dtype);

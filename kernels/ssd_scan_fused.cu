@@ -100,19 +100,18 @@ struct FusedLayout {
   static_assert(kStage % 16 == 0 && kD % 16 == 0 && kTokens % 16 == 0 && kCB % 16 == 0, "16-byte aligned regions");
 };
 
-// C.B tile i of a step (row block r, source block s <= r, i = r (r + 1) / 2 + s) from the step's C and B rows in
-// shared memory, stored in the accumulators' own order, [8-column half][lane][4]: a lane's four floats of each half
-// at tile[32 half + lane], so that writer and reader move them as one 16-byte access.
+// The 16 x 16 tile of a step's products of rows [16 r, + 16) of `rows` with rows [16 s, + 16) of `cols` (both
+// [kSpan][kN] in shared memory), stored in the accumulators' own order, [8-column half][lane][4]: a lane's four floats
+// of each half at tile[32 half + lane], so that writer and reader move them as one 16-byte access.
 template <typename TC, int kN, typename T, typename Layout>
-__device__ __forceinline__ void make_cb_tile(const T* Cs, const T* Bs, Layout lay, int i, float4* tile) {
-  const int r = (i >= 1) + (i >= 3) + (i >= 6), s = i - r * (r + 1) / 2;
+__device__ __forceinline__ void make_pair_tile(const T* rows, int r, const T* cols, int s, Layout lay, float4* tile) {
   // Even and odd k steps in separate accumulators: four chains of products in flight instead of two.
   float acc[2][2][4] = {};
 #pragma unroll
   for (int kk = 0; kk < kN / 16; ++kk) {
     uint32_t aa[4], bb[2][2];
-    ldsm_a(aa, Cs, lay, 16 * r, 16 * kk);
-    ldsm_b_pair(bb, Bs, lay, 16 * kk, 16 * s);
+    ldsm_a(aa, rows, lay, 16 * r, 16 * kk);
+    ldsm_b_pair(bb, cols, lay, 16 * kk, 16 * s);
     TC::mma(acc[kk & 1][0], aa, bb[0][0], bb[0][1]);
     TC::mma(acc[kk & 1][1], aa, bb[1][0], bb[1][1]);
   }
@@ -121,6 +120,20 @@ __device__ __forceinline__ void make_cb_tile(const T* Cs, const T* Bs, Layout la
   for (int nt = 0; nt < 2; ++nt)
     tile[32 * nt + lane] = make_float4(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1],
                                        acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
+}
+
+// Tile i of a step's kTiles on or below the diagonal: block r and block s <= r, i = r (r + 1) / 2 + s.
+struct TriangleTile {
+  int r, s;
+  __device__ explicit TriangleTile(int i) : r((i >= 1) + (i >= 3) + (i >= 6)), s(i - r * (r + 1) / 2) {}
+};
+static_assert(kRowBlocks == 4, "TriangleTile decodes the 10 tiles of 4 row blocks");
+
+// C.B tile i of a step (row block r, source block s <= r: C_r . B_s) from the step's C and B rows.
+template <typename TC, int kN, typename T, typename Layout>
+__device__ __forceinline__ void make_cb_tile(const T* Cs, const T* Bs, Layout lay, int i, float4* tile) {
+  const TriangleTile t(i);
+  make_pair_tile<TC, kN>(Cs, t.r, Bs, t.s, lay, tile);
 }
 
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
@@ -222,6 +235,23 @@ struct WarpState {
     for (int nt = 0; nt < kCols / 8; ++nt) {
       *reinterpret_cast<float2*>(to + at(nt, 0)) = make_float2(v[nt][0], v[nt][1]);
       *reinterpret_cast<float2*>(to + at(nt, 2)) = make_float2(v[nt][2], v[nt][3]);
+    }
+  }
+  // v rounded to 16 bits in kParts parts (split_pack), part k into the [kPs][kN] tile at to + k * part_elements,
+  // placed by Layout: where the products read the state (or its gradient) as an operand.
+  template <typename TC, int kParts, typename Layout, typename T>
+  __device__ void store_parts(const Values& v, T* to, int part_elements) const {
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; ++nt) {
+      const int col = n0 + 8 * nt + 2 * tig;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int at = Layout::at(c_row + 8 * half, col);
+        uint32_t part[kParts];
+        split_pack<TC>(v[nt][2 * half], v[nt][2 * half + 1], part);
+#pragma unroll
+        for (int k = 0; k < kParts; ++k) *reinterpret_cast<uint32_t*>(to + k * part_elements + at) = part[k];
+      }
     }
   }
   // v <- decay v + local: a span's local state (or gradient) stitched onto what enters it.
@@ -383,21 +413,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
   // The state rounded to 16 bits (training: in two 16-bit parts, the second in the buffer after the first) into
   // [kPs][kN] buffer j % 2, where step j's outputs read it.
   const auto state_buffer = [&](int j) { return state_s + (j & 1) * kParts * BC::elements(kPs); };
-  const auto store_state = [&](T* to) {
-#pragma unroll
-    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt) {
-      const int col = n0 + 8 * nt + 2 * tig;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int at = BC::at(c_row + 8 * half, col);
-        uint32_t part[kParts];
-        split_pack<TC>(S[nt][2 * half], S[nt][2 * half + 1], part);
-#pragma unroll
-        for (int k = 0; k < kParts; ++k)
-          *reinterpret_cast<uint32_t*>(to + k * BC::elements(kPs) + at) = part[k];
-      }
-    }
-  };
+  const auto store_state = [&](T* to) { share.template store_parts<TC, kParts, BC>(S, to, BC::elements(kPs)); };
   store_state(state_buffer(first));
   double log_decay = 0.;  // of the span, summed by thread 0 in the state-only launch
   for (int i = threadIdx.x; i < kPs; i += blockDim.x)
@@ -707,33 +723,66 @@ __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward 
 // sweeps every span but the first from a zero gradient, leaving its local gradient in span_grads at slot `span`
 // ([b, spans, h, p, n]) and its log-decay in float at slot 0, element `span` of the (row, head)'s p x n block; the
 // second starts each span from the gradient stitched from the spans after it and from dfinal.
-template <typename T, int kN, int kPs>
+//
+// kDx (version 14, with kOutputs): the same sweep also makes dx. Per step, with G the gradient of the state leaving
+// it and U_s the gradient of dt'_s x_s,
+//   U_s = exp(L_last - L_s) G B_s + sum_{l >= s in the step} (B_s . C_l) exp(L_l - L_s) (dy_l + dy_lo_l)
+//   dx_s = dt'_s U_s + D dy_s, and x_s . U_s added to ddt_u (the dt gradient's term)
+// which is the forward sweep's output with time reversed: B for C, C for B, dy for x, G for the state. The chunk-
+// parallel dx kernel read the chunk's G from dstates and made each product per 64-row tile; here G is on chip and
+// the step's B.C tiles are made once, spread over the warps, as the forward makes its C.B tiles. The products take
+// the forward's precision: G and the weighted B.C values in two 16-bit parts, dy's rest times the weights' first.
+// G enters the products through one buffer: a second barrier per step keeps its readers and the next step's writers
+// apart (two buffers would not fit beside the three stages at state size 128).
+template <typename T, int kN, int kPs, bool kDx>
 struct GradLayout {
-  using BC = TileLayout<kN, false>;   // C rows [kSpan][kN]
+  using BC = TileLayout<kN, false>;   // C and B rows [kSpan][kN], G's parts [kPs][kN]
   using XZ = TileLayout<kPs, false>;  // dy and dy_lo rows [kSpan][kPs]
   static constexpr int kWarps = kPs / 8;
-  static constexpr int kHalfN = kN / 2;
-  // One stage: C rows, dy rows, dy_lo rows, the cumsum before the step's first token and at each of its tokens.
+  static_assert(!kDx || kWarps >= kOutWarps, "every warp holds G; the first kOutWarps also make dx");
+  // One stage: C rows, (kDx) B rows, dy rows, dy_lo rows, the cumsum before the step's first token and at each of its
+  // tokens, (kDx) dt'.
   static constexpr size_t kC = 0;
-  static constexpr size_t kDy = kC + sizeof(T) * BC::elements(kSpan);
+  static constexpr size_t kB = kC + sizeof(T) * BC::elements(kSpan);
+  static constexpr size_t kDy = kB + (kDx ? sizeof(T) * BC::elements(kSpan) : 0);
   static constexpr size_t kDyLo = kDy + sizeof(T) * XZ::elements(kSpan);
   static constexpr size_t kCum = kDyLo + sizeof(T) * XZ::elements(kSpan);
-  static constexpr size_t kStage = kCum + sizeof(double) * (kSpan + 2);
-  // exp(L_t) per token, twice: this step's, and the next one's being made.
-  static constexpr size_t kE = kStages * kStage;
-  static constexpr size_t kBytes = kE + 2 * sizeof(float) * kSpan;
-  static_assert(kStage % 16 == 0 && kE % 16 == 0, "16-byte aligned regions");
+  static constexpr size_t kDt = kCum + sizeof(double) * (kSpan + 2);
+  static constexpr size_t kStage = kDt + (kDx ? sizeof(float) * kSpan : 0);
+  // Per-token values (GradTokens), twice: this step's, and the next one's being made.
+  static constexpr int kTokenArrays = kDx ? 4 : 1;
+  static constexpr size_t kTokens = kStages * kStage;
+  // kDx: G leaving the step in two 16-bit parts, D per channel, and the step's B.C tiles twice (this step's, the
+  // next one's being made), as FusedLayout's C.B tiles.
+  static constexpr size_t kG = kTokens + 2 * sizeof(float) * kTokenArrays * kSpan;
+  static constexpr size_t kD = kG + (kDx ? 2 * sizeof(T) * BC::elements(kPs) : 0);
+  static constexpr size_t kCB = kD + (kDx ? sizeof(float) * kPs : 0);
+  static constexpr size_t kBytes = kCB + (kDx ? 2 * sizeof(float) * kTiles * kTileFloats : 0);
+  static_assert(kStage % 16 == 0 && kTokens % 16 == 0 && kG % 16 == 0 && kCB % 16 == 0, "16-byte aligned regions");
 };
 
-template <typename T, int kN, int kPs, bool kOutputs>
-__global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
+// A step's per-token values in the reverse sweep, L from the step's start: E_t = exp(L_t), G's decay to token t;
+// with kDx also L_t log2 e (a B.C value's weight for row s and source l is 2^(L_l - L_s), one ex2), R_t =
+// exp(L_last - L_t) (G's term's scale for row t) and dt'_t.
+struct GradTokens {
+  float* E;
+  float* L;
+  float* R;
+  float* dt;
+  __device__ GradTokens(float* base) : E(base), L(base + kSpan), R(base + 2 * kSpan), dt(base + 3 * kSpan) {}
+};
+
+template <typename T, int kN, int kPs, bool kOutputs, bool kDx>
+__global__ void __launch_bounds__(GradLayout<T, kN, kPs, kDx>::kWarps * 32)
     ssd_state_grad_sweep_kernel(SsdScanForward a, ScanDims d, SweepSpans sp, const T* dy, const T* dy_lo,
                                 const float* dfinal, float* dstates, float* dinitial, float* end_term,
-                                float* span_grads) {
-  using Lay = GradLayout<T, kN, kPs>;
+                                float* span_grads, T* dx, float* ddt_u) {
+  static_assert(kOutputs || !kDx, "dx comes with the launch with outputs");
+  using Lay = GradLayout<T, kN, kPs, kDx>;
   using BC = typename Lay::BC;
   using XZ = typename Lay::XZ;
   using TC = TensorCore<T>;
+  constexpr int kHalfN = kN / 2, kHalfPs = kPs / 2;  // a warp's share: half of G's columns, half of dx's channels
   extern __shared__ __align__(16) unsigned char smem[];
   // The gradient-only launch has no block for the first span.
   const SweepBlock blk = kOutputs ? SweepBlock(d, kPs, sp.count, 0) : SweepBlock(d, kPs, sp.count - 1, 1);
@@ -743,7 +792,8 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
   const int first = span * sp.steps, steps = min(steps_of(d.l), first + sp.steps) - first;
   const int bc_row = d.g * kN, x_row = d.h * d.p;
   const T* const C_rows = static_cast<const T*>(a.C) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
-  const long slice_at = (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;  // of dy and dy_lo at token 0
+  const T* const B_rows = static_cast<const T*>(a.B) + (static_cast<long>(bi) * d.l * d.g + gi) * kN;
+  const long slice_at = (static_cast<long>(bi) * d.l * d.h + hi) * d.p + p0;  // of dy, dy_lo, x and dx at token 0
   const long token_base = (static_cast<long>(bi) * d.h + hi) * d.c * d.q;   // of dt_prepare's [b, h, c, q]
   const StepPieces<kN, BC, Lay::kWarps * 32> c_pieces(bc_row);
   const StepPieces<kPs, XZ, Lay::kWarps * 32> dy_pieces(x_row);
@@ -755,36 +805,78 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
       unsigned char* st = stage(i);
       const int t0 = (first + steps - 1 - i) * kSpan, rows = d.l - t0;
       c_pieces.copy(reinterpret_cast<T*>(st + Lay::kC), C_rows + static_cast<long>(t0) * bc_row, rows);
+      if (kDx) c_pieces.copy(reinterpret_cast<T*>(st + Lay::kB), B_rows + static_cast<long>(t0) * bc_row, rows);
       dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDy), dy + slice_at + static_cast<long>(t0) * x_row, rows);
       dy_pieces.copy(reinterpret_cast<T*>(st + Lay::kDyLo), dy_lo + slice_at + static_cast<long>(t0) * x_row, rows);
       copy_step_cum(reinterpret_cast<double*>(st + Lay::kCum), a.cum, token_base + t0, t0 % d.q);
+      // (dt' = 0 past the end: dt_prepare's workspace holds every chunk's q tokens.)
+      if (kDx && threadIdx.x < kSpan)
+        copy_async<4>(reinterpret_cast<float*>(st + Lay::kDt) + threadIdx.x, a.dtp + token_base + t0 + threadIdx.x,
+                      true);
     }
     commit_copies();
   };
-  float* E_s = reinterpret_cast<float*>(smem + Lay::kE);
-  const auto make_E = [&](int i) {
-    const double* cum_s = reinterpret_cast<const double*>(stage(i) + Lay::kCum);
-    for (int t = threadIdx.x; t < kSpan; t += blockDim.x)
-      E_s[(i & 1) * kSpan + t] = expf(static_cast<float>(cum_s[t + 1] - cum_s[0]));
+  float* const tokens_s = reinterpret_cast<float*>(smem + Lay::kTokens);
+  const auto tokens_of = [&](int i) { return GradTokens(tokens_s + (i & 1) * Lay::kTokenArrays * kSpan); };
+  // Iteration i's per-token values into buffer i % 2: E (and L) by one kSpan threads, R and dt' by the next.
+  const auto make_tokens = [&](int i) {
+    const unsigned char* st = stage(i);
+    const double* cum_s = reinterpret_cast<const double*>(st + Lay::kCum);
+    const GradTokens tv = tokens_of(i);
+    for (int k = threadIdx.x; k < (kDx ? 2 : 1) * kSpan; k += blockDim.x) {
+      const int t = k % kSpan;
+      const float Lt = static_cast<float>(cum_s[t + 1] - cum_s[0]);
+      if (k < kSpan) {
+        tv.E[t] = expf(Lt);
+        if (kDx) tv.L[t] = Lt * 1.44269504f;  // log2 e
+      } else {
+        tv.R[t] = expf(static_cast<float>(cum_s[kSpan] - cum_s[0]) - Lt);
+        tv.dt[t] = reinterpret_cast<const float*>(st + Lay::kDt)[t];
+      }
+    }
+  };
+  // kDx: iteration i's B.C tiles into buffer i % 2, spread over the warps as the forward's make_cb. Tile i holds rows
+  // of block 3 - r of B and sources of block 3 - s of C (TriangleTile's r >= s: sources at or after the rows), so that
+  // row block rb's tiles are the 4 - rb from (3 - rb) (4 - rb) / 2 on, its sources from the last block back. The warps
+  // of the first row blocks, with the most sources, make the fewest tiles.
+  const int cb_slot = warp >= kOutWarps ? warp - kOutWarps
+                                        : Lay::kWarps - kOutWarps + 2 * (kRowBlocks - 1 - warp % kRowBlocks) +
+                                              warp / kRowBlocks;
+  auto make_bc = [&](int i) {
+    const unsigned char* st = stage(i);
+    const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
+    const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
+    float4* cb_s = reinterpret_cast<float4*>(smem + Lay::kCB) + (i & 1) * kTiles * kTileVectors;
+    for (int k = cb_slot; k < kTiles; k += Lay::kWarps) {
+      const TriangleTile t(k);
+      make_pair_tile<TC, kN>(Bs, kRowBlocks - 1 - t.r, Cs, kRowBlocks - 1 - t.s, BC{}, cb_s + k * kTileVectors);
+    }
   };
 
-  const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = Lay::kHalfN * (warp / (kPs / 16));
-  const WarpState<kN, Lay::kHalfN> share{c_row, n0, tig};
+  const int c_row = 16 * (warp % (kPs / 16)) + gid, n0 = kHalfN * (warp / (kPs / 16));
+  const WarpState<kN, kHalfN> share{c_row, n0, tig};
   const long bh_at = ((static_cast<long>(bi) * d.h + hi) * d.p + p0) * kN;  // of a [b, h, p, n] state
   const auto chunk_at = [&](int ci) { return ((static_cast<long>(bi) * d.c + ci) * d.h + hi) * d.p * kN + p0 * kN; };
   // Where a span's local gradient and log-decay go (the first launch) and come from (the second).
   const auto span_grad = [&](int k) {
     return span_grads + ((static_cast<long>(bi) * sp.count + k) * d.h + hi) * d.p * kN;
   };
-  float G[Lay::kHalfN / 8][4];
+  float G[kHalfN / 8][4];
   share.load(G, kOutputs && dfinal ? dfinal + bh_at : nullptr);
   if (kOutputs)
     for (int k = sp.count - 1; k > span; --k) share.fold(G, expf(span_grad(0)[k]), span_grad(k) + p0 * kN);
+  T* const g_s = reinterpret_cast<T*>(smem + Lay::kG);
+  float* const D_s = reinterpret_cast<float*>(smem + Lay::kD);
+  if constexpr (kDx) {
+    share.template store_parts<TC, 2, BC>(G, g_s, BC::elements(kPs));
+    for (int c = threadIdx.x; c < kPs; c += blockDim.x)
+      D_s[c] = a.D ? a.D[a.D_per_channel ? hi * d.p + p0 + c : hi] : 0.f;
+  }
   // Whether step j ends its chunk, and the state leaving the chunk whose end the sweep meets next (the last chunk's:
   // the final state), loaded a chunk ahead of its use.
   const auto ends_chunk = [&](int j) { return j == steps_of(d.l) - 1 || (j + 1) * kSpan % d.q == 0; };
   const auto leaving = [&](int ci) { return ci + 1 < d.c ? a.states + chunk_at(ci + 1) : a.final_state + bh_at; };
-  float S[Lay::kHalfN / 8][4];
+  float S[kHalfN / 8][4];
   const int j_last = first + steps - 1, c_last = j_last * kSpan / d.q - (ends_chunk(j_last) ? 0 : 1);
   if (kOutputs && c_last >= 0) share.load(S, leaving(c_last));
   double log_decay = 0.;  // of the span, summed by thread 0 in the gradient-only launch
@@ -792,13 +884,17 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
   for (int i = 0; i + 1 < kStages; ++i) issue(i);
   staged_but<kStages - 2>();  // the first step's tokens
   __syncthreads();
-  make_E(0);
+  make_tokens(0);
+  if (kDx) make_bc(0);
   for (int i = 0; i < steps; ++i) {
     const int j = first + steps - 1 - i;
     staged_but<0>();  // this thread's copies of iterations i and i + 1
-    __syncthreads();  // everyone's, and iteration i's exp(L_t); every warp is done with iteration i - 1
+    __syncthreads();  // everyone's, and iteration i's token values (and tiles); every warp is done with iteration i - 1
     issue(i + kStages - 1);
-    if (i + 1 < steps) make_E(i + 1);
+    if (i + 1 < steps) {
+      make_tokens(i + 1);
+      if (kDx) make_bc(i + 1);
+    }
     if (!kOutputs && threadIdx.x == 0) {
       const double* cum_s = reinterpret_cast<const double*>(stage(i) + Lay::kCum);
       log_decay += cum_s[kSpan] - cum_s[0];
@@ -810,7 +906,7 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
       share.store(G, dstates + chunk_at(ci));
       float part = 0.f;
 #pragma unroll
-      for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+      for (int nt = 0; nt < kHalfN / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) part += G[nt][e] * S[nt][e];
       part = warp_sum(part);
@@ -821,10 +917,83 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
     const T* Cs = reinterpret_cast<const T*>(st + Lay::kC);
     const T* DYs = reinterpret_cast<const T*>(st + Lay::kDy);
     const T* LOs = reinterpret_cast<const T*>(st + Lay::kDyLo);
-    const float* E = E_s + (i & 1) * kSpan;
-    const float decay = E[kSpan - 1];
+    const GradTokens tv = tokens_of(i);
+
+    // kDx: U for rows [16 rb, + 16) of the step and channels [ch0, + kPs / 2), as the forward's outputs.
+    const int rb = warp % kRowBlocks, ch0 = kHalfPs * (warp / kRowBlocks);
+    const int r0 = 16 * rb + gid, r1 = r0 + 8;
+    [[maybe_unused]] float U[kHalfPs / 8][4];
+    [[maybe_unused]] uint32_t x_pairs[2][kHalfPs / 8];  // x of rows r0, r1 for x . U, loaded now, used last
+    if (kDx && warp < kOutWarps) {
 #pragma unroll
-    for (int nt = 0; nt < Lay::kHalfN / 8; ++nt)
+      for (int half = 0; half < 2; ++half) {
+        const int t = j * kSpan + (half ? r1 : r0);
+#pragma unroll
+        for (int jp = 0; jp < kHalfPs / 8; ++jp)
+          x_pairs[half][jp] = t < d.l ? __ldg(reinterpret_cast<const unsigned int*>(
+                                            static_cast<const T*>(a.x) + slice_at + static_cast<long>(t) * x_row +
+                                            ch0 + 8 * jp + 2 * tig))
+                                      : 0u;
+      }
+      // G's term, G's two parts in two chains, scaled per row once in.
+      const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
+      float U_lo[kHalfPs / 8][4];
+#pragma unroll
+      for (int jp = 0; jp < kHalfPs / 8; ++jp)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) U[jp][e] = U_lo[jp][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kN / 16; ++kk) {
+        uint32_t aB[4];
+        ldsm_a(aB, Bs, BC{}, 16 * rb, 16 * kk);
+        mma_across_at<false>(U, aB, g_s, BC{}, 16 * kk, ch0);
+        mma_across_at<false>(U_lo, aB, g_s + BC::elements(kPs), BC{}, 16 * kk, ch0);
+      }
+      // The row block's tiles, sources from the last block back to the row block's own.
+      const int tri = kRowBlocks - 1 - rb;
+      const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) + (i & 1) * kTiles * kTileVectors +
+                           tri * (tri + 1) / 2 * kTileVectors;
+      float bc[kRowBlocks][2][4];
+#pragma unroll
+      for (int k = 0; k < kRowBlocks; ++k) {
+        if (k > tri) break;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const float4 v = cb_s[k * kTileVectors + 32 * nt + lane];
+          bc[k][nt][0] = v.x, bc[k][nt][1] = v.y, bc[k][nt][2] = v.z, bc[k][nt][3] = v.w;
+        }
+      }
+      const float e0 = tv.R[r0], e1 = tv.R[r1];
+#pragma unroll
+      for (int jp = 0; jp < kHalfPs / 8; ++jp)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) U[jp][e] = (e < 2 ? e0 : e1) * (U[jp][e] + U_lo[jp][e]);
+      const float L0 = tv.L[r0], L1 = tv.L[r1];
+#pragma unroll
+      for (int k = 0; k < kRowBlocks; ++k) {
+        if (k > tri) break;
+        const int sb = kRowBlocks - 1 - k;  // the sources' block
+        uint32_t aw[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const int src = 16 * sb + 8 * nt + 2 * tig;
+          const float2 l = *reinterpret_cast<const float2*>(tv.L + src);
+          uint32_t row0[2], row1[2];
+          split_pack<TC>(bc[k][nt][0] * (src >= r0 ? exp2_ftz(l.x - L0) : 0.f),
+                         bc[k][nt][1] * (src + 1 >= r0 ? exp2_ftz(l.y - L0) : 0.f), row0);
+          split_pack<TC>(bc[k][nt][2] * (src >= r1 ? exp2_ftz(l.x - L1) : 0.f),
+                         bc[k][nt][3] * (src + 1 >= r1 ? exp2_ftz(l.y - L1) : 0.f), row1);
+#pragma unroll
+          for (int p = 0; p < 2; ++p) aw[p][2 * nt] = row0[p], aw[p][2 * nt + 1] = row1[p];
+        }
+        mma_across_at<true, 2>(U, aw, DYs, XZ{}, 16 * sb, ch0);
+        mma_across_at<true>(U, aw[0], LOs, XZ{}, 16 * sb, ch0);  // dy's rest times the weights' first part
+      }
+    }
+
+    const float decay = tv.E[kSpan - 1];
+#pragma unroll
+    for (int nt = 0; nt < kHalfN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) G[nt][e] *= decay;
 #pragma unroll
@@ -834,8 +1003,8 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
       ldsm_a_kmajor(yh, DYs, XZ{}, c_row - gid, 16 * ks);
       ldsm_a_kmajor(yl, LOs, XZ{}, c_row - gid, 16 * ks);
       const int s = 16 * ks + 2 * tig;
-      const float2 e01 = *reinterpret_cast<const float2*>(E + s);
-      const float2 e89 = *reinterpret_cast<const float2*>(E + s + 8);
+      const float2 e01 = *reinterpret_cast<const float2*>(tv.E + s);
+      const float2 e89 = *reinterpret_cast<const float2*>(tv.E + s + 8);
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const float2 h = TC::unpack(yh[r]), l = TC::unpack(yl[r]), e = r < 2 ? e01 : e89;
@@ -844,6 +1013,38 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs>::kWarps * 32)
         ay[0][r] = part[0], ay[1][r] = part[1];
       }
       mma_across_at<true, 2>(G, ay, Cs, BC{}, 16 * ks, n0);
+    }
+
+    if (kDx && warp < kOutWarps) {
+      // dx = dt' U + D (dy + dy_lo), and x . U over the block's channels into ddt_u (the 4 lanes of a row add theirs;
+      // the other half of the channels and the head's other slices add to the same token).
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = half ? r1 : r0, t = j * kSpan + r;
+        float xu = 0.f;
+        if (t < d.l) {
+          T* out = dx + slice_at + static_cast<long>(t) * x_row;
+          const float w = tv.dt[r];
+#pragma unroll
+          for (int jp = 0; jp < kHalfPs / 8; ++jp) {
+            const int pc = ch0 + 8 * jp + 2 * tig;
+            const float2 yv = TC::unpack(pair_at(DYs + XZ::at(r, pc), 0));
+            const float2 lv = TC::unpack(pair_at(LOs + XZ::at(r, pc), 0));
+            const float2 xv = TC::unpack(x_pairs[half][jp]);
+            const float u0 = U[jp][2 * half], u1 = U[jp][2 * half + 1];
+            *reinterpret_cast<uint32_t*>(out + pc) =
+                TC::pack(w * u0 + D_s[pc] * (yv.x + lv.x), w * u1 + D_s[pc + 1] * (yv.y + lv.y));
+            xu += xv.x * u0 + xv.y * u1;
+          }
+        }
+        xu += __shfl_xor_sync(0xffffffffu, xu, 1);
+        xu += __shfl_xor_sync(0xffffffffu, xu, 2);
+        if (t < d.l && tig == 0) atomicAdd(ddt_u + token_base + t, xu);
+      }
+    }
+    if (kDx) {
+      __syncthreads();  // every reader of G's buffer is done with this step's
+      share.template store_parts<TC, 2, BC>(G, g_s, BC::elements(kPs));
     }
     // The next chunk end's state, loaded after the products rather than beside the stores of G (ncu at hovle: the
     // instructions after those stores and loads waited on the memory pipeline, 20% of the stall samples).
@@ -1013,11 +1214,27 @@ void launch(const SsdScanForward& f, const SweepPlan& p, cudaStream_t stream) {
   launch<T, kN, kPs, false, false>(f, p.spans, stream);
 }
 
-// The reverse sweep's spans for the backward's state gradient, or nothing where it does not take it (16-bit, which
+// The most shared memory a block may opt into on any GPU (compute capability 9.0 and 10.0: 227 KB).
+constexpr size_t kLargestSharedPerBlock = 227 * 1024;
+
+// Whether the reverse sweep also makes dx (version 14) where it fits: CARVE_SSD_SWEEP_DX=0 keeps dx on the chunk-
+// parallel pair kernel (comparisons).
+bool sweep_for_dx() {
+  const char* v = std::getenv("CARVE_SSD_SWEEP_DX");
+  return !(v && std::string(v) == "0");
+}
+
+struct GradPlan {
+  SweepSpans spans;
+  bool dx = false;  // the launch with outputs also makes dx and x . U (kDx)
+};
+
+// The reverse sweep's plan for the backward's state gradient, or nothing where it does not take it (16-bit, which
 // the caller checks, with the tensor-core kernels; then the forward sweep's own conditions but y_ssm, and aligned
 // gradients). Decided once per backward, as plan() per forward. CARVE_SSD_SWEEP_GRAD=0 keeps the chunk-level product
-// and the state pass (comparisons); CARVE_SSD_FUSED applies as to the forward.
-std::optional<SweepSpans> state_grad_plan(const SsdScanBackward& b) {
+// and the state pass (comparisons); CARVE_SSD_FUSED applies as to the forward. dx joins it where its block fits in
+// shared memory (not at state size 128 with 80-channel slices) and its rows are aligned.
+std::optional<GradPlan> state_grad_plan(const SsdScanBackward& b) {
   const SsdScanForward& f = *b.fwd;
   const SsdScanShape& s = f.shape;
   const Setting when = setting();
@@ -1030,32 +1247,51 @@ std::optional<SweepSpans> state_grad_plan(const SsdScanBackward& b) {
       !aligned8(b.dstates) || (b.dfinal_state && !aligned8(b.dfinal_state)) ||
       (b.dinitial_state && !aligned8(b.dinitial_state)))
     return std::nullopt;
-  const size_t bytes = with_sizes(s.n, slice_of(s.p), [](auto kN, auto kPs) {
-    return GradLayout<__half, kN, kPs>::kBytes;
-  });
-  if (bytes > max_shared_per_block()) return std::nullopt;
-  const SweepSpans sp = spans_of(s);
-  if (sp.count > 1 && !b.span_grads) return std::nullopt;
+  const auto bytes = [&](auto dx) {
+    return with_sizes(s.n, slice_of(s.p), [](auto kN, auto kPs) {
+      return GradLayout<__half, kN, kPs, decltype(dx)::value>::kBytes;
+    });
+  };
+  if (bytes(std::false_type{}) > max_shared_per_block()) return std::nullopt;
+  GradPlan p;
+  p.spans = spans_of(s);
+  if (p.spans.count > 1 && !b.span_grads) return std::nullopt;
   // Where the (row, head, slice, span) blocks fill less than half the GPU the chunk-level kernels are faster (as for
   // the forward sweep).
-  if (when != Setting::always && head_blocks(s) * sp.count * 2 < sm_count()) return std::nullopt;
-  return sp;
+  if (when != Setting::always && head_blocks(s) * p.spans.count * 2 < sm_count()) return std::nullopt;
+  // (launch_state_grad builds dx's instances only where they fit within kLargestSharedPerBlock.)
+  const size_t dx_bytes = bytes(std::true_type{});
+  p.dx = sweep_for_dx() && dx_bytes <= max_shared_per_block() && dx_bytes <= kLargestSharedPerBlock &&
+         aligned16(f.B) && aligned16(f.x) &&
+         reinterpret_cast<uintptr_t>(b.dx) % 4 == 0;
+  return p;
 }
 
 template <typename T, int kN, int kPs>
-void launch_state_grad(const SsdScanBackward& b, const SweepSpans& sp, cudaStream_t stream) {
-  using Lay = GradLayout<T, kN, kPs>;
+void launch_state_grad(const SsdScanBackward& b, const GradPlan& p, cudaStream_t stream) {
   const SsdScanForward& f = *b.fwd;
   const long blocks = head_blocks(f.shape);
-  const auto run = [&](auto kernel, long count) {
-    allow_dynamic_shared(reinterpret_cast<const void*>(kernel), Lay::kBytes);
-    kernel<<<static_cast<unsigned>(blocks * count), Lay::kWarps * 32, Lay::kBytes, stream>>>(
-        f, dims_of(f.shape), sp, static_cast<const T*>(b.dy), static_cast<const T*>(b.dy_lo), b.dfinal_state,
-        b.dstates, b.dinitial_state, b.end_term, b.span_grads);
+  const auto run = [&](auto kernel, size_t bytes, long count) {
+    allow_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
+    kernel<<<static_cast<unsigned>(blocks * count), kPs / 8 * 32, bytes, stream>>>(
+        f, dims_of(f.shape), p.spans, static_cast<const T*>(b.dy), static_cast<const T*>(b.dy_lo), b.dfinal_state,
+        b.dstates, b.dinitial_state, b.end_term, b.span_grads, static_cast<T*>(b.dx), b.ddt_u);
     CARVE_CUDA_CHECK_LAUNCH();
   };
-  if (sp.count > 1) run(ssd_state_grad_sweep_kernel<T, kN, kPs, false>, sp.count - 1);
-  run(ssd_state_grad_sweep_kernel<T, kN, kPs, true>, sp.count);
+  const int spans = p.spans.count;
+  if (spans > 1)
+    run(ssd_state_grad_sweep_kernel<T, kN, kPs, false, false>, GradLayout<T, kN, kPs, false>::kBytes, spans - 1);
+  // (State size 128 with 80-channel slices and dx needs 235 KB, past any GPU's 227: that instance is not built.)
+  if constexpr (GradLayout<T, kN, kPs, true>::kBytes <= kLargestSharedPerBlock) {
+    if (p.dx)
+      return run(ssd_state_grad_sweep_kernel<T, kN, kPs, true, true>, GradLayout<T, kN, kPs, true>::kBytes, spans);
+  }
+  run(ssd_state_grad_sweep_kernel<T, kN, kPs, true, false>, GradLayout<T, kN, kPs, false>::kBytes, spans);
+}
+
+SsdBackwardSweeps sweeps_of(const std::optional<GradPlan>& p) {
+  if (!p) return SsdBackwardSweeps::none;
+  return p->dx ? SsdBackwardSweeps::state_grad_and_dx : SsdBackwardSweeps::state_grad;
 }
 
 }  // namespace
@@ -1066,16 +1302,16 @@ size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s) {
   return sp.count > 1 ? static_cast<size_t>(s.b) * sp.count * s.h * s.p * s.n : 0;
 }
 
-bool ssd_fused_state_grad_takes(const SsdScanBackward& b) { return state_grad_plan(b).has_value(); }
+SsdBackwardSweeps ssd_fused_backward_sweeps(const SsdScanBackward& b) { return sweeps_of(state_grad_plan(b)); }
 
-bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
-  const std::optional<SweepSpans> sp = state_grad_plan(b);
-  if (!sp) return false;
+SsdBackwardSweeps ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream) {
+  const std::optional<GradPlan> p = state_grad_plan(b);
+  if (!p) return SsdBackwardSweeps::none;
   with_sizes(b.fwd->shape.n, slice_of(b.fwd->shape.p), [&](auto kN, auto kPs) {
-    if (b.fwd->dtype == ElementType::bf16) launch_state_grad<__nv_bfloat16, kN, kPs>(b, *sp, stream);
-    else launch_state_grad<__half, kN, kPs>(b, *sp, stream);
+    if (b.fwd->dtype == ElementType::bf16) launch_state_grad<__nv_bfloat16, kN, kPs>(b, *p, stream);
+    else launch_state_grad<__half, kN, kPs>(b, *p, stream);
   });
-  return true;
+  return sweeps_of(p);
 }
 
 size_t ssd_fused_forward_span_floats(const SsdScanForward& f) {

@@ -56,12 +56,15 @@ bool ssd_fused_forward(const SsdScanForward& f, cudaStream_t stream);
 // where it takes this backward (16-bit on the tensor-core kernels, which the caller checks; no packed samples; the
 // forward sweep's sizes; enough blocks): writes dstates (the gradient of the state leaving each chunk), adds each
 // chunk's <G, S> to end_term (zeroed by the caller) and writes dinitial_state, instead of the chunk-level entering-
-// state gradient and the state pass. Says whether it did. CARVE_SSD_SWEEP_GRAD=0 turns it off (comparisons).
+// state gradient and the state pass. Where its block fits in shared memory (not at state size 128 with head dim 80)
+// the same sweep also writes dx and adds x . U to ddt_u (zeroed by the caller), instead of the pair kernel's dx
+// (version 14). Says which it did (none where it does not take this backward). CARVE_SSD_SWEEP_GRAD=0 turns it off,
+// CARVE_SSD_SWEEP_DX=0 keeps dx out of it (comparisons).
 // In spans where the (row, head, slice) blocks are few (as the forward sweep), with b.span_grads holding
 // ssd_fused_state_grad_span_floats floats.
-bool ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream);
-// Whether ssd_fused_state_grad takes this backward.
-bool ssd_fused_state_grad_takes(const SsdScanBackward& b);
+SsdBackwardSweeps ssd_fused_state_grad(const SsdScanBackward& b, cudaStream_t stream);
+// What ssd_fused_state_grad would do with this backward.
+SsdBackwardSweeps ssd_fused_backward_sweeps(const SsdScanBackward& b);
 // The floats of b.span_grads a backward of this shape needs (0 where it takes no spans).
 size_t ssd_fused_state_grad_span_floats(const SsdScanShape& s);
 

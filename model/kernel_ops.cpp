@@ -62,10 +62,10 @@ SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   return fused::ssd_scan_forward_path(in, training);
 }
 
-bool ssd_scan_backward_sweeps(const SsdInputs& in) {
-  if (!uses_fused_kernels(in.x)) return false;
-  validate_ssd_inputs(in, "ssd_scan_backward_sweeps");
-  return fused::ssd_scan_backward_sweeps(in);
+SsdBackwardPath ssd_scan_backward_path(const SsdInputs& in) {
+  if (!uses_fused_kernels(in.x)) return SsdBackwardPath::reference;
+  validate_ssd_inputs(in, "ssd_scan_backward_path");
+  return fused::ssd_scan_backward_path(in);
 }
 
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state) {

@@ -39,9 +39,11 @@ SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state);
 // (kernels/ssd_scan.h): for tests and benchmarks that must know which forward they measured.
 enum class SsdForwardPath { reference, chunk_parallel, sweep, sweep_wgmma };
 SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training = false);
-// Whether the kernels' backward of these inputs computes the state gradient as one reverse sweep per head
-// (kernels/ssd_scan.h); false where the reference runs.
-bool ssd_scan_backward_sweeps(const SsdInputs& in);
+// Which backward the kernels run for these inputs (kernels/ssd_scan.h): the reference (no kernels), the chunk-level
+// kernels, the state gradient as one reverse sweep per head (version 13), or the state gradient and dx in that sweep
+// (version 14): for tests and benchmarks that must know which backward they measured.
+enum class SsdBackwardPath { reference, chunk_parallel, state_grad_sweep, state_grad_and_dx_sweep };
+SsdBackwardPath ssd_scan_backward_path(const SsdInputs& in);
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state);
 CausalConvOutputs causal_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                               bool silu, const torch::Tensor& seq_idx = {}, const torch::Tensor& initial_state = {});
@@ -56,7 +58,7 @@ namespace fused {
 bool built();
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state);
 SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training);
-bool ssd_scan_backward_sweeps(const SsdInputs& in);
+SsdBackwardPath ssd_scan_backward_path(const SsdInputs& in);
 torch::Tensor ssd_decode_step(const SsdStepInputs& in, torch::Tensor& state);
 CausalConvOutputs causal_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                               bool silu, const torch::Tensor& seq_idx, const torch::Tensor& initial_state);

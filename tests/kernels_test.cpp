@@ -177,10 +177,17 @@ void check_scan(const ScanCase& c, torch::ScalarType type, uint64_t seed,
     ASSERT_EQ(static_cast<int>(model::ssd_scan_forward_path(fused, true)),
               static_cast<int>(sweeps ? model::SsdForwardPath::sweep : model::SsdForwardPath::chunk_parallel))
         << describe(c, type) << ", training";
-    // So does the backward's state gradient (version 13's reverse sweep), unless CARVE_SSD_SWEEP_GRAD=0.
-    const char* grad_sweep = std::getenv("CARVE_SSD_SWEEP_GRAD");
-    ASSERT_EQ(model::ssd_scan_backward_sweeps(fused),
-              *path != model::SsdForwardPath::chunk_parallel && !(grad_sweep && std::string(grad_sweep) == "0"))
+    // So does the backward's state gradient (version 13's reverse sweep), unless CARVE_SSD_SWEEP_GRAD=0, and dx with
+    // it (version 14; every sweep case fits), unless CARVE_SSD_SWEEP_DX=0.
+    const auto off = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v && std::string(v) == "0";
+    };
+    model::SsdBackwardPath backward = model::SsdBackwardPath::chunk_parallel;
+    if (*path != model::SsdForwardPath::chunk_parallel && !off("CARVE_SSD_SWEEP_GRAD"))
+      backward = off("CARVE_SSD_SWEEP_DX") ? model::SsdBackwardPath::state_grad_sweep
+                                           : model::SsdBackwardPath::state_grad_and_dx_sweep;
+    ASSERT_EQ(static_cast<int>(model::ssd_scan_backward_path(fused)), static_cast<int>(backward))
         << describe(c, type) << ", backward";
   }
   const auto want = scan_with_grads(ref, gy, gf, false);
@@ -313,6 +320,10 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
         EnvScope per_head("CARVE_SSD_SWEEP_CB", "0");
         check_scan(c, torch::kBFloat16, seed++, path(c));
       }
+      if (c.p == 128 && !wgmma) {  // the reverse sweep without dx (as where dx does not fit), the pair kernel's dx
+        EnvScope pair_dx("CARVE_SSD_SWEEP_DX", "0");
+        check_scan(c, torch::kBFloat16, seed++, path(c));
+      }
     }
     for (const auto& [c, spans] : span_cases) {
       EnvScope span_count("CARVE_SSD_SPANS", spans);
@@ -331,12 +342,13 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
     const model::SsdForwardPath p = model::ssd_scan_forward_path(i);
     return p == model::SsdForwardPath::sweep || p == model::SsdForwardPath::sweep_wgmma;
   };
+  const auto backward = [](const SsdInputs& i) { return static_cast<int>(model::ssd_scan_backward_path(i)); };
   EXPECT_TRUE(sweeps(in));
-  EXPECT_TRUE(model::ssd_scan_backward_sweeps(in));
+  EXPECT_EQ(backward(in), static_cast<int>(model::SsdBackwardPath::state_grad_and_dx_sweep));
   in.seq_idx = torch::zeros({1, 128}, opts.dtype(torch::kInt));
   EXPECT_EQ(static_cast<int>(model::ssd_scan_forward_path(in)),
             static_cast<int>(model::SsdForwardPath::chunk_parallel));
-  EXPECT_FALSE(model::ssd_scan_backward_sweeps(in));
+  EXPECT_EQ(backward(in), static_cast<int>(model::SsdBackwardPath::chunk_parallel));
   in.seq_idx = Tensor();
   // State size 128 with Phi-2's head dim needs more shared memory than a block has (236 KB on compute capability 9.0).
   SsdInputs wide = in;
@@ -345,7 +357,7 @@ TEST(SsdKernel, SweepForwardMatchesFloat64Reference) {
   EXPECT_FALSE(sweeps(wide));
   EnvScope never("CARVE_SSD_FUSED", "0");
   EXPECT_FALSE(sweeps(in));
-  EXPECT_FALSE(model::ssd_scan_backward_sweeps(in));
+  EXPECT_EQ(backward(in), static_cast<int>(model::SsdBackwardPath::chunk_parallel));
 }
 
 // The final state of a prefix continues into the rest: two calls equal one.

@@ -287,14 +287,19 @@ SsdForwardPath ssd_scan_forward_path(const SsdInputs& in, bool training) {
   return SsdForwardPath::chunk_parallel;
 }
 
-bool ssd_scan_backward_sweeps(const SsdInputs& in) {
+SsdBackwardPath ssd_scan_backward_path(const SsdInputs& in) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   kernels::SsdScanForward f = forward_args(scan_tensors(in));
   f.out = fresh_buffer, f.final_state = fresh_buffer, f.y_ssm = fresh_buffer, f.states = fresh_buffer;
   kernels::SsdScanBackward b;
-  b.fwd = &f, b.dy = fresh_buffer, b.dy_lo = fresh_buffer, b.dstates = fresh_buffer;
+  b.fwd = &f, b.dy = fresh_buffer, b.dy_lo = fresh_buffer, b.dstates = fresh_buffer, b.dx = fresh_buffer;
   if (kernels::ssd_scan_backward_span_floats(f)) b.span_grads = fresh_buffer;
-  return kernels::ssd_scan_backward_sweeps(b);
+  switch (kernels::ssd_scan_backward_sweeps(b)) {
+    case kernels::SsdBackwardSweeps::state_grad: return SsdBackwardPath::state_grad_sweep;
+    case kernels::SsdBackwardSweeps::state_grad_and_dx: return SsdBackwardPath::state_grad_and_dx_sweep;
+    case kernels::SsdBackwardSweeps::none: break;
+  }
+  return SsdBackwardPath::chunk_parallel;
 }
 
 SsdOutputs ssd_scan(const SsdInputs& in, bool want_final_state) {

@@ -12,7 +12,7 @@ namespace {
 bool built() { return false; }
 SsdOutputs ssd_scan(const SsdInputs&, bool) { absent(); }
 SsdForwardPath ssd_scan_forward_path(const SsdInputs&, bool) { absent(); }
-bool ssd_scan_backward_sweeps(const SsdInputs&) { absent(); }
+SsdBackwardPath ssd_scan_backward_path(const SsdInputs&) { absent(); }
 torch::Tensor ssd_decode_step(const SsdStepInputs&, torch::Tensor&) { absent(); }
 CausalConvOutputs causal_conv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, bool,
                               const torch::Tensor&, const torch::Tensor&) {
