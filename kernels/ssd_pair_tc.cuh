@@ -22,7 +22,7 @@
  * e_row (times dt'_s for DB, which then skips the epilogue's dt') in registers on their way into the tensor cores.
  *
  * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an
- * Output without y_ssm) once per element by the whole block, 64 output columns at a time, into the Q, V and extra
+ * Output without y_ssm and, by default, for DC and DB: ChunkPairTc::parts) once per element by the whole block, 64 output columns at a time, into the Q, V and extra
  * tiles (free until the source tiles), each thread loading 8 x 4 elements before it splits any. (When each warp
  * split its own fragments from global memory, this product was 60% of the output kernel's time; ncu, hovle.) Then,
  * for each 64-token source tile, the (P . Q) block for the warp's 16 rows (or, for Output with heads sharing a
@@ -81,6 +81,9 @@ struct ChunkPairTc {
   float* ddt_u;          // Dx: x_s . U_s per token
   bool vector;           // 16-byte row copies (widths multiples of 8, aligned bases)
   bool pairs;            // the epilogue takes two columns at a time, V's rows and extra from shared memory
+  // DC and DB: the parts of their computed operands. They feed no other gradient, so kInferenceParts serves them
+  // (the decay gradient reads y_ssm and dx's terms; kParts says why those take two).
+  int parts = kParts;
 };
 
 // A float64 exponent held as two floats, hi + lo. The weights W(row, src) = exp(L_l - L_s) (dt'_s) are computed as
@@ -267,8 +270,8 @@ __device__ __forceinline__ void projection_epilogue(const float (&acc)[kTcMaxDim
 
 // DC's and DB's inter-chunk term with heads sharing a group: acc += sum over the group's heads j of
 // e_j,row P_j,row . S'_j^T, 64 output columns at a time (stage_inter puts S'_j's into the parts' tiles `st`). e depends
-// on the head, so each head's A fragments are scaled in registers and split into two parts; the parts' products are
-// A's high part times every part of S' and A's low part times S''s high part (P + 1 products per fragment).
+// on the head, so each head's A fragments are scaled in registers and split into P parts; the parts' products are
+// A's part i times S''s part k for i + k < P (with two parts: 3 products per fragment; with one: 1).
 //
 // With 16-byte rows, the first batch of the next (head, 64 columns) step's S' is loaded into registers before this
 // step's products, so its latency hides behind them (load_kmajor, put_kmajor: the kernel's batches of k-major rows).
@@ -331,28 +334,28 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
 #pragma unroll
       for (int kk = 0; kk < kTcMaxDim / 16; ++kk) {
         if (16 * kk >= lay.k16) break;
-        uint32_t af[4], scaled[2][4];
+        uint32_t af[4], scaled[P][4];
         load_a_fragment(af, ps, lay.ldk, 16 * warp, 16 * kk);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {  // registers 0 and 2 hold row r0, 1 and 3 row r0 + 8 (mma.cuh)
           const float2 v = TC::unpack(af[i]);
           const float w = i & 1 ? e[1] : e[0];
-          float first[2], second[2];  // the register's two elements, each as two parts
+          float first[P], second[P];  // the register's two elements, each as P parts
           split<T>(v.x * w, first);
           split<T>(v.y * w, second);
-          scaled[0][i] = TC::pack(first[0], second[0]);
-          scaled[1][i] = TC::pack(first[1], second[1]);
+#pragma unroll
+          for (int k = 0; k < P; ++k) scaled[k][i] = TC::pack(first[k], second[k]);
         }
 #pragma unroll
         for (int jj = 0; jj < kTcRows / 8; ++jj) {
           const int jc = half * (kTcRows / 8) + jj;
           if (8 * jc >= lay.n16) break;
 #pragma unroll
-          for (int k = 0; k < P; ++k) {
+          for (int k = 0; k < P; ++k) {  // A's part i times S''s part k where i + k < P
             uint32_t b0, b1;
             load_b_fragment_kmajor(b0, b1, st[k], lay.ld_inter, 16 * kk, 8 * jj);
-            TC::mma(acc[jc], scaled[0], b0, b1);
-            if (k == 0) TC::mma(acc[jc], scaled[1], b0, b1);
+#pragma unroll
+            for (int i = 0; i + k < P; ++i) TC::mma(acc[jc], scaled[i], b0, b1);
           }
         }
       }
@@ -361,7 +364,7 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
 }
 
 // kGroup: DC or DB with group_heads (an instance of its own: the r = 1 instances keep their registers). P: the
-// parts of computed operands (kParts; an Output without y_ssm kInferenceParts).
+// parts of computed operands (kParts; an Output without y_ssm kInferenceParts; DC and DB as ChunkPairTc::parts says).
 template <typename T, PairKind K, bool kGroup, int P>
 __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairTc<T> a) {
   using TC = TensorCore<T>;
@@ -661,9 +664,14 @@ void chunk_pair_tc(const ChunkPairTc<T>& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((long)d.b * d.c * (a.group_heads ? d.g : d.h) * ceil_div(d.q, kTcRows)));
   const size_t bytes = tc_pair_layout(d, a.P.width, a.V.width, PairTraits<K>::kInterKMajor).bytes;
   if constexpr (K == PairKind::DC || K == PairKind::DB) {
+    if (a.parts == kInferenceParts) {
+      if (a.group_heads)
+        return launch_with_smem(chunk_pair_tc_kernel<T, K, true, kInferenceParts>, grid, bytes, stream, a);
+      return launch_with_smem(chunk_pair_tc_kernel<T, K, false, kInferenceParts>, grid, bytes, stream, a);
+    }
     if (a.group_heads) return launch_with_smem(chunk_pair_tc_kernel<T, K, true, kParts>, grid, bytes, stream, a);
   }
-  if constexpr (K == PairKind::Output) {  // without y_ssm no backward follows (the backward's products keep kParts)
+  if constexpr (K == PairKind::Output) {  // without y_ssm no backward follows (dx keeps kParts)
     if (!a.y_ssm) {
       return launch_with_smem(chunk_pair_tc_kernel<T, K, false, kInferenceParts>, grid, bytes, stream, a);
     }

@@ -726,6 +726,14 @@ void backward_entering_grad(const SsdScanBackward& bw, const ScanDims& d, bool t
   launch_tile_gemm(with_chunk(enter, d, f.seg), (long)d.b * d.c * d.h, stream);
 }
 
+// The parts of dC's and dB's computed operands on tensor cores (ChunkPairTc::parts): one (version 15: they feed no
+// other gradient, and Triton rounds them once too), or two with CARVE_SSD_PROJECTION_PARTS=2 (comparisons; the
+// parts before version 15).
+int projection_parts() {
+  const char* v = std::getenv("CARVE_SSD_PROJECTION_PARTS");
+  return v && std::string(v) == "2" ? kParts : kInferenceParts;
+}
+
 // The backward's products after the state pass (dstates then holds each chunk's local-state gradient): dx and the
 // dt gradient through dt' x, then dC and dB. On tensor cores (version 4) with the pair kernel; with heads sharing
 // a group, dC and dB read the (dy . x) block summed over the group's heads from the dcb buffer (chunk_dcb_tc, version
@@ -766,6 +774,7 @@ void backward_products(const SsdScanBackward& bw, const ScanDims& d, bool tensor
       dC.P = head_rows(dy, d), dC.Q = head_rows(x, d), dC.V = group_rows(B, d);
       dC.inter = f.states, dC.dtp = f.dtp, dC.cum = f.cum;
       dC.out = static_cast<T*>(bw.dC), dC.vector = vector, dC.pairs = vector && aligned(bw.dC, 4);
+      dC.parts = projection_parts();
       chunk_pair_tc<T, PairKind::DC>(with_chunk(dC, d, f.seg), stream);
       ChunkPairTc<T> dB = dC;
       dB.P = head_rows(x, d), dB.Q = head_rows(dy, d), dB.V = group_rows(C, d), dB.inter = bw.dstates;
