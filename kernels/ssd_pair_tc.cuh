@@ -21,14 +21,14 @@
  * their weights (chunk_dcb_tc), and the inter-chunk term sums over the heads, each head's P rows scaled by its own
  * e_row (times dt'_s for DB, which then skips the epilogue's dt') in registers on their way into the tensor cores.
  *
- * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an
- * Output without y_ssm and, by default, for DC and DB: ChunkPairTc::parts) once per element by the whole block, 64 output columns at a time, into the Q, V and extra
- * tiles (free until the source tiles), each thread loading 8 x 4 elements before it splits any. (When each warp
- * split its own fragments from global memory, this product was 60% of the output kernel's time; ncu, hovle.) Then,
- * for each 64-token source tile, the (P . Q) block for the warp's 16 rows (or, for Output with heads sharing a
- * group, read from the C.B buffer), weighted in registers, split into parts and multiplied into V without leaving
- * registers (mma.cuh says why the accumulator layout allows that). The diagonal tile comes last, so that V's rows of
- * the block's own tokens (x for Output, dy for Dx) are in shared memory for the epilogue.
+ * A block computes the inter-chunk term first: S' is split into 16-bit parts (kParts, or kInferenceParts for an Output
+ * without y_ssm and, by default, for DC and DB: ChunkPairTc::parts) once per element by the whole block, 64 output
+ * columns at a time, into the Q, V and extra tiles (free until the source tiles), each thread loading 8 x 4 elements
+ * before it splits any. (When each warp split its own fragments from global memory, this product was 60% of the output
+ * kernel's time; ncu, hovle.) Then, for each 64-token source tile, the (P . Q) block for the warp's 16 rows (or, for
+ * Output with heads sharing a group, read from the C.B buffer), weighted in registers, split into parts and multiplied
+ * into V without leaving registers (mma.cuh says why the accumulator layout allows that). The diagonal tile comes last,
+ * so that V's rows of the block's own tokens (x for Output, dy for Dx) are in shared memory for the epilogue.
  */
 #pragma once
 

@@ -727,7 +727,7 @@ __global__ void __launch_bounds__(kCbWarps * 32) sweep_cb_kernel(SsdScanForward 
 // kDx (version 14, with kOutputs): the same sweep also makes dx. Per step, with G the gradient of the state leaving
 // it and U_s the gradient of dt'_s x_s,
 //   U_s = exp(L_last - L_s) G B_s + sum_{l >= s in the step} (B_s . C_l) exp(L_l - L_s) (dy_l + dy_lo_l)
-//   dx_s = dt'_s U_s + D dy_s, and x_s . U_s added to ddt_u (the dt gradient's term)
+//   dx_s = dt'_s U_s + D (dy_s + dy_lo_s), and x_s . U_s added to ddt_u (the dt gradient's term)
 // which is the forward sweep's output with time reversed: B for C, C for B, dy for x, G for the state. The chunk-
 // parallel dx kernel read the chunk's G from dstates and made each product per 64-row tile; here G is on chip and
 // the step's B.C tiles are made once, spread over the warps, as the forward makes its C.B tiles. The products take
