@@ -136,6 +136,32 @@ __device__ __forceinline__ void make_cb_tile(const T* Cs, const T* Bs, Layout la
   make_pair_tile<TC, kN>(Cs, t.r, Bs, t.s, lay, tile);
 }
 
+// A warp's `count` (at most kRowBlocks) tiles from `tiles` on into registers, in the accumulators' order (a lane's
+// four floats of each 8-column half, as make_pair_tile stores them).
+__device__ __forceinline__ void load_tiles(float (&v)[kRowBlocks][2][4], const float4* tiles, int count) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int k = 0; k < kRowBlocks; ++k) {
+    if (k >= count) break;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const float4 t = tiles[k * kTileVectors + 32 * nt + lane];
+      v[k][nt][0] = t.x, v[k][nt][1] = t.y, v[k][nt][2] = t.z, v[k][nt][3] = t.w;
+    }
+  }
+}
+
+// acc <- e_row (acc + other) for accumulators of rows r0 (elements 0, 1: e0) and r0 + 8 (2, 3: e1): a product made
+// in two chains (or two parts), added once and scaled per row.
+template <int kCount>
+__device__ __forceinline__ void add_scaled(float (&acc)[kCount][4], const float (&other)[kCount][4], float e0,
+                                           float e1) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = (e < 2 ? e0 : e1) * (acc[i][e] + other[i][e]);
+}
+
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
 // difference of two nearby cumsums taken in float64): L_t and G_t = log dt'_t - L_t in base 2 (L_t log2 e and
 // log2 dt'_t - L_t log2 e), so that a source's weight for row r is 2^(L_r + G_s) = exp(L_r - L_s) dt'_s, one ex2;
@@ -611,23 +637,11 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
             mma_across_at<false>(kk % 2 ? Y_odd : Y, aC, state_in, BC{}, 16 * kk, ch0);
           }
         }
-        const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) +
-                             (j & 1) * kTiles * kTileVectors + rb * (rb + 1) / 2 * kTileVectors;
         float cb[kRowBlocks][2][4];
-#pragma unroll
-        for (int sb = 0; sb < kRowBlocks; ++sb) {
-          if (sb > rb) break;
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const float4 v = cb_s[sb * kTileVectors + 32 * nt + lane];
-            cb[sb][nt][0] = v.x, cb[sb][nt][1] = v.y, cb[sb][nt][2] = v.z, cb[sb][nt][3] = v.w;
-          }
-        }
-        const float e0 = tv.E[r0], e1 = tv.E[r1];
-#pragma unroll
-        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) Y[jp][e] = (e < 2 ? e0 : e1) * (Y[jp][e] + Y_odd[jp][e]);
+        load_tiles(cb, reinterpret_cast<const float4*>(smem + Lay::kCB) + (j & 1) * kTiles * kTileVectors +
+                           rb * (rb + 1) / 2 * kTileVectors,
+                   rb + 1);
+        add_scaled(Y, Y_odd, tv.E[r0], tv.E[r1]);
 #pragma unroll
         for (int sb = 0; sb < kRowBlocks; ++sb) {
           if (sb > rb) break;
@@ -951,23 +965,11 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs, kDx>::kWarps * 32)
       }
       // The row block's tiles, sources from the last block back to the row block's own.
       const int tri = kRowBlocks - 1 - rb;
-      const float4* cb_s = reinterpret_cast<const float4*>(smem + Lay::kCB) + (i & 1) * kTiles * kTileVectors +
-                           tri * (tri + 1) / 2 * kTileVectors;
       float bc[kRowBlocks][2][4];
-#pragma unroll
-      for (int k = 0; k < kRowBlocks; ++k) {
-        if (k > tri) break;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const float4 v = cb_s[k * kTileVectors + 32 * nt + lane];
-          bc[k][nt][0] = v.x, bc[k][nt][1] = v.y, bc[k][nt][2] = v.z, bc[k][nt][3] = v.w;
-        }
-      }
-      const float e0 = tv.R[r0], e1 = tv.R[r1];
-#pragma unroll
-      for (int jp = 0; jp < kHalfPs / 8; ++jp)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) U[jp][e] = (e < 2 ? e0 : e1) * (U[jp][e] + U_lo[jp][e]);
+      load_tiles(bc, reinterpret_cast<const float4*>(smem + Lay::kCB) + (i & 1) * kTiles * kTileVectors +
+                         tri * (tri + 1) / 2 * kTileVectors,
+                 tri + 1);
+      add_scaled(U, U_lo, tv.R[r0], tv.R[r1]);
       const float L0 = tv.L[r0], L1 = tv.L[r1];
 #pragma unroll
       for (int k = 0; k < kRowBlocks; ++k) {
