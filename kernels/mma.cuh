@@ -69,7 +69,8 @@ struct TensorCore<__half> {
 };
 
 // (x, y) as N packed pairs of 16-bit values whose sums are (x, y): part[0] rounded to T, part[1] what that left, and
-// so on (ssd_scan_tc.cuh's split, two elements at a time; N = 1 is one rounding).
+// so on (N = 1 is one rounding; ssd_scan_tc.cuh's kParts says why the kernels take two). Two elements per paired
+// conversion: converting one element at a time was 16% of the pair kernel's stall samples (ncu, dC at hovle).
 template <typename TC, int N>
 __device__ __forceinline__ void split_pack(float x, float y, uint32_t (&part)[N]) {
 #pragma unroll
@@ -192,7 +193,7 @@ __device__ __forceinline__ void load_b_fragment_kmajor(uint32_t& b0, uint32_t& b
 
 // acc[i] += A B_i for the kCount 8-column blocks B_i of a 16-row (k) operand starting at (k0, n0), two blocks per
 // ldmatrix: from a k-major tile (element (k, n) at lay.at(k, n)) or an n-major one (at lay.at(n, k)). With kParts A
-// operands (a computed value's 16-bit parts, ssd_scan_tc.cuh's split), each B fragment is loaded once and multiplied
+// operands (a computed value's 16-bit parts, split_pack), each B fragment is loaded once and multiplied
 // by every part into the same accumulator.
 template <bool kKMajor, int kParts, typename T, int kCount, typename Lay>
 __device__ __forceinline__ void mma_across_at(float (&acc)[kCount][4], const uint32_t (&a)[kParts][4], const T* tile,

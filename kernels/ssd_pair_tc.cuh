@@ -340,11 +340,10 @@ __device__ __forceinline__ void inter_over_heads(float (&acc)[kTcMaxDim / 8][4],
         for (int i = 0; i < 4; ++i) {  // registers 0 and 2 hold row r0, 1 and 3 row r0 + 8 (mma.cuh)
           const float2 v = TC::unpack(af[i]);
           const float w = i & 1 ? e[1] : e[0];
-          float first[P], second[P];  // the register's two elements, each as P parts
-          split<T>(v.x * w, first);
-          split<T>(v.y * w, second);
+          uint32_t parts[P];  // the register's two elements, as P packed parts
+          split_pack<TC>(v.x * w, v.y * w, parts);
 #pragma unroll
-          for (int k = 0; k < P; ++k) scaled[k][i] = TC::pack(first[k], second[k]);
+          for (int k = 0; k < P; ++k) scaled[k][i] = parts[k];
         }
 #pragma unroll
         for (int jj = 0; jj < kTcRows / 8; ++jj) {
@@ -424,14 +423,14 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
   // Inter-chunk term: P_row . S'^T, 64 output columns at a time, then scaled per row by e_row.
   static_assert(P <= 3, "S' parts live in the Q, V and extra tiles");
   T* const st[3] = {qs, vs, es};
-  auto put = [&](int at, const float (&v)[4]) {  // 4 consecutive elements of each part's tile from element `at`
-    float part[4][P];
+  // 4 consecutive elements of each part's tile from element `at`, split two at a time: one paired conversion per
+  // two elements and part (ncu at hovle: the element-wise conversions were 16% of dC's stall samples).
+  auto put = [&](int at, const float (&v)[4]) {
+    uint32_t lo[P], hi[P];
+    split_pack<TC>(v[0], v[1], lo);
+    split_pack<TC>(v[2], v[3], hi);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) split<T>(v[i], part[i]);
-#pragma unroll
-    for (int k = 0; k < P; ++k)
-      *reinterpret_cast<uint2*>(st[k] + at) =
-          make_uint2(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]));
+    for (int k = 0; k < P; ++k) *reinterpret_cast<uint2*>(st[k] + at) = make_uint2(lo[k], hi[k]);
   };
   constexpr int kBatch = 8;
   // k-major S' with 16-byte rows, in batches: S'[col, k] = S[k][col], tile row k holds columns c0.. (contiguous in
@@ -616,7 +615,7 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
         const int j = 2 * kk + jj;
-        float part[4][P];
+        float weight[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e < 2 ? r0 : r1, c = s0 + 8 * j + 2 * tig + (e & 1);
@@ -628,13 +627,13 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           // Without branches: a weight outside `keep` may be infinite, and the select drops it.
           float v = sc[j][e];  // with heads sharing a group, dCB holds the weights
           if (!kGroup) v *= exp2_pair(e < 2 ? row0 : row1, src_s[cq]);
-          split<T>(keep ? v : 0.f, part[e]);
+          weight[e] = keep ? v : 0.f;
         }
+        uint32_t row0[P], row1[P];  // rows r0 and r1, two sources each, in P packed parts
+        split_pack<TC>(weight[0], weight[1], row0);
+        split_pack<TC>(weight[2], weight[3], row1);
 #pragma unroll
-        for (int k = 0; k < P; ++k) {
-          w[k][2 * jj] = TC::pack(part[0][k], part[1][k]);
-          w[k][2 * jj + 1] = TC::pack(part[2][k], part[3][k]);
-        }
+        for (int k = 0; k < P; ++k) w[k][2 * jj] = row0[k], w[k][2 * jj + 1] = row1[k];
       }
       mma_kmajor_row<T, P>(acc, w, vs, lay.ldv, 16 * kk, lay.n16);
       // W's high part times V's rest, a loop of its own: inside the one above, all its fragments were loaded up front

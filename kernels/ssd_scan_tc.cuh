@@ -45,16 +45,6 @@ __host__ __device__ inline int round16(int v) { return (v + 15) / 16 * 16; }
 constexpr int kParts = 2;
 constexpr int kInferenceParts = 1;
 
-// v as part[0] + part[1] + ..., each part exactly a 16-bit value (the last one rounded).
-template <typename T, int N>
-__device__ __forceinline__ void split(float v, float (&part)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    part[i] = to_float(from_float<T>(v));
-    v -= part[i];
-  }
-}
-
 // acc[j] += a[0] B + ... + a[N - 1] B for every 8-column block j of a k-major [16 of k, n16] operand tile (the same
 // B fragment for each of the A operand's first N parts).
 template <typename T, int N>
@@ -194,14 +184,14 @@ __global__ void __launch_bounds__(kTcThreads, 4) chunk_state_tc_kernel(ChunkStat
       };
       load8(a.left, in);
       if (a.left_lo) load8(a.left_lo, lo);
-      float part[8][P];
+      const auto value = [&](int i) { return w * (to_float(in[i]) + (a.left_lo ? to_float(lo[i]) : 0.f)); };
+      uint32_t part[4][P];  // elements 2 i and 2 i + 1, in P packed parts
 #pragma unroll
-      for (int i = 0; i < 8; ++i) split<T>(w * (to_float(in[i]) + (a.left_lo ? to_float(lo[i]) : 0.f)), part[i]);
+      for (int i = 0; i < 4; ++i) split_pack<TC>(value(2 * i), value(2 * i + 1), part[i]);
 #pragma unroll
       for (int k = 0; k < P; ++k)
         *reinterpret_cast<uint4*>(xw + k * lay.xw_part + r * lay.ldx + c) =
-            make_uint4(TC::pack(part[0][k], part[1][k]), TC::pack(part[2][k], part[3][k]),
-                       TC::pack(part[4][k], part[5][k]), TC::pack(part[6][k], part[7][k]));
+            make_uint4(part[0][k], part[1][k], part[2][k], part[3][k]);
     }
     staged();
     __syncthreads();
