@@ -629,11 +629,11 @@ __global__ void __launch_bounds__(kTcThreads, 3) chunk_pair_tc_kernel(ChunkPairT
           if (!kGroup) v *= exp2_pair(e < 2 ? row0 : row1, src_s[cq]);
           weight[e] = keep ? v : 0.f;
         }
-        uint32_t row0[P], row1[P];  // rows r0 and r1, two sources each, in P packed parts
-        split_pack<TC>(weight[0], weight[1], row0);
-        split_pack<TC>(weight[2], weight[3], row1);
+        uint32_t at_r0[P], at_r1[P];  // rows r0 and r1, two sources each, in P packed parts
+        split_pack<TC>(weight[0], weight[1], at_r0);
+        split_pack<TC>(weight[2], weight[3], at_r1);
 #pragma unroll
-        for (int k = 0; k < P; ++k) w[k][2 * jj] = row0[k], w[k][2 * jj + 1] = row1[k];
+        for (int k = 0; k < P; ++k) w[k][2 * jj] = at_r0[k], w[k][2 * jj + 1] = at_r1[k];
       }
       mma_kmajor_row<T, P>(acc, w, vs, lay.ldv, 16 * kk, lay.n16);
       // W's high part times V's rest, a loop of its own: inside the one above, all its fragments were loaded up front
