@@ -162,6 +162,31 @@ __device__ __forceinline__ void add_scaled(float (&acc)[kCount][4], const float 
     for (int e = 0; e < 4; ++e) acc[i][e] = (e < 2 ? e0 : e1) * (acc[i][e] + other[i][e]);
 }
 
+// The state's term of a row block's outputs: rows [16 rb, + 16) of `rows` times the [kPs][kN] state (or its
+// gradient) in shared memory, for the kCount 8-channel blocks from ch0, in two chains of products added once in by
+// the caller (add_scaled): twice the products in flight (the sweeps wait on their products' latencies, two warps per
+// scheduler). kTwoParts: the state's two 16-bit parts, `second_part` elements after the first, a chain each;
+// otherwise one part, even and odd k steps a chain each.
+template <int kN, bool kTwoParts, typename Layout, typename T, int kCount>
+__device__ __forceinline__ void state_term(float (&acc)[kCount][4], float (&other)[kCount][4], const T* rows, int rb,
+                                           const T* state, int second_part, int ch0) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = other[i][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kN / 16; ++kk) {
+    uint32_t a[4];
+    ldsm_a(a, rows, Layout{}, 16 * rb, 16 * kk);
+    if constexpr (kTwoParts) {
+      mma_across_at<false>(acc, a, state, Layout{}, 16 * kk, ch0);
+      mma_across_at<false>(other, a, state + second_part, Layout{}, 16 * kk, ch0);
+    } else {
+      mma_across_at<false>(kk % 2 ? other : acc, a, state, Layout{}, 16 * kk, ch0);
+    }
+  }
+}
+
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
 // difference of two nearby cumsums taken in float64): L_t and G_t = log dt'_t - L_t in base 2 (L_t log2 e and
 // log2 dt'_t - L_t log2 e), so that a source's weight for row r is 2^(L_r + G_s) = exp(L_r - L_s) dt'_s, one ex2;
@@ -619,24 +644,8 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
       if (kOutputs && warp < kOutWarps) {
         // The state's term, then the step's sources in 16-token blocks up to the diagonal, each C.B tile (made a
         // step ago, make_cb) weighted in registers and fed to the product with x as the A operand.
-        // The state's term with even and odd k steps in separate accumulators, added once in: twice the chains of
-        // products in flight (the sweep waits on its products' latencies, two warps per scheduler).
         float Y_odd[Lay::kHalfPs / 8][4];
-#pragma unroll
-        for (int jp = 0; jp < Lay::kHalfPs / 8; ++jp)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) Y[jp][e] = Y_odd[jp][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < kN / 16; ++kk) {
-          uint32_t aC[4];
-          ldsm_a(aC, Cs, BC{}, 16 * rb, 16 * kk);
-          if constexpr (kTrain) {  // the state's two parts, one chain each
-            mma_across_at<false>(Y, aC, state_in, BC{}, 16 * kk, ch0);
-            mma_across_at<false>(Y_odd, aC, state_in + BC::elements(kPs), BC{}, 16 * kk, ch0);
-          } else {
-            mma_across_at<false>(kk % 2 ? Y_odd : Y, aC, state_in, BC{}, 16 * kk, ch0);
-          }
-        }
+        state_term<kN, kTrain, BC>(Y, Y_odd, Cs, rb, state_in, BC::elements(kPs), ch0);
         float cb[kRowBlocks][2][4];
         load_tiles(cb, reinterpret_cast<const float4*>(smem + Lay::kCB) + (j & 1) * kTiles * kTileVectors +
                            rb * (rb + 1) / 2 * kTileVectors,
@@ -949,20 +958,9 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs, kDx>::kWarps * 32)
                                             ch0 + 8 * jp + 2 * tig))
                                       : 0u;
       }
-      // G's term, G's two parts in two chains, scaled per row once in.
-      const T* Bs = reinterpret_cast<const T*>(st + Lay::kB);
+      // G's term (B rows times G's two parts), scaled per row once in.
       float U_lo[kHalfPs / 8][4];
-#pragma unroll
-      for (int jp = 0; jp < kHalfPs / 8; ++jp)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) U[jp][e] = U_lo[jp][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kN / 16; ++kk) {
-        uint32_t aB[4];
-        ldsm_a(aB, Bs, BC{}, 16 * rb, 16 * kk);
-        mma_across_at<false>(U, aB, g_s, BC{}, 16 * kk, ch0);
-        mma_across_at<false>(U_lo, aB, g_s + BC::elements(kPs), BC{}, 16 * kk, ch0);
-      }
+      state_term<kN, true, BC>(U, U_lo, reinterpret_cast<const T*>(st + Lay::kB), rb, g_s, BC::elements(kPs), ch0);
       // The row block's tiles, sources from the last block back to the row block's own.
       const int tri = kRowBlocks - 1 - rb;
       float bc[kRowBlocks][2][4];
