@@ -187,6 +187,34 @@ __device__ __forceinline__ void state_term(float (&acc)[kCount][4], float (&othe
   }
 }
 
+// A state update's A operand for the 16 tokens from k0: the warp's 16 channels from m0 of a [kSpan][kPs] 16-bit tile
+// (channels x tokens, read transposed), plus (with `rest`) a second tile's same elements, each token t's column
+// scaled by w[t] in float32 and split into kParts 16-bit parts: x times F_t for the forward's state, dy + dy_lo
+// times exp(L_t) for the reverse sweep's gradient.
+template <typename TC, int kParts, bool kRest, typename Layout, typename T>
+__device__ __forceinline__ void scaled_tokens(uint32_t (&a)[kParts][4], const T* tile, const T* rest, int m0, int k0,
+                                              const float* w) {
+  uint32_t v[4], lo[4];
+  ldsm_a_kmajor(v, tile, Layout{}, m0, k0);
+  if constexpr (kRest) ldsm_a_kmajor(lo, rest, Layout{}, m0, k0);
+  const int t = k0 + 2 * (threadIdx.x % 4);
+  const float2 w01 = *reinterpret_cast<const float2*>(w + t);
+  const float2 w89 = *reinterpret_cast<const float2*>(w + t + 8);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // registers 0 and 1 hold tokens t, t + 1; 2 and 3 tokens t + 8, t + 9 (mma.cuh)
+    float2 x = TC::unpack(v[i]);
+    if constexpr (kRest) {
+      const float2 l = TC::unpack(lo[i]);
+      x.x += l.x, x.y += l.y;
+    }
+    const float2 s = i < 2 ? w01 : w89;
+    uint32_t part[kParts];
+    split_pack<TC>(x.x * s.x, x.y * s.y, part);
+#pragma unroll
+    for (int k = 0; k < kParts; ++k) a[k][i] = part[k];
+  }
+}
+
 // A step's per-token values, made once per step from dt_prepare's float64 cumsums (L_t from the step's start, a
 // difference of two nearby cumsums taken in float64): L_t and G_t = log dt'_t - L_t in base 2 (L_t log2 e and
 // log2 dt'_t - L_t log2 e), so that a source's weight for row r is 2^(L_r + G_s) = exp(L_r - L_s) dt'_s, one ex2;
@@ -567,19 +595,7 @@ __global__ void __launch_bounds__(FusedLayout<T, kN, kPs, kAsync, kTrain>::kWarp
     // The state update's A operand for 16 tokens: x's rows of the step (channels x tokens, read transposed), each
     // token's column scaled by F_s before it is rounded back to 16 bits (in kParts parts).
     const auto state_operand = [&](int ks, uint32_t (&ax)[kParts][4]) {
-      uint32_t xr[4];
-      ldsm_a_kmajor(xr, Xs, XZ{}, c_row - gid, 16 * ks);
-      const int s = 16 * ks + 2 * tig;
-      const float2 f01 = *reinterpret_cast<const float2*>(tv.F + s);
-      const float2 f89 = *reinterpret_cast<const float2*>(tv.F + s + 8);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 v = TC::unpack(xr[i]), f = i < 2 ? f01 : f89;
-        uint32_t part[kParts];
-        split_pack<TC>(v.x * f.x, v.y * f.y, part);
-#pragma unroll
-        for (int k = 0; k < kParts; ++k) ax[k][i] = part[k];
-      }
+      scaled_tokens<TC, kParts, false, XZ>(ax, Xs, Xs, c_row - gid, 16 * ks, tv.F);
     };
     const float decay = tv.E[kSpan - 1];
 
@@ -998,20 +1014,8 @@ __global__ void __launch_bounds__(GradLayout<T, kN, kPs, kDx>::kWarps * 32)
       for (int e = 0; e < 4; ++e) G[nt][e] *= decay;
 #pragma unroll
     for (int ks = 0; ks < kSpan / 16; ++ks) {
-      // exp(L_t) (dy_t + dy_lo_t) for 16 tokens (channels x tokens, read transposed), in two 16-bit parts.
-      uint32_t yh[4], yl[4], ay[2][4];
-      ldsm_a_kmajor(yh, DYs, XZ{}, c_row - gid, 16 * ks);
-      ldsm_a_kmajor(yl, LOs, XZ{}, c_row - gid, 16 * ks);
-      const int s = 16 * ks + 2 * tig;
-      const float2 e01 = *reinterpret_cast<const float2*>(tv.E + s);
-      const float2 e89 = *reinterpret_cast<const float2*>(tv.E + s + 8);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float2 h = TC::unpack(yh[r]), l = TC::unpack(yl[r]), e = r < 2 ? e01 : e89;
-        uint32_t part[2];
-        split_pack<TC>((h.x + l.x) * e.x, (h.y + l.y) * e.y, part);
-        ay[0][r] = part[0], ay[1][r] = part[1];
-      }
+      uint32_t ay[2][4];  // exp(L_t) (dy_t + dy_lo_t), in two 16-bit parts
+      scaled_tokens<TC, 2, true, XZ>(ay, DYs, LOs, c_row - gid, 16 * ks, tv.E);
       mma_across_at<true, 2>(G, ay, Cs, BC{}, 16 * ks, n0);
     }
 
